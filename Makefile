@@ -1,0 +1,26 @@
+# Two set-up commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+SHELL := /bin/bash
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+MARKETDATA_HOME := $(CURDIR)/.marketdata
+
+.PHONY: install test demo dev clean
+
+install:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen --compile-bytecode
+
+test: install
+	$(UV) run pytest
+
+demo: install
+	$(UV) run marketdata demo
+
+dev: install
+	mkdir -p $(MARKETDATA_HOME)/dagster
+	test -f $(MARKETDATA_HOME)/dagster/dagster.yaml || cp dagster.yaml $(MARKETDATA_HOME)/dagster/dagster.yaml
+	DAGSTER_HOME=$(MARKETDATA_HOME)/dagster $(UV) run dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+clean:
+	rm -rf .marketdata .pytest_cache

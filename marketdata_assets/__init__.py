@@ -1,0 +1,1 @@
+"""marketdata: historical market-data backfill and incremental updates on Dagster."""

@@ -1,0 +1,1 @@
+"""Dagster definitions: asset factories, resources, checks and automation. Knows Dagster, not wire formats."""

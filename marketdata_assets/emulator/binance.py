@@ -1,0 +1,316 @@
+"""Binance spot (`/api/v3`) and USD-M futures (`/fapi/v1`) kline endpoints, as Binance serves them.
+
+Wire facts (UPSTREAMS.md): 12-field rows with decimal strings and ms times, ascending; the forming
+candle included; `startTime`/`endTime`/`limit` semantics; request weight per UTC minute with
+`X-MBX-USED-WEIGHT-1M` on every answer; 429 + Retry-After over budget, 418 for a client that
+keeps going; error bodies `{"code": -1121, "msg": "Invalid symbol."}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from marketdata_assets.emulator.candles import synthetic_candles
+from marketdata_assets.emulator.config import EmulatorConfig
+
+INTERVALS_MS = {
+    "1s": 1_000,
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "8h": 28_800_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+}
+
+
+@dataclass
+class WeightLedger:
+    """Per-IP request weight of one API, counted per UTC clock minute, with Binance's penalties."""
+
+    limit: int
+    config: EmulatorConfig
+    minute: int = -1
+    used: int = 0
+    backoff_from: float = 0.0
+    backoff_until: float = 0.0
+    violations: int = 0
+    banned_until: float = 0.0
+    weight_by_minute: Counter[int] = field(default_factory=Counter)
+    answers: Counter[int] = field(default_factory=Counter)
+
+    def charge(self, weight: int, now: float) -> tuple[int, float]:
+        """Count a request; (status, retry_after_s): 200 to serve, 429 over budget, 418 banned."""
+        if now < self.banned_until:
+            return 418, self.banned_until - now
+        minute = int(now // 60)
+        if minute != self.minute:
+            self.minute, self.used = minute, 0
+        if now < self.backoff_until and now - self.backoff_from > self.config.ban_grace_s:
+            self.violations += 1
+            if self.violations >= self.config.ban_after_violations:
+                self.banned_until = now + self.config.ban_seconds
+                return 418, float(self.config.ban_seconds)
+        self.used += weight
+        self.weight_by_minute[minute] += weight
+        if self.used > self.limit:
+            if now >= self.backoff_until:
+                self.backoff_from, self.violations = now, 0
+            self.backoff_until = (minute + 1) * 60
+            return 429, self.backoff_until - now
+        return 200, 0.0
+
+
+class BinanceError(Exception):
+    def __init__(self, status: int, code: int, msg: str):
+        self.status, self.code, self.msg = status, code, msg
+
+
+def _error_body(code: int, msg: str) -> bytes:
+    return orjson.dumps({"code": code, "msg": msg})
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 20:
+        raise BinanceError(
+            400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+        )
+    return int(raw)
+
+
+def _required(request: Request, name: str) -> str:
+    value = request.query_params.get(name)
+    if not value:
+        raise BinanceError(
+            400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+        )
+    return value
+
+
+def select_open_times(
+    first_open: int, interval: int, now_ms: int, start: int | None, end: int | None, limit: int
+) -> np.ndarray:
+    """Open times Binance returns for these parameters: ascending, the forming bar included."""
+    first = first_open // interval * interval
+    last = now_ms // interval * interval  # the bar forming now
+    if end is not None:
+        last = min(last, end // interval * interval)
+    if start is not None:
+        lo = max(first, -(-start // interval) * interval)
+        hi = min(last, lo + (limit - 1) * interval)
+    else:
+        hi = last
+        lo = max(first, hi - (limit - 1) * interval)
+    if hi < lo:
+        return np.empty(0, dtype=np.int64)
+    return np.arange(lo, hi + 1, interval, dtype=np.int64)
+
+
+def kline_rows_json(market: str, symbol: str, interval: int, open_times: np.ndarray, now_ms: int) -> bytes:
+    """The JSON body of a klines answer: 12-field rows, decimal strings, ms times."""
+    bars = synthetic_candles(market, symbol, interval, open_times, now_ms=now_ms)
+    rows = [
+        [
+            int(t),
+            f"{o:.8f}",
+            f"{h:.8f}",
+            f"{lo:.8f}",
+            f"{c:.8f}",
+            f"{v:.8f}",
+            int(t) + interval - 1,
+            f"{qv:.8f}",
+            int(n),
+            f"{tb:.8f}",
+            f"{tq:.8f}",
+            "0",
+        ]
+        for t, o, h, lo, c, v, qv, n, tb, tq in zip(
+            bars.open_time.tolist(),
+            bars.open.tolist(),
+            bars.high.tolist(),
+            bars.low.tolist(),
+            bars.close.tolist(),
+            bars.volume.tolist(),
+            bars.quote_volume.tolist(),
+            bars.trades.tolist(),
+            bars.taker_buy_volume.tolist(),
+            bars.taker_buy_quote_volume.tolist(),
+            strict=True,
+        )
+    ]
+    return orjson.dumps(rows)
+
+
+@dataclass(frozen=True)
+class KlinesApi:
+    market: str  # 'spot' | 'perp'
+    prefix: str  # '/api/v3' | '/fapi/v1'
+    max_limit: int
+
+    def weight(self, limit: int) -> int:
+        if self.market == "spot":
+            return 2
+        if limit < 100:
+            return 1
+        if limit < 500:
+            return 2
+        if limit <= 1000:
+            return 5
+        return 10
+
+
+SPOT_API = KlinesApi("spot", "/api/v3", 1000)
+FUTURES_API = KlinesApi("perp", "/fapi/v1", 1500)
+
+
+class BinanceEmulator:
+    """State of the Binance emulator: one weight ledger per API, fault randomness, counters."""
+
+    def __init__(self, config: EmulatorConfig, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self.ledgers = {
+            "spot": WeightLedger(config.spot_weight_limit, config),
+            "perp": WeightLedger(config.futures_weight_limit, config),
+        }
+        self._random = random.Random(config.faults.seed)
+
+    def routes(self) -> list[Route]:
+        routes = []
+        for api in (SPOT_API, FUTURES_API):
+            routes += [
+                Route(f"{api.prefix}/klines", self._klines_endpoint(api)),
+                Route(f"{api.prefix}/ping", self._simple_endpoint(api, lambda now: {})),
+                Route(
+                    f"{api.prefix}/time",
+                    self._simple_endpoint(api, lambda now: {"serverTime": int(now * 1000)}),
+                ),
+            ]
+        return routes
+
+    def _respond(self, api: KlinesApi, status: int, body: bytes, retry_after: float = 0.0) -> Response:
+        ledger = self.ledgers[api.market]
+        ledger.answers[status] += 1
+        headers = {"X-MBX-USED-WEIGHT-1M": str(ledger.used), "X-MBX-USED-WEIGHT": str(ledger.used)}
+        if retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+    def _admit(self, api: KlinesApi, weight: int) -> Response | None:
+        """Charge the weight; the 429/418 answer if the request is not to be served."""
+        now = self.clock()
+        status, retry_after = self.ledgers[api.market].charge(weight, now)
+        if status == 429:
+            limit = self.ledgers[api.market].limit
+            return self._respond(
+                api,
+                429,
+                _error_body(
+                    -1003,
+                    f"Too much request weight used; current limit is {limit} request weight per "
+                    "1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+                ),
+                retry_after,
+            )
+        if status == 418:
+            until_ms = int((now + retry_after) * 1000)
+            return self._respond(
+                api,
+                418,
+                _error_body(
+                    -1003,
+                    f"Way too much request weight used; IP banned until {until_ms}. Please use "
+                    "WebSocket Streams for live updates to avoid bans.",
+                ),
+                retry_after,
+            )
+        return None
+
+    def _simple_endpoint(self, api: KlinesApi, payload):
+        async def endpoint(request: Request) -> Response:
+            refused = self._admit(api, 1)
+            if refused is not None:
+                return refused
+            return self._respond(api, 200, orjson.dumps(payload(self.clock())))
+
+        return endpoint
+
+    def _klines_endpoint(self, api: KlinesApi):
+        async def endpoint(request: Request) -> Response:
+            try:
+                limit = _int_param(request, "limit")
+            except BinanceError:
+                limit = None
+            limit = 500 if limit is None else limit
+            refused = self._admit(api, api.weight(min(limit, api.max_limit)))
+            if refused is not None:
+                return refused
+            faults = self.config.faults
+            if faults.latency_ms:
+                await asyncio.sleep(faults.latency_ms / 1000)
+            if faults.server_error_rate and self._random.random() < faults.server_error_rate:
+                return self._respond(
+                    api,
+                    503,
+                    _error_body(-1001, "Internal error; unable to process your request. Please try again."),
+                )
+            try:
+                body = self._klines_body(api, request, limit)
+            except BinanceError as exc:
+                return self._respond(api, exc.status, _error_body(exc.code, exc.msg))
+            if faults.truncate_rate and self._random.random() < faults.truncate_rate:
+                body = body[: max(1, len(body) // 2)]
+            return self._respond(api, 200, body)
+
+        return endpoint
+
+    def _klines_body(self, api: KlinesApi, request: Request, limit: int) -> bytes:
+        symbol = _required(request, "symbol")
+        interval_name = _required(request, "interval")
+        start = _int_param(request, "startTime")
+        end = _int_param(request, "endTime")
+        _int_param(request, "limit")
+        if interval_name not in INTERVALS_MS:
+            raise BinanceError(400, -1120, "Invalid interval.")
+        first_open = self.config.listings.get((api.market, symbol))
+        if first_open is None:
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        if not 1 <= limit <= api.max_limit:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        if start is not None and end is not None and start > end:
+            raise BinanceError(400, -1023, "Start time is greater than end time.")
+        interval = INTERVALS_MS[interval_name]
+        now_ms = int(self.clock() * 1000)
+        open_times = select_open_times(first_open, interval, now_ms, start, end, limit)
+        return kline_rows_json(api.market, symbol, interval, open_times, now_ms)
+
+    def stats(self) -> dict:
+        return {
+            market: {
+                "weight_limit": ledger.limit,
+                "used_this_minute": ledger.used,
+                "answers": {str(k): v for k, v in sorted(ledger.answers.items())},
+                "weight_by_minute": {str(k * 60): v for k, v in sorted(ledger.weight_by_minute.items())},
+            }
+            for market, ledger in self.ledgers.items()
+        }

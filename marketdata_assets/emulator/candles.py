@@ -1,0 +1,97 @@
+"""Deterministic synthetic candles: the same (market, symbol, timeframe, open_time) always gives
+the same bar, so REST pages, archive files and repeated runs agree to the last digit."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+_BASE_PRICE = {"BTC": 30_000.0, "ETH": 2_000.0, "BNB": 300.0, "SOL": 60.0}
+_DAY_MS = 86_400_000
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _seed(*parts: str) -> np.uint64:
+    digest = hashlib.blake2b("/".join(parts).encode(), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+def _uniform(index: np.ndarray, seed: np.uint64, salt: int) -> np.ndarray:
+    """splitmix64 of (index, seed, salt) mapped to [0, 1)."""
+    with np.errstate(over="ignore"):
+        z = (index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + seed + np.uint64(salt)) & _MASK
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+@dataclass(frozen=True)
+class CandleBlock:
+    """Columns of consecutive bars; prices rounded to 0.01, volumes to 1e-5 (as tick sizes do)."""
+
+    open_time: np.ndarray  # int64 ms, bar start
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    quote_volume: np.ndarray
+    trades: np.ndarray
+    taker_buy_volume: np.ndarray
+    taker_buy_quote_volume: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.open_time)
+
+
+def _mid_price(t_ms: np.ndarray, base: float, phase: float) -> np.ndarray:
+    t = t_ms.astype(np.float64) / _DAY_MS
+    return base * np.exp(
+        0.35 * np.sin(2 * np.pi * t / 365.0 + phase)
+        + 0.08 * np.sin(2 * np.pi * t / 7.0 + 2 * phase)
+        + 0.01 * np.sin(2 * np.pi * t)
+    )
+
+
+def synthetic_candles(
+    market: str, symbol: str, interval_ms: int, open_times: np.ndarray, now_ms: int | None = None
+) -> CandleBlock:
+    """Bars opening at `open_times` (ms, aligned to `interval_ms`).
+
+    A bar still open at `now_ms` is cut at `now_ms`: its close and volume are what has traded so
+    far, as an exchange reports a forming candle.
+    """
+    open_times = np.asarray(open_times, dtype=np.int64)
+    seed = _seed(market, symbol, str(interval_ms))
+    base = _BASE_PRICE.get(symbol[:3], 100.0)
+    phase = float(seed % np.uint64(1000)) / 1000.0 * 2 * np.pi
+    index = open_times // interval_ms
+    end_times = open_times + interval_ms
+    fraction = np.ones(len(open_times))
+    if now_ms is not None:
+        end_times = np.minimum(end_times, now_ms)
+        fraction = np.clip((end_times - open_times) / interval_ms, 0.0, 1.0)
+    u = [_uniform(index, seed, salt) for salt in range(7)]
+    open_ = np.round(_mid_price(open_times, base, phase) * (1 + 0.001 * (u[0] - 0.5)), 2)
+    close = np.round(_mid_price(end_times, base, phase) * (1 + 0.001 * (u[1] - 0.5)), 2)
+    high = np.round(np.maximum(open_, close) * (1 + 0.002 * u[2]), 2)
+    low = np.round(np.minimum(open_, close) * (1 - 0.002 * u[3]), 2)
+    scale = np.sqrt(interval_ms / 60_000)
+    volume = np.round((0.5 + 50 * u[4]) * scale * fraction, 5)
+    typical = (open_ + close) / 2
+    taker = np.round(volume * u[6], 5)
+    return CandleBlock(
+        open_time=open_times,
+        open=open_,
+        high=high,
+        low=low,
+        close=close,
+        volume=volume,
+        quote_volume=np.round(volume * typical, 8),
+        trades=np.floor((10 + 500 * u[5]) * scale * fraction).astype(np.int64),
+        taker_buy_volume=taker,
+        taker_buy_quote_volume=np.round(taker * typical, 8),
+    )

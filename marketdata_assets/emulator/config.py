@@ -1,0 +1,78 @@
+"""What an emulator instance serves: listings, rate limits, and injected faults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+
+def _utc_ms(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+# First candle of each listing on Binance (UTC), as the real exchange has them.
+BINANCE_LISTINGS: dict[tuple[str, str], int] = {
+    ("spot", "BTCUSDT"): _utc_ms("2017-08-17 04:00"),
+    ("spot", "ETHUSDT"): _utc_ms("2017-08-17 04:00"),
+    ("spot", "BNBUSDT"): _utc_ms("2017-11-06 03:00"),
+    ("spot", "SOLUSDT"): _utc_ms("2020-08-11 06:00"),
+    ("perp", "BTCUSDT"): _utc_ms("2019-09-08 17:57"),
+    ("perp", "ETHUSDT"): _utc_ms("2019-11-27 07:45"),
+    ("perp", "BNBUSDT"): _utc_ms("2020-02-10 08:00"),
+    ("perp", "SOLUSDT"): _utc_ms("2020-09-14 07:00"),
+}
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected misbehaviour on data endpoints; rates are probabilities per request."""
+
+    server_error_rate: float = 0.0  # answer 503 with Binance's -1001 body
+    truncate_rate: float = 0.0  # answer 200 with the JSON body cut in half
+    latency_ms: float = 0.0  # added before every answer
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    spot_weight_limit: int = 6000
+    futures_weight_limit: int = 2400
+    # Requests that keep coming while a 429's Retry-After runs (after `ban_grace_s` for requests
+    # already in flight) earn an IP ban: HTTP 418 for `ban_seconds`.
+    ban_after_violations: int = 5
+    ban_grace_s: float = 1.0
+    ban_seconds: int = 120
+    faults: Faults = field(default_factory=Faults)
+    listings: Mapping[tuple[str, str], int] = field(default_factory=lambda: dict(BINANCE_LISTINGS))
+
+    def with_listing(self, market: str, symbol: str, first_open: dt.datetime) -> EmulatorConfig:
+        listings = dict(self.listings)
+        listings[(market, symbol)] = int(first_open.timestamp() * 1000)
+        return replace(self, listings=listings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EmulatorConfig:
+        """MARKETDATA_EMULATOR_{SPOT,FUTURES}_WEIGHT_LIMIT, _5XX_RATE, _TRUNCATE_RATE, _LATENCY_MS, _SEED."""
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(f"MARKETDATA_EMULATOR_{name}")
+            if not raw:
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError(f"MARKETDATA_EMULATOR_{name}={raw!r} is not a number") from None
+
+        return cls(
+            spot_weight_limit=int(number("SPOT_WEIGHT_LIMIT", 6000)),
+            futures_weight_limit=int(number("FUTURES_WEIGHT_LIMIT", 2400)),
+            faults=Faults(
+                server_error_rate=number("5XX_RATE", 0.0),
+                truncate_rate=number("TRUNCATE_RATE", 0.0),
+                latency_ms=number("LATENCY_MS", 0.0),
+                seed=int(number("SEED", 0)),
+            ),
+        )

@@ -1,0 +1,74 @@
+"""The emulator as an ASGI app, and a loopback server that runs it in a background thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from marketdata_assets.emulator.binance import BinanceEmulator
+from marketdata_assets.emulator.config import EmulatorConfig
+
+
+def build_app(config: EmulatorConfig | None = None) -> Starlette:
+    """Every emulated upstream in one app; their paths do not collide, as their hosts differ."""
+    config = config or EmulatorConfig()
+    binance = BinanceEmulator(config)
+
+    async def stats(request: Request) -> Response:
+        return Response(orjson.dumps({"binance": binance.stats()}), media_type="application/json")
+
+    app = Starlette(routes=[*binance.routes(), Route("/emulator/stats", stats)])
+    app.state.binance = binance
+    return app
+
+
+class EmulatorServer:
+    """A real HTTP server on loopback, in a thread: `with EmulatorServer() as emu: emu.url`."""
+
+    def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.app = build_app(config)
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+            )
+        )
+        self._thread: threading.Thread | None = None
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def binance(self) -> BinanceEmulator:
+        return self.app.state.binance
+
+    def start(self) -> EmulatorServer:
+        self._thread = threading.Thread(target=self._server.run, name="emulator", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"emulator did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

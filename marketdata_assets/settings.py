@@ -1,0 +1,86 @@
+"""Settings from the environment. Defaults are the real public endpoints; tests and the demo
+point them at the local emulator. This is the one place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_WAREHOUSE_URL = "duckdb:///.marketdata/warehouse.duckdb"
+
+ENDPOINT_DEFAULTS = {
+    "binance_spot_url": ("MARKETDATA_BINANCE_SPOT_URL", "https://api.binance.com"),
+    "binance_futures_url": ("MARKETDATA_BINANCE_FUTURES_URL", "https://fapi.binance.com"),
+    "binance_archive_url": ("MARKETDATA_BINANCE_ARCHIVE_URL", "https://data.binance.vision"),
+    "okx_url": ("MARKETDATA_OKX_URL", "https://www.okx.com"),
+    "bybit_url": ("MARKETDATA_BYBIT_URL", "https://api.bybit.com"),
+    "fear_greed_url": ("MARKETDATA_FEAR_GREED_URL", "https://api.alternative.me"),
+    "defillama_url": ("MARKETDATA_DEFILLAMA_URL", "https://stablecoins.llama.fi"),
+    "fred_url": ("MARKETDATA_FRED_URL", "https://api.stlouisfed.org/fred"),
+    "deribit_url": ("MARKETDATA_DERIBIT_URL", "https://www.deribit.com"),
+    "databento_url": ("MARKETDATA_DATABENTO_URL", "https://hist.databento.com"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+def _int_setting(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    warehouse_url: str = DEFAULT_WAREHOUSE_URL
+    catalog_path: Path | None = None  # None: the packaged catalog.yaml
+    binance_spot_url: str = ENDPOINT_DEFAULTS["binance_spot_url"][1]
+    binance_futures_url: str = ENDPOINT_DEFAULTS["binance_futures_url"][1]
+    binance_archive_url: str = ENDPOINT_DEFAULTS["binance_archive_url"][1]
+    okx_url: str = ENDPOINT_DEFAULTS["okx_url"][1]
+    bybit_url: str = ENDPOINT_DEFAULTS["bybit_url"][1]
+    fear_greed_url: str = ENDPOINT_DEFAULTS["fear_greed_url"][1]
+    defillama_url: str = ENDPOINT_DEFAULTS["defillama_url"][1]
+    fred_url: str = ENDPOINT_DEFAULTS["fred_url"][1]
+    deribit_url: str = ENDPOINT_DEFAULTS["deribit_url"][1]
+    databento_url: str = ENDPOINT_DEFAULTS["databento_url"][1]
+    # Binance's published per-IP budgets (request weight per minute); lower them to leave room
+    # for other clients on the same IP.
+    binance_spot_weight_limit: int = 6000
+    binance_futures_weight_limit: int = 2400
+    binance_max_concurrency: int = 10
+    fred_api_key: str | None = field(default=None, repr=False)
+    databento_api_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        endpoints = {
+            attr: env.get(var) or default for attr, (var, default) in ENDPOINT_DEFAULTS.items()
+        }
+        catalog = env.get("MARKETDATA_CATALOG")
+        return cls(
+            warehouse_url=env.get("MARKETDATA_WAREHOUSE_URL") or DEFAULT_WAREHOUSE_URL,
+            catalog_path=Path(catalog) if catalog else None,
+            binance_spot_weight_limit=_int_setting(
+                env, "MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT", 6000
+            ),
+            binance_futures_weight_limit=_int_setting(
+                env, "MARKETDATA_BINANCE_FUTURES_WEIGHT_LIMIT", 2400
+            ),
+            binance_max_concurrency=_int_setting(env, "MARKETDATA_BINANCE_MAX_CONCURRENCY", 10),
+            fred_api_key=env.get("FRED_API_KEY"),
+            databento_api_key=env.get("DATABENTO_API_KEY"),
+            **endpoints,
+        )

@@ -1,0 +1,43 @@
+"""One exception type per way an upstream can fail; each message names source, request and cause."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+class UpstreamError(Exception):
+    """Base of every failure to get data from an upstream API."""
+
+    def __init__(self, source: str, message: str):
+        super().__init__(f"{source}: {message}")
+        self.source = source
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request (4xx with an error body): retrying will not help."""
+
+    def __init__(self, source: str, request: str, status: int, detail: str, code: int | None = None):
+        super().__init__(source, f"{request} rejected with HTTP {status}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class UpstreamBanned(UpstreamError):
+    """The upstream banned this IP (Binance HTTP 418). Every request stops until `until` (UTC)."""
+
+    def __init__(self, source: str, request: str, until: dt.datetime, detail: str):
+        super().__init__(
+            source,
+            f"{request}: IP banned until {until:%Y-%m-%d %H:%M:%S} UTC ({detail}); "
+            "no request is sent before then",
+        )
+        self.until = until
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Transient failures (5xx, timeouts, broken bodies) outlasted every retry."""
+
+
+class MalformedResponse(UpstreamError):
+    """The upstream answered, but the answer breaks its documented format or our request."""

@@ -1,0 +1,246 @@
+"""The shared HTTP layer: request-weight pacing, concurrency, Retry-After, bans and retries.
+
+Every upstream client sends its requests through `PacedHttp`; nothing else talks HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+
+from marketdata_assets.sources.errors import (
+    UpstreamBanned,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class RequestStats:
+    """What a client did: requests sent, weight spent, retries, 429s, seconds paced."""
+
+    requests: int = 0
+    weight: int = 0
+    retries: int = 0
+    throttled: int = 0
+    paced_seconds: float = 0.0
+
+    def as_metadata(self) -> dict[str, int | float]:
+        return {
+            "requests": self.requests,
+            "weight_used": self.weight,
+            "retries": self.retries,
+            "http_429": self.throttled,
+            "seconds_paced": round(self.paced_seconds, 3),
+        }
+
+
+class MinuteWeightBudget:
+    """A per-IP request-weight budget that resets at every UTC clock minute, as Binance counts it.
+
+    Weight is reserved when a request is sent, so in-flight requests count. The server's own count
+    (`X-MBX-USED-WEIGHT-1M`, which includes other clients on this IP) wins when it is higher.
+    """
+
+    # The server's minute may start a little after ours (clock offset, transit): open the new
+    # window late by this much. The whole budget still fits in the rest of the minute.
+    BOUNDARY_GUARD_S = 0.5
+
+    def __init__(self, limit: int, clock: Clock = time.time):
+        if limit < 1:
+            raise ValueError(f"weight limit must be positive, got {limit}")
+        self.limit = limit
+        self._clock = clock
+        self._minute = -1
+        self._used = 0
+        self._paused_until = 0.0
+
+    def _roll(self, now: float) -> int:
+        minute = int(now // 60)
+        if minute != self._minute:
+            self._minute, self._used = minute, 0
+        return minute
+
+    async def acquire(self, weight: int, stats: RequestStats) -> int:
+        """Wait until `weight` fits in the current minute, reserve it, return that minute."""
+        if weight > self.limit:
+            raise ValueError(f"one request of weight {weight} exceeds the budget {self.limit}")
+        while True:
+            now = self._clock()
+            wake = self._paused_until
+            if now >= wake:
+                minute = self._roll(now)
+                if now - minute * 60 < self.BOUNDARY_GUARD_S and self._used == 0:
+                    wake = minute * 60 + self.BOUNDARY_GUARD_S
+                elif self._used + weight <= self.limit:
+                    self._used += weight
+                    return minute
+                else:
+                    wake = (minute + 1) * 60 + self.BOUNDARY_GUARD_S
+            delay = max(wake - now, 0.001)
+            stats.paced_seconds += delay
+            await asyncio.sleep(delay)
+
+    def observe(self, sent_minute: int, used: int) -> None:
+        """Take the server's used weight, reported on a response to a request sent in `sent_minute`."""
+        # A response that crossed a minute boundary reports the old minute's count: skip it.
+        if sent_minute == self._minute == int(self._clock() // 60) and used > self._used:
+            self._used = used
+
+    def pause(self, seconds: float) -> None:
+        """The server said back off (429 Retry-After): no request leaves for `seconds`."""
+        now = self._clock()
+        self._paused_until = max(self._paused_until, now + seconds)
+        self._roll(now)
+        self._used = self.limit
+
+
+ErrorDetail = Callable[[httpx.Response], tuple[str, int | None]]
+
+
+def _plain_error_detail(response: httpx.Response) -> tuple[str, int | None]:
+    return response.text[:200] or response.reason_phrase, None
+
+
+class PacedHttp:
+    """GET JSON from one upstream host, paced by a weight budget, with bounded retries.
+
+    - 429: wait `Retry-After` (the whole client pauses), then try again;
+    - 418: raise `UpstreamBanned` naming when the ban ends;
+    - 5xx, timeouts, dropped connections and unparseable bodies: retried up to `max_attempts`
+      times with exponential backoff and jitter, then `UpstreamUnavailable`;
+    - other 4xx: `UpstreamRejected` with the vendor's error code and message.
+    """
+
+    MAX_THROTTLED = 10
+
+    def __init__(
+        self,
+        source: str,
+        base_url: str,
+        budget: MinuteWeightBudget,
+        *,
+        used_weight_header: str | None = None,
+        error_detail: ErrorDetail = _plain_error_detail,
+        max_concurrency: int = 10,
+        max_attempts: int = 5,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 20.0,
+        timeout_s: float = 30.0,
+        clock: Clock = time.time,
+    ):
+        self.source = source
+        self.base_url = base_url.rstrip("/")
+        self.budget = budget
+        self.stats = RequestStats()
+        self._used_header = used_weight_header
+        self._error_detail = error_detail
+        self._max_concurrency = max_concurrency
+        self._max_attempts = max_attempts
+        self._backoff = (backoff_base_s, backoff_cap_s)
+        self._timeout = timeout_s
+        self._clock = clock
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> PacedHttp:
+        limits = httpx.Limits(
+            max_connections=self._max_concurrency, max_keepalive_connections=self._max_concurrency
+        )
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=self._timeout, limits=limits, trust_env=False
+        )
+        self._slots = asyncio.Semaphore(self._max_concurrency)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _backoff_delay(self, attempt: int) -> float:
+        base, cap = self._backoff
+        return min(cap, base * 2 ** (attempt - 1)) * (0.5 + random.random())
+
+    async def get_json(
+        self, path: str, params: Mapping[str, Any], weight: int
+    ) -> tuple[Any, httpx.Headers]:
+        """GET `path` with `params`; the parsed JSON body and the response headers."""
+        if self._client is None or self._slots is None:
+            raise RuntimeError("PacedHttp must be used as `async with PacedHttp(...)`")
+        request = f"GET {path}?{urlencode(params)}"
+        attempt = throttled = 0
+        while True:
+            attempt += 1
+            minute = await self.budget.acquire(weight, self.stats)
+            self.stats.requests += 1
+            self.stats.weight += weight
+            try:
+                async with self._slots:
+                    response = await self._client.get(path, params=params)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                await self._retry_or_give_up(request, attempt, cause)
+                continue
+            self._observe_weight(minute, response)
+            status = response.status_code
+            if status == 429:
+                self.stats.throttled += 1
+                throttled += 1
+                if throttled > self.MAX_THROTTLED:
+                    raise UpstreamUnavailable(
+                        self.source, f"{request} answered HTTP 429 {throttled} times in a row"
+                    )
+                self.budget.pause(_retry_after(response, default=60.0))
+                attempt -= 1  # not a failed attempt: the budget decides when to go again
+                continue
+            if status == 418:
+                retry_after = _retry_after(response, default=120.0)
+                until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=retry_after)
+                detail, _ = self._error_detail(response)
+                raise UpstreamBanned(self.source, request, until, detail)
+            if status >= 500:
+                await self._retry_or_give_up(request, attempt, f"HTTP {status}")
+                continue
+            if status >= 400:
+                detail, code = self._error_detail(response)
+                raise UpstreamRejected(self.source, request, status, detail, code)
+            try:
+                return orjson.loads(response.content), response.headers
+            except orjson.JSONDecodeError as exc:
+                cause = f"unparseable body ({len(response.content)} bytes: {exc})"
+                await self._retry_or_give_up(request, attempt, cause)
+
+    def _observe_weight(self, minute: int, response: httpx.Response) -> None:
+        if self._used_header is None:
+            return
+        raw = response.headers.get(self._used_header)
+        if raw is not None and raw.isdigit():
+            self.budget.observe(minute, int(raw))
+
+    async def _retry_or_give_up(self, request: str, attempt: int, cause: str) -> None:
+        if attempt >= self._max_attempts:
+            raise UpstreamUnavailable(
+                self.source, f"{request} failed {attempt} times; last: {cause}"
+            )
+        self.stats.retries += 1
+        await asyncio.sleep(self._backoff_delay(attempt))
+
+
+def _retry_after(response: httpx.Response, default: float) -> float:
+    raw = response.headers.get("Retry-After", "")
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        return default

@@ -1,0 +1,67 @@
+"""The warehouse interface and the URL that picks a backend."""
+
+from __future__ import annotations
+
+import abc
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from marketdata_assets.schemas import TableSpec
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be opened or written; the message names the URL and the cause."""
+
+
+def ddl_statements() -> list[str]:
+    """Every statement of sql/*.sql, in file order (the same DDL serves DuckDB and PostgreSQL)."""
+    root = resources.files("marketdata_assets").joinpath("sql")
+    if not root.is_dir():  # running from a checkout: sql/ sits beside the package
+        root = Path(__file__).resolve().parents[2] / "sql"
+    statements = []
+    for path in sorted(root.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".sql"):
+            continue
+        text = "\n".join(
+            line for line in path.read_text().splitlines() if not line.lstrip().startswith("--")
+        )
+        statements += [s.strip() for s in text.split(";") if s.strip()]
+    return statements
+
+
+class Warehouse(abc.ABC):
+    """Upserts canonical frames by primary key, one transaction per call; reads with SQL."""
+
+    url: str
+
+    @abc.abstractmethod
+    def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
+        """Insert or update `frame`'s rows by `table`'s primary key in one transaction.
+
+        Returns the number of distinct keys written. Rows already stored and absent from
+        `frame` stay as they are.
+        """
+
+    @abc.abstractmethod
+    def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
+        """Run a read-only query with `?` parameters."""
+
+
+def open_warehouse(url: str) -> Warehouse:
+    """The warehouse at `url`: `duckdb:///relative.duckdb`, `duckdb:////absolute.duckdb`."""
+    if url.startswith("duckdb:///"):
+        from marketdata_assets.warehouse.duckdb import DuckDBWarehouse
+
+        return DuckDBWarehouse(Path(url.removeprefix("duckdb:///")), url=url)
+    if url.startswith(("postgresql://", "postgres://")):
+        raise WarehouseError(
+            f"MARKETDATA_WAREHOUSE_URL={url.split('@')[-1]}: the PostgreSQL warehouse is not "
+            "available in this version; use duckdb:///path.duckdb"
+        )
+    raise WarehouseError(
+        f"MARKETDATA_WAREHOUSE_URL={url!r} is not a warehouse URL "
+        "(duckdb:///path.duckdb or postgresql://user@host/db)"
+    )

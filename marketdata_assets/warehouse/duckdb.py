@@ -1,0 +1,101 @@
+"""DuckDB warehouse: one embedded file, one writer process at a time.
+
+DuckDB locks the whole file for the process that opens it: another process cannot even read it
+meanwhile. So every operation opens the file, does one transaction and closes it, and waits with
+backoff while another process holds the lock. Concurrent runs queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from marketdata_assets.schemas import TableSpec
+from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements
+
+_LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
+
+
+class DuckDBWarehouse(Warehouse):
+    def __init__(self, path: Path, *, url: str | None = None, lock_timeout_s: float = 900.0):
+        if path.stem == "market_data":
+            # DuckDB names the catalog after the file: it would shadow schema market_data.
+            raise WarehouseError(
+                f"DuckDB file {path}: a file named market_data.* makes `market_data.klines` "
+                "ambiguous in DuckDB; choose another name"
+            )
+        self.path = path
+        self.url = url or f"duckdb:///{path}"
+        self._lock_timeout_s = lock_timeout_s
+        self._schema_ready = False
+        self._local = threading.Lock()  # one connection per process at a time, too
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An open connection with the schema in place; waits while another process holds the file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self._lock_timeout_s
+        delay = 0.01
+        with self._local:
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path))
+                    break
+                except duckdb.IOException as exc:
+                    if not any(marker in str(exc) for marker in _LOCK_MARKERS):
+                        raise WarehouseError(f"DuckDB file {self.path}: {exc}") from None
+                    if time.monotonic() > deadline:
+                        raise WarehouseError(
+                            f"DuckDB file {self.path} stayed locked by another process for "
+                            f"{self._lock_timeout_s:.0f} s: {exc}"
+                        ) from None
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.5)
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+                if not self._schema_ready:
+                    for statement in ddl_statements():
+                        con.execute(statement)
+                    self._schema_ready = True
+                yield con
+            finally:
+                con.close()
+
+    def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
+        if frame.is_empty():
+            return 0
+        frame = frame.select(table.columns).unique(
+            subset=list(table.primary_key), keep="last", maintain_order=True
+        )
+        key = ", ".join(table.primary_key)
+        updates = ", ".join(
+            f"{column} = excluded.{column}" for column in table.columns if column not in table.primary_key
+        )
+        columns = ", ".join(table.columns)
+        with self.connect() as con:
+            con.register("incoming", frame.to_arrow())
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(
+                    f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM incoming "
+                    f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("incoming")
+        return frame.height
+
+    def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.sql(sql, params=list(params)).pl()
