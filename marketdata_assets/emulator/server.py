@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import orjson
 import uvicorn
@@ -16,10 +17,13 @@ from marketdata_assets.emulator.binance import BinanceEmulator
 from marketdata_assets.emulator.config import EmulatorConfig
 
 
-def build_app(config: EmulatorConfig | None = None) -> Starlette:
-    """Every emulated upstream in one app; their paths do not collide, as their hosts differ."""
+def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] = time.time) -> Starlette:
+    """Every emulated upstream in one app; their paths do not collide, as their hosts differ.
+
+    `clock` (Unix seconds) decides which candles have closed and which minute weight counts in.
+    """
     config = config or EmulatorConfig()
-    binance = BinanceEmulator(config)
+    binance = BinanceEmulator(config, clock)
 
     async def stats(request: Request) -> Response:
         return Response(orjson.dumps({"binance": binance.stats()}), media_type="application/json")
@@ -29,15 +33,13 @@ def build_app(config: EmulatorConfig | None = None) -> Starlette:
     return app
 
 
-class EmulatorServer:
-    """A real HTTP server on loopback, in a thread: `with EmulatorServer() as emu: emu.url`."""
+class LoopbackServer:
+    """Any ASGI app as a real HTTP server in a background thread: `with LoopbackServer(app) as s: s.url`."""
 
-    def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0):
-        self.app = build_app(config)
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        self.app = app
         self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
-            )
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
         )
         self._thread: threading.Thread | None = None
         self.host = host
@@ -47,17 +49,13 @@ class EmulatorServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def binance(self) -> BinanceEmulator:
-        return self.app.state.binance
-
-    def start(self) -> EmulatorServer:
-        self._thread = threading.Thread(target=self._server.run, name="emulator", daemon=True)
+    def start(self):
+        self._thread = threading.Thread(target=self._server.run, name="loopback-server", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"emulator did not start on {self.host}:{self.port}")
+                raise RuntimeError(f"server did not start on {self.host}:{self.port}")
             time.sleep(0.01)
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
@@ -67,8 +65,25 @@ class EmulatorServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> EmulatorServer:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class EmulatorServer(LoopbackServer):
+    """The emulator of every upstream on loopback: `with EmulatorServer() as emu: emu.url`."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.time,
+    ):
+        super().__init__(build_app(config, clock), host, port)
+
+    @property
+    def binance(self) -> BinanceEmulator:
+        return self.app.state.binance

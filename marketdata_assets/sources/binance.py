@@ -19,7 +19,7 @@ import polars as pl
 
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamError
-from marketdata_assets.sources.http import Clock, MinuteWeightBudget, PacedHttp, RequestStats
+from marketdata_assets.sources.http import Clock, MinuteWeightBudget, PacedHttp, RequestStats, Sleep
 from marketdata_assets.timeframes import Timeframe, timeframe
 
 Market = Literal["spot", "perp"]
@@ -179,6 +179,7 @@ class BinanceKlinesClient:
         max_attempts: int = 5,
         backoff_base_s: float = 0.5,
         clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
     ):
         if market not in ENDPOINTS:
             raise ValueError(f"unknown Binance market {market!r} (spot or perp)")
@@ -187,13 +188,14 @@ class BinanceKlinesClient:
         self._http = PacedHttp(
             self.endpoint.source,
             base_url,
-            MinuteWeightBudget(weight_limit or self.endpoint.weight_limit, clock),
+            MinuteWeightBudget(weight_limit or self.endpoint.weight_limit, clock, sleep),
             used_weight_header=USED_WEIGHT_HEADER,
             error_detail=binance_error_detail,
             max_concurrency=max_concurrency,
             max_attempts=max_attempts,
             backoff_base_s=backoff_base_s,
             clock=clock,
+            sleep=sleep,
         )
 
     @property
@@ -224,9 +226,10 @@ class BinanceKlinesClient:
         frames = await _gather_cancelling(
             [self._fetch_page(symbol, tf, page_start, page_end) for page_start, page_end in pages]
         )
-        frame = pl.concat([f for f in frames if f.height], how="vertical") if frames else None
-        if frame is None or frame.is_empty():
+        non_empty = [f for f in frames if f.height]
+        if not non_empty:
             return KLINES.empty_frame()
+        frame = pl.concat(non_empty, how="vertical")
         return frame.unique(subset=["open_time"], keep="last", maintain_order=True).sort("open_time")
 
     async def _fetch_page(
@@ -254,9 +257,11 @@ class BinanceKlinesClient:
             self._check_page(part, symbol, tf, cursor, page_end)
             parts.append(part)
             last_ms = int(part["open_time"][-1].timestamp() * 1000)
-            if part.height < limit or last_ms + tf.millis >= page_end:
+            if last_ms + tf.millis >= page_end:
                 break
-            cursor = last_ms + 1  # a full page short of page_end: the server pages smaller
+            # Short of page_end: the server pages smaller than asked, or the data pauses here
+            # (an outage); ask on from the last row until an empty answer.
+            cursor = last_ms + 1
         if not parts:
             return KLINES.empty_frame()
         return pl.concat(parts, how="vertical")

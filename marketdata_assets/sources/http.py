@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -24,6 +24,7 @@ from marketdata_assets.sources.errors import (
 )
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass
@@ -57,11 +58,12 @@ class MinuteWeightBudget:
     # window late by this much. The whole budget still fits in the rest of the minute.
     BOUNDARY_GUARD_S = 0.5
 
-    def __init__(self, limit: int, clock: Clock = time.time):
+    def __init__(self, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep):
         if limit < 1:
             raise ValueError(f"weight limit must be positive, got {limit}")
         self.limit = limit
         self._clock = clock
+        self._sleep = sleep
         self._minute = -1
         self._used = 0
         self._paused_until = 0.0
@@ -90,7 +92,7 @@ class MinuteWeightBudget:
                     wake = (minute + 1) * 60 + self.BOUNDARY_GUARD_S
             delay = max(wake - now, 0.001)
             stats.paced_seconds += delay
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     def observe(self, sent_minute: int, used: int) -> None:
         """Take the server's used weight, reported on a response to a request sent in `sent_minute`."""
@@ -139,6 +141,7 @@ class PacedHttp:
         backoff_cap_s: float = 20.0,
         timeout_s: float = 30.0,
         clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
     ):
         self.source = source
         self.base_url = base_url.rstrip("/")
@@ -151,6 +154,7 @@ class PacedHttp:
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._timeout = timeout_s
         self._clock = clock
+        self._sleep = sleep
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -235,7 +239,7 @@ class PacedHttp:
                 self.source, f"{request} failed {attempt} times; last: {cause}"
             )
         self.stats.retries += 1
-        await asyncio.sleep(self._backoff_delay(attempt))
+        await self._sleep(self._backoff_delay(attempt))
 
 
 def _retry_after(response: httpx.Response, default: float) -> float:

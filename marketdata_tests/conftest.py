@@ -1,0 +1,102 @@
+"""Real parts for every test: the emulator as an HTTP server on loopback, DuckDB files in a
+temporary directory, and Dagster instances in a temporary DAGSTER_HOME."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
+from marketdata_assets.settings import Settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = SHARED / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TimeWarp:
+    """A clock running `speed` times faster than real time from `start`, and its matching sleep.
+
+    Client and emulator share it, so minutes of rate-limit accounting pass in seconds while
+    every request still crosses a real socket.
+    """
+
+    def __init__(self, speed: float, start: dt.datetime | None = None):
+        self.speed = speed
+        self._origin = (start or dt.datetime.now(dt.UTC)).timestamp()
+        self._real0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return self._origin + (time.monotonic() - self._real0) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(seconds, 0.0) / self.speed)
+
+    def wait_for_next_minute(self, offset_s: float = 1.0) -> None:
+        """Block until `offset_s` warped seconds after the next warped minute starts."""
+        now = self()
+        target = (now // 60 + 1) * 60 + offset_s
+        time.sleep((target - now) / self.speed)
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorServer]:
+    """The default emulator: Binance's real limits, no faults."""
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def warehouse_url(tmp_path: Path) -> str:
+    return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+
+
+@pytest.fixture
+def settings(emulator: EmulatorServer, warehouse_url: str) -> Settings:
+    return Settings(
+        warehouse_url=warehouse_url,
+        binance_spot_url=emulator.url,
+        binance_futures_url=emulator.url,
+    )
+
+
+def write_catalog(path: Path, instruments: list[dict], start_date: str = "2017-08-17") -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"start_date": start_date, "instruments": instruments}))
+    return path
+
+
+def cli_env(settings: Settings, dagster_home: Path, catalog: Path | None = None) -> dict[str, str]:
+    """The environment a user would export to point the CLIs at the emulator."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_"))}
+    env.update(
+        MARKETDATA_WAREHOUSE_URL=settings.warehouse_url,
+        MARKETDATA_BINANCE_SPOT_URL=settings.binance_spot_url,
+        MARKETDATA_BINANCE_FUTURES_URL=settings.binance_futures_url,
+        DAGSTER_HOME=str(dagster_home),
+    )
+    if catalog is not None:
+        env["MARKETDATA_CATALOG"] = str(catalog)
+    return env
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    return home
+
+
+def utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+__all__ = ["EmulatorConfig", "FIXTURES", "TimeWarp", "cli_env", "utc", "write_catalog"]

@@ -1,0 +1,104 @@
+"""The catalog loads into typed objects; a bad entry fails at load naming the entry and field."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from marketdata_assets.catalog import CatalogError, load_catalog
+from marketdata_tests.conftest import write_catalog
+
+
+def test_packaged_catalog_has_btc_and_eth_spot_and_perp_at_their_listing_dates():
+    catalog = load_catalog()
+    got = {(i.market, i.symbol): (i.start_date, i.timeframes) for i in catalog.instruments}
+    assert got == {
+        ("spot", "BTCUSDT"): (dt.date(2017, 8, 17), ("1m", "1h")),
+        ("spot", "ETHUSDT"): (dt.date(2017, 8, 17), ("1m", "1h")),
+        ("perp", "BTCUSDT"): (dt.date(2019, 9, 8), ("1m", "1h")),
+        ("perp", "ETHUSDT"): (dt.date(2019, 11, 27), ("1m", "1h")),
+    }
+    assert all(i.venue == "binance" for i in catalog.instruments)
+
+
+def test_instrument_without_start_date_takes_the_catalog_start(tmp_path: Path):
+    path = write_catalog(
+        tmp_path / "c.yaml",
+        [{"venue": "binance", "market": "spot", "symbol": "BTC-USDT", "timeframes": ["5m"]}],
+        start_date="2021-03-04",
+    )
+    (instrument,) = load_catalog(path).instruments
+    assert instrument.start_date == dt.date(2021, 3, 4)
+    assert instrument.slug == "BTC_USDT"
+    assert instrument.key_prefix == "binance_spot"
+
+
+GOOD = {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes": ["1m"]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({**GOOD, "timeframes": ["1m", "7m"]},
+         "instruments[0] (binance perp BTCUSDT), field 'timeframes': unsupported timeframe '7m'"),
+        ({**GOOD, "venue": "kraken"},
+         "instruments[0] (kraken perp BTCUSDT), field 'venue': unsupported venue 'kraken'"),
+        ({**GOOD, "market": "futures"},
+         "instruments[0] (binance futures BTCUSDT), field 'market': Input should be 'spot' or 'perp'"),
+        ({**GOOD, "symbol": "btc/usdt"},
+         "field 'symbol': 'btc/usdt' is not a venue-native symbol"),
+        ({k: v for k, v in GOOD.items() if k != "timeframes"},
+         "instruments[0] (binance perp BTCUSDT), field 'timeframes': is required"),
+        ({**GOOD, "start_date": "2020-02-30"},
+         "field 'start_date': Input should be a valid date"),
+        ({**GOOD, "start_date": "2999-01-01"},
+         "field 'start_date': start_date 2999-01-01 is in the future"),
+        ({**GOOD, "timefrmes": ["1h"]},
+         "instruments[0] (binance perp BTCUSDT), field 'timefrmes': unknown field"),
+        ({**GOOD, "datasets": ["funding", "orderbook"]},
+         "'orderbook' is not a dataset of a perp instrument"),
+        ({**GOOD, "timeframes": ["1m", "1m"]}, "timeframes are listed twice"),
+    ],
+)
+def test_bad_entry_fails_naming_entry_and_field(tmp_path: Path, entry: dict, expected: str):
+    path = write_catalog(tmp_path / "bad.yaml", [entry])
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    message = str(caught.value)
+    assert message.startswith(f"catalog {path}: ")
+    assert expected in message
+
+
+def test_second_entry_for_same_instrument_is_rejected(tmp_path: Path):
+    path = write_catalog(tmp_path / "dup.yaml", [GOOD, {**GOOD, "timeframes": ["1h"]}])
+    with pytest.raises(CatalogError, match=r"instruments\[1\] \(binance perp BTCUSDT\) repeats instruments\[0\]"):
+        load_catalog(path)
+
+
+def test_unreadable_and_unparseable_files_say_so(tmp_path: Path):
+    with pytest.raises(CatalogError, match="cannot be read"):
+        load_catalog(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("instruments: [\n  - venue: binance\n")
+    with pytest.raises(CatalogError, match="not valid YAML"):
+        load_catalog(broken)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(CatalogError, match="expected a mapping"):
+        load_catalog(empty)
+
+
+def test_dagster_refuses_to_load_a_bad_catalog_and_names_the_entry(tmp_path: Path):
+    path = write_catalog(tmp_path / "bad.yaml", [GOOD, {**GOOD, "symbol": "ETHUSDT", "timeframes": ["2m"]}])
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "list", "-m", "marketdata_assets.definitions"],
+        env={"MARKETDATA_CATALOG": str(path), "PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "instruments[1] (binance perp ETHUSDT), field 'timeframes': unsupported timeframe '2m'" in result.stderr
