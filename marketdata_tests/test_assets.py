@@ -1,0 +1,209 @@
+"""Klines assets in a real Dagster instance, writing a real DuckDB file from the emulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from marketdata_assets.definitions import build_definitions
+from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
+from marketdata_assets.emulator.config import Faults
+from marketdata_assets.settings import Settings
+from marketdata_assets.sources.binance import fetch_klines
+from marketdata_assets.warehouse import open_warehouse
+from marketdata_tests.conftest import cli_env, utc, write_catalog
+
+MATERIALIZED = dg.AssetPartitionStatus.MATERIALIZED
+FAILED = dg.AssetPartitionStatus.FAILED
+BTC_SPOT_1M = dg.AssetKey(["binance_spot", "klines_1m", "BTCUSDT"])
+
+
+def spot_catalog(tmp_path: Path, symbol: str = "BTCUSDT", timeframes=("1m",), start="2024-01-01") -> Path:
+    return write_catalog(
+        tmp_path / "catalog.yaml",
+        [{"venue": "binance", "market": "spot", "symbol": symbol, "timeframes": list(timeframes), "start_date": start}],
+    )
+
+
+def run_range(settings: Settings, key: dg.AssetKey, first: str, last: str, instance: dg.DagsterInstance):
+    asset = build_definitions(settings).resolve_assets_def(key)
+    result = dg.materialize(
+        [asset],
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+        raise_on_error=False,
+    )
+    return asset, result
+
+
+def error_chain(error) -> str:
+    """The error and its causes, as the run page shows them."""
+    parts = []
+    while error is not None:
+        parts.append(error.message)
+        error = error.cause
+    return "\n".join(parts)
+
+
+def statuses(instance, asset, keys):
+    return instance.get_status_by_partition(asset.key, keys, asset.partitions_def)
+
+
+def stored_klines(settings: Settings) -> pl.DataFrame:
+    return open_warehouse(settings.warehouse_url).query(
+        "SELECT * FROM market_data.klines ORDER BY venue, market, symbol, timeframe, open_time"
+    )
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
+    definitions = build_definitions(settings)
+    specs = {spec.key.to_user_string(): spec for spec in definitions.resolve_all_asset_specs()}
+    assert sorted(specs) == [
+        f"binance_{market}/klines_{tf}/{symbol}"
+        for market in ("perp", "spot") for tf in ("1h", "1m") for symbol in ("BTCUSDT", "ETHUSDT")
+    ]
+    btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
+    assert btc_perp_1m.group_name == "binance_perp"
+    assert btc_perp_1m.partitions_def.get_first_partition_key() == "2019-09-08"
+    # hourly bars: monthly partitions, from the first of the listing month
+    btc_perp_1h = specs["binance_perp/klines_1h/BTCUSDT"]
+    assert btc_perp_1h.partitions_def.get_first_partition_key() == "2019-09-01"
+    window = btc_perp_1h.partitions_def.time_window_for_partition_key("2019-09-01")
+    assert (window.start, window.end) == (utc(2019, 9, 1), utc(2019, 10, 1))
+    assert specs["binance_spot/klines_1m/ETHUSDT"].partitions_def.get_first_partition_key() == "2017-08-17"
+
+
+def test_range_run_stores_the_servers_candles_and_records_every_partition(tmp_path, settings, emulator, instance):
+    settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path)})
+    asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-02", "2024-01-04", instance)
+    assert result.success
+    rows = stored_klines(settings)
+    expected = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 1, 2), utc(2024, 1, 5)).frame
+    assert rows.drop("ingested_at").equals(expected.drop("ingested_at"))
+    assert rows.height == 3 * 1440
+    assert statuses(instance, asset, ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]) == {
+        "2024-01-01": None, "2024-01-02": MATERIALIZED, "2024-01-03": MATERIALIZED,
+        "2024-01-04": MATERIALIZED, "2024-01-05": None,
+    }
+    (materialization, *_) = result.asset_materializations_for_node(asset.node_def.name)
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["rows_written"] == 4320
+    assert metadata["first_open_time"] == "2024-01-02T00:00:00+00:00"
+    assert metadata["last_open_time"] == "2024-01-04T23:59:00+00:00"
+    assert metadata["requests"] == 5 and metadata["weight_used"] == 10
+    assert metadata["retries"] == 0 and metadata["http_429"] == 0
+    assert metadata["seconds"] > 0
+
+
+def test_the_same_range_twice_gives_identical_rows(tmp_path, settings, instance):
+    settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path)})
+    run_range(settings, BTC_SPOT_1M, "2024-02-01", "2024-02-02", instance)
+    first = stored_klines(settings)
+    _, result = run_range(settings, BTC_SPOT_1M, "2024-02-01", "2024-02-02", instance)
+    assert result.success
+    again = stored_klines(settings)
+    assert again.height == first.height == 2880
+    assert again.drop("ingested_at").equals(first.drop("ingested_at"))
+    assert (again["ingested_at"] > first["ingested_at"]).all()
+
+
+def test_monthly_partitions_cover_the_listing_month_for_hourly_bars(tmp_path, settings, instance):
+    catalog = write_catalog(tmp_path / "c.yaml", [
+        {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes": ["1h"], "start_date": "2019-09-08"}
+    ])
+    settings = Settings(**{**settings.__dict__, "catalog_path": catalog})
+    key = dg.AssetKey(["binance_perp", "klines_1h", "BTCUSDT"])
+    asset, result = run_range(settings, key, "2019-09-01", "2019-10-01", instance)
+    assert result.success
+    rows = stored_klines(settings)
+    assert rows["open_time"].min() == utc(2019, 9, 8, 17)  # the listing hour
+    assert rows["open_time"].max() == utc(2019, 10, 31, 23)
+    assert rows.height == (dt.datetime(2019, 11, 1) - dt.datetime(2019, 9, 8, 17)).total_seconds() // 3600
+    assert statuses(instance, asset, ["2019-09-01", "2019-10-01"]) == {"2019-09-01": MATERIALIZED, "2019-10-01": MATERIALIZED}
+
+
+def test_unknown_symbol_fails_the_run_writes_nothing_and_marks_partitions_failed(tmp_path, settings, instance):
+    settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path, symbol="NOPEUSDT")})
+    key = dg.AssetKey(["binance_spot", "klines_1m", "NOPEUSDT"])
+    asset, result = run_range(settings, key, "2024-01-01", "2024-01-03", instance)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    message = error_chain(failure.step_failure_data.error)
+    assert "binance spot: GET /api/v3/klines?symbol=NOPEUSDT" in message
+    assert "code -1121: Invalid symbol." in message
+    assert stored_klines(settings).is_empty()
+    assert set(statuses(instance, asset, ["2024-01-01", "2024-01-02", "2024-01-03"]).values()) == {FAILED}
+
+
+def test_a_broken_upstream_marks_nothing_materialized(tmp_path, settings, instance):
+    with EmulatorServer(EmulatorConfig(faults=Faults(truncate_rate=1.0))) as broken:
+        settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path),
+                               "binance_spot_url": broken.url})
+        import marketdata_assets.sources.http as http
+        original = http.PacedHttp._backoff_delay
+        http.PacedHttp._backoff_delay = lambda self, attempt: 0.01
+        try:
+            asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-01-02", instance)
+        finally:
+            http.PacedHttp._backoff_delay = original
+    assert not result.success
+    assert stored_klines(settings).is_empty()
+    assert MATERIALIZED not in statuses(instance, asset, ["2024-01-01", "2024-01-02"]).values()
+
+
+def dagster_materialize(env: dict[str, str], select: str, partition_range: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "marketdata_assets.definitions",
+         "--select", select, "--partition-range", partition_range],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_dagster_cli_partition_range_stores_each_closed_candle_once(settings, dagster_home, emulator):
+    env = cli_env(settings, dagster_home)
+    process = dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-03-01...2024-03-03")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    assert "RUN_SUCCESS" in output
+    rows = stored_klines(settings)
+    expected = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 3, 1), utc(2024, 3, 4)).frame
+    assert rows.drop("ingested_at").equals(expected.drop("ingested_at"))
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        assert instance.get_materialized_partitions(BTC_SPOT_1M) == {"2024-03-01", "2024-03-02", "2024-03-03"}
+    finally:
+        instance.dispose()
+
+
+def test_two_cli_runs_over_overlapping_windows_at_once_end_with_each_row_once(settings, dagster_home):
+    env = cli_env(settings, dagster_home)
+    runs = [
+        dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-04-01...2024-04-20"),
+        dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-04-10...2024-04-30"),
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
+        assert "lock" not in output.lower() or "RUN_SUCCESS" in output
+    rows = stored_klines(settings)
+    assert rows.height == 30 * 1440
+    assert rows["open_time"].is_unique().all()
+    assert rows["open_time"].min() == utc(2024, 4, 1) and rows["open_time"].max() == utc(2024, 4, 30, 23, 59)
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        assert len(instance.get_materialized_partitions(BTC_SPOT_1M)) == 30
+    finally:
+        instance.dispose()

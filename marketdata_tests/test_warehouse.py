@@ -1,0 +1,129 @@
+"""The DuckDB warehouse: upserts by primary key in one transaction, concurrent writers queue."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from marketdata_assets.emulator.candles import synthetic_candles
+from marketdata_assets.schemas import KLINES
+from marketdata_assets.warehouse import WarehouseError, open_warehouse
+from marketdata_assets.warehouse.duckdb import DuckDBWarehouse
+
+
+def klines_frame(symbol: str, first: dt.datetime, count: int, source: str = "rest", bump: float = 0.0) -> pl.DataFrame:
+    start_ms = int(first.timestamp() * 1000)
+    bars = synthetic_candles("spot", symbol, 60_000, [start_ms + i * 60_000 for i in range(count)])
+    return pl.DataFrame(
+        {
+            "venue": ["binance"] * count,
+            "market": ["spot"] * count,
+            "symbol": [symbol] * count,
+            "timeframe": ["1m"] * count,
+            "open_time": pl.Series(bars.open_time).cast(pl.Datetime("ms", "UTC")),
+            "open": bars.open,
+            "high": bars.high + bump,
+            "low": bars.low,
+            "close": bars.close,
+            "volume": bars.volume,
+            "quote_volume": bars.quote_volume,
+            "trades": bars.trades,
+            "taker_buy_volume": bars.taker_buy_volume,
+            "taker_buy_quote_volume": bars.taker_buy_quote_volume,
+            "source": [source] * count,
+            "ingested_at": [dt.datetime.now(dt.UTC)] * count,
+        }
+    ).cast(KLINES.schema)  # type: ignore[arg-type]
+
+
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+def stored(warehouse) -> pl.DataFrame:
+    return warehouse.query("SELECT * FROM market_data.klines ORDER BY symbol, open_time")
+
+
+def test_upsert_is_idempotent_and_keeps_the_canonical_schema(warehouse_url):
+    warehouse = open_warehouse(warehouse_url)
+    frame = klines_frame("BTCUSDT", T0, 500)
+    assert warehouse.upsert(KLINES, frame) == 500
+    assert warehouse.upsert(KLINES, frame) == 500
+    rows = stored(warehouse)
+    assert rows.schema == KLINES.schema
+    assert rows.height == 500
+    assert rows.drop("ingested_at").equals(frame.drop("ingested_at"))
+
+
+def test_a_refetch_that_returned_less_loses_nothing_and_updates_what_it_has(warehouse_url):
+    warehouse = open_warehouse(warehouse_url)
+    warehouse.upsert(KLINES, klines_frame("BTCUSDT", T0, 100))
+    warehouse.upsert(KLINES, klines_frame("BTCUSDT", T0 + dt.timedelta(minutes=10), 20, source="archive", bump=1.0))
+    rows = stored(warehouse)
+    assert rows.height == 100
+    updated = rows.filter(pl.col("source") == "archive")
+    assert updated.height == 20
+    assert updated["open_time"].min() == T0 + dt.timedelta(minutes=10)
+    original = klines_frame("BTCUSDT", T0, 100)
+    assert (updated["high"] - original["high"][10:30]).to_list() == pytest.approx([1.0] * 20)
+
+
+def test_duplicate_keys_within_one_frame_keep_the_last(warehouse_url):
+    warehouse = open_warehouse(warehouse_url)
+    frame = klines_frame("BTCUSDT", T0, 5)
+    twice = pl.concat([frame, frame.with_columns(pl.lit("archive").alias("source"))])
+    assert warehouse.upsert(KLINES, twice) == 5
+    assert stored(warehouse)["source"].unique().to_list() == ["archive"]
+
+
+def test_a_failed_write_leaves_nothing_behind(warehouse_url):
+    warehouse = open_warehouse(warehouse_url)
+    warehouse.upsert(KLINES, klines_frame("BTCUSDT", T0, 10))
+    bad = klines_frame("ETHUSDT", T0, 10).with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("close")).alias("close")
+    )
+    with pytest.raises(Exception, match="NOT NULL"):
+        warehouse.upsert(KLINES, bad)
+    assert stored(warehouse)["symbol"].unique().to_list() == ["BTCUSDT"]
+
+
+def _writer(path: str, symbol: str, offset: int, rounds: int) -> None:
+    warehouse = DuckDBWarehouse(Path(path))
+    for index in range(rounds):
+        first = T0 + dt.timedelta(minutes=offset + index * 50)
+        warehouse.upsert(KLINES, klines_frame(symbol, first, 400))
+
+
+def test_concurrent_writer_processes_with_overlapping_windows_lose_nothing(tmp_path):
+    path = tmp_path / "shared.duckdb"
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_writer, args=(str(path), "BTCUSDT", 0, 12)),
+        context.Process(target=_writer, args=(str(path), "BTCUSDT", 25, 12)),
+        context.Process(target=_writer, args=(str(path), "ETHUSDT", 0, 12)),
+    ]
+    for process in writers:
+        process.start()
+    reader = DuckDBWarehouse(path)
+    for process in writers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    rows = stored(reader)
+    btc = rows.filter(pl.col("symbol") == "BTCUSDT")
+    # writer 1 covers minutes [0, 950), writer 2 [25, 975): the union, each once
+    assert btc.height == 975
+    assert btc["open_time"].is_unique().all()
+    assert btc["open_time"].min() == T0 and btc["open_time"].max() == T0 + dt.timedelta(minutes=974)
+    assert rows.filter(pl.col("symbol") == "ETHUSDT").height == 950
+
+
+def test_bad_urls_and_the_ambiguous_file_name_are_refused(tmp_path):
+    with pytest.raises(WarehouseError, match="is not a warehouse URL"):
+        open_warehouse("sqlite:///x.db")
+    with pytest.raises(WarehouseError, match="makes `market_data.klines` ambiguous"):
+        open_warehouse(f"duckdb:///{tmp_path / 'market_data.duckdb'}")
+    with pytest.raises(WarehouseError, match="PostgreSQL warehouse is not available"):
+        open_warehouse("postgresql://me:secret@127.0.0.1/db")
