@@ -215,3 +215,19 @@ def test_a_server_that_pages_smaller_than_asked_is_followed_and_microseconds_are
     with _server(small_pages) as server:
         got = fetch_klines("spot", server.url, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 1, 1, 1))
     assert got.frame["open_time"].to_list() == [utc(2024, 1, 1, 0, m) for m in range(60)]
+
+
+def test_timeouts_are_retried_then_reported():
+    with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=400))) as slow:
+        with pytest.raises(UpstreamUnavailable, match="failed 2 times; last: ReadTimeout"):
+            fetch_klines("spot", slow.url, "BTCUSDT", "1h", utc(2023, 6, 1), utc(2023, 6, 2),
+                         timeout_s=0.1, backoff_base_s=0.01, max_attempts=2)
+
+
+def test_clients_in_one_process_share_the_hosts_budget(emulator):
+    """Binance counts weight per IP: a second asset step must not start from a blank budget."""
+    first = BinanceKlinesClient("spot", emulator.url)
+    second = BinanceKlinesClient("spot", emulator.url)
+    other_market = BinanceKlinesClient("perp", emulator.url)
+    assert first._http.budget is second._http.budget
+    assert first._http.budget is not other_market._http.budget

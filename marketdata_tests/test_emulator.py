@@ -196,3 +196,14 @@ def test_emulator_cli_serves_on_the_given_port(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_emulator_settings_come_from_the_environment():
+    config = EmulatorConfig.from_env({
+        "MARKETDATA_EMULATOR_SPOT_WEIGHT_LIMIT": "1200", "MARKETDATA_EMULATOR_5XX_RATE": "0.25",
+        "MARKETDATA_EMULATOR_LATENCY_MS": "5", "MARKETDATA_EMULATOR_SEED": "3",
+    })
+    assert config.spot_weight_limit == 1200 and config.futures_weight_limit == 2400
+    assert config.faults == Faults(server_error_rate=0.25, truncate_rate=0.0, latency_ms=5.0, seed=3)
+    with pytest.raises(ValueError, match="MARKETDATA_EMULATOR_5XX_RATE='lots' is not a number"):
+        EmulatorConfig.from_env({"MARKETDATA_EMULATOR_5XX_RATE": "lots"})

@@ -100,6 +100,17 @@ class MinuteWeightBudget:
         if sent_minute == self._minute == int(self._clock() // 60) and used > self._used:
             self._used = used
 
+    _shared: dict[tuple[str, int], MinuteWeightBudget] = {}
+
+    @classmethod
+    def for_host(cls, base_url: str, limit: int) -> MinuteWeightBudget:
+        """The one budget of this process for `base_url`: the server counts weight per IP, so
+        every client in the process (one per asset step) must draw on the same budget."""
+        key = (base_url.rstrip("/"), limit)
+        if key not in cls._shared:
+            cls._shared[key] = cls(limit)
+        return cls._shared[key]
+
     def pause(self, seconds: float) -> None:
         """The server said back off (429 Retry-After): no request leaves for `seconds`."""
         now = self._clock()

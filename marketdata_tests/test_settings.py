@@ -1,0 +1,42 @@
+"""Settings: real public endpoints by default, the environment overrides, bad values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from marketdata_assets.settings import Settings, SettingsError
+
+
+def test_defaults_are_the_real_endpoints_and_the_embedded_warehouse():
+    settings = Settings.from_env({})
+    assert settings.warehouse_url == "duckdb:///.marketdata/warehouse.duckdb"
+    assert settings.binance_spot_url == "https://api.binance.com"
+    assert settings.binance_futures_url == "https://fapi.binance.com"
+    assert settings.binance_archive_url == "https://data.binance.vision"
+    assert settings.catalog_path is None
+    assert (settings.binance_spot_weight_limit, settings.binance_futures_weight_limit) == (6000, 2400)
+
+
+def test_environment_overrides():
+    settings = Settings.from_env({
+        "MARKETDATA_WAREHOUSE_URL": "duckdb:////data/w.duckdb",
+        "MARKETDATA_CATALOG": "/etc/marketdata/catalog.yaml",
+        "MARKETDATA_BINANCE_SPOT_URL": "http://127.0.0.1:8900",
+        "MARKETDATA_BINANCE_FUTURES_URL": "http://127.0.0.1:8901",
+        "MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT": "3000",
+        "FRED_API_KEY": "s3cret-fred-key",
+    })
+    assert settings.warehouse_url == "duckdb:////data/w.duckdb"
+    assert settings.catalog_path == Path("/etc/marketdata/catalog.yaml")
+    assert settings.binance_spot_url == "http://127.0.0.1:8900"
+    assert settings.binance_futures_url == "http://127.0.0.1:8901"
+    assert settings.binance_spot_weight_limit == 3000
+    assert settings.fred_api_key == "s3cret-fred-key" and "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(("value", "message"), [("lots", "is not a whole number"), ("0", "must be at least 1")])
+def test_bad_numbers_name_the_variable(value, message):
+    with pytest.raises(SettingsError, match=f"MARKETDATA_BINANCE_MAX_CONCURRENCY.*{message}"):
+        Settings.from_env({"MARKETDATA_BINANCE_MAX_CONCURRENCY": value})
