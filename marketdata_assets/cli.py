@@ -107,11 +107,11 @@ def summary(symbol: str | None) -> None:
 @click.option("--to", "to_date", envvar="TO_DATE", help="Last day (YYYY-MM-DD) [yesterday].")
 def demo(from_date: str | None, to_date: str | None) -> None:
     """Backfill the catalog from a local emulator, then print what is stored."""
-    from marketdata_assets.demo import _parse_date, run_demo
+    from marketdata_assets.demo import parse_date, run_demo
 
     run_demo(
-        _parse_date("FROM_DATE", from_date) if from_date else None,
-        _parse_date("TO_DATE", to_date) if to_date else None,
+        parse_date("FROM_DATE", from_date) if from_date else None,
+        parse_date("TO_DATE", to_date) if to_date else None,
     )
 
 

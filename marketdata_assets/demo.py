@@ -20,7 +20,7 @@ import click
 DEMO_DAYS = 90
 
 
-def _parse_date(name: str, raw: str) -> dt.date:
+def parse_date(name: str, raw: str) -> dt.date:
     try:
         return dt.date.fromisoformat(raw)
     except ValueError:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 import dagster as dg
 import polars as pl
@@ -186,6 +191,46 @@ def test_dagster_cli_partition_range_stores_each_closed_candle_once(settings, da
         assert instance.get_materialized_partitions(BTC_SPOT_1M) == {"2024-03-01", "2024-03-02", "2024-03-03"}
     finally:
         instance.dispose()
+    # The UI's asset page reads partition status through the webserver's GraphQL API.
+    with webserver(env) as url:
+        ranges = partition_ranges_in_ui(url, BTC_SPOT_1M)
+    assert ranges == [{"startKey": "2024-03-01", "endKey": "2024-03-03", "status": "MATERIALIZED"}]
+
+
+@contextlib.contextmanager
+def webserver(env: dict[str, str]):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-m", "marketdata_assets.definitions",
+         "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "webserver did not come up"
+            try:
+                if httpx.get(url + "/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def partition_ranges_in_ui(url: str, key: dg.AssetKey) -> list[dict]:
+    query = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+        ... on AssetNode { assetPartitionStatuses { ... on TimePartitionStatuses {
+            ranges { startKey endKey status } } } } } }"""
+    response = httpx.post(url + "/graphql", json={"query": query, "variables": {"key": {"path": key.path}}}, timeout=30)
+    return response.json()["data"]["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
 
 
 def test_two_cli_runs_over_overlapping_windows_at_once_end_with_each_row_once(settings, dagster_home):
