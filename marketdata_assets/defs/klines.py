@@ -38,7 +38,7 @@ def _metadata(report: KlinesIngestReport, start: dt.datetime, end: dt.datetime) 
         "first_open_time": moment(report.first_open_time),
         "last_open_time": moment(report.last_open_time),
         "window": dg.MetadataValue.text(f"[{start.isoformat()}, {end.isoformat()})"),
-        **{name: value for name, value in report.stats.as_metadata().items()},
+        **report.stats.as_metadata(),
         "write_windows": dg.MetadataValue.int(report.write_windows),
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
     }

@@ -29,7 +29,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass
 class RequestStats:
-    """What a client did: requests sent, weight spent, retries, 429s, seconds paced."""
+    """What a client did: requests sent, weight spent, retries, 429s, and seconds its requests
+    waited for the weight budget (summed over concurrent requests, so it can exceed wall time)."""
 
     requests: int = 0
     weight: int = 0
@@ -57,6 +58,7 @@ class MinuteWeightBudget:
     # The server's minute may start a little after ours (clock offset, transit): open the new
     # window late by this much. The whole budget still fits in the rest of the minute.
     BOUNDARY_GUARD_S = 0.5
+    _shared: dict[tuple[str, int], MinuteWeightBudget] = {}
 
     def __init__(self, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep):
         if limit < 1:
@@ -99,8 +101,6 @@ class MinuteWeightBudget:
         # A response that crossed a minute boundary reports the old minute's count: skip it.
         if sent_minute == self._minute == int(self._clock() // 60) and used > self._used:
             self._used = used
-
-    _shared: dict[tuple[str, int], MinuteWeightBudget] = {}
 
     @classmethod
     def for_host(cls, base_url: str, limit: int) -> MinuteWeightBudget:
