@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
+from marketdata_assets.emulator import EmulatorServer
 from marketdata_assets.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -102,6 +102,3 @@ def dagster_home(tmp_path: Path) -> Path:
 
 def utc(*args: int) -> dt.datetime:
     return dt.datetime(*args, tzinfo=dt.UTC)
-
-
-__all__ = ["EmulatorConfig", "FIXTURES", "TimeWarp", "cli_env", "utc", "write_catalog"]

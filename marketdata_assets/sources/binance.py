@@ -18,7 +18,7 @@ import httpx
 import polars as pl
 
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.errors import MalformedResponse, UpstreamError
+from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import Clock, MinuteWeightBudget, PacedHttp, RequestStats, Sleep
 from marketdata_assets.timeframes import Timeframe, timeframe
 
@@ -320,12 +320,3 @@ def fetch_klines(
             return KlinesFetch(frame, client.stats)
 
     return asyncio.run(run())
-
-
-__all__ = [
-    "BinanceKlinesClient",
-    "KlinesFetch",
-    "UpstreamError",
-    "fetch_klines",
-    "parse_klines",
-]
