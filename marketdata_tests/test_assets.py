@@ -153,17 +153,14 @@ def test_unknown_symbol_fails_the_run_writes_nothing_and_marks_partitions_failed
     assert set(statuses(instance, asset, ["2024-01-01", "2024-01-02", "2024-01-03"]).values()) == {FAILED}
 
 
-def test_a_broken_upstream_marks_nothing_materialized(tmp_path, settings, instance):
+def test_a_broken_upstream_marks_nothing_materialized(tmp_path, settings, instance, monkeypatch):
+    from marketdata_assets.sources.http import PacedHttp
+
+    monkeypatch.setattr(PacedHttp, "_backoff_delay", lambda self, attempt: 0.01)
     with EmulatorServer(EmulatorConfig(faults=Faults(truncate_rate=1.0))) as broken:
         settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path),
                                "binance_spot_url": broken.url})
-        import marketdata_assets.sources.http as http
-        original = http.PacedHttp._backoff_delay
-        http.PacedHttp._backoff_delay = lambda self, attempt: 0.01
-        try:
-            asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-01-02", instance)
-        finally:
-            http.PacedHttp._backoff_delay = original
+        asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-01-02", instance)
     assert not result.success
     assert stored_klines(settings).is_empty()
     assert MATERIALIZED not in statuses(instance, asset, ["2024-01-01", "2024-01-02"]).values()

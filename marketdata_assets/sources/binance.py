@@ -186,23 +186,18 @@ class BinanceKlinesClient:
             raise ValueError(f"unknown Binance market {market!r} (spot or perp)")
         self.endpoint = ENDPOINTS[market]
         self._clock = clock
-        limit = weight_limit or self.endpoint.weight_limit
-        budget = (
-            MinuteWeightBudget.for_host(base_url + self.endpoint.path, limit)
-            if clock is time.time and sleep is asyncio.sleep
-            else MinuteWeightBudget(limit, clock, sleep)  # a test's own clock: its own budget
-        )
         self._http = PacedHttp(
             self.endpoint.source,
             base_url,
-            budget,
+            MinuteWeightBudget.for_host(
+                base_url + self.endpoint.path, weight_limit or self.endpoint.weight_limit, clock, sleep
+            ),
             used_weight_header=USED_WEIGHT_HEADER,
             error_detail=binance_error_detail,
             max_concurrency=max_concurrency,
             max_attempts=max_attempts,
             backoff_base_s=backoff_base_s,
             timeout_s=timeout_s,
-            clock=clock,
             sleep=sleep,
         )
 

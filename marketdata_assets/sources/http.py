@@ -58,7 +58,7 @@ class MinuteWeightBudget:
     # The server's minute may start a little after ours (clock offset, transit): open the new
     # window late by this much. The whole budget still fits in the rest of the minute.
     BOUNDARY_GUARD_S = 0.5
-    _shared: dict[tuple[str, int], MinuteWeightBudget] = {}
+    _shared: dict[tuple[str, int, Clock, Sleep], MinuteWeightBudget] = {}
 
     def __init__(self, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep):
         if limit < 1:
@@ -103,12 +103,14 @@ class MinuteWeightBudget:
             self._used = used
 
     @classmethod
-    def for_host(cls, base_url: str, limit: int) -> MinuteWeightBudget:
+    def for_host(
+        cls, base_url: str, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep
+    ) -> MinuteWeightBudget:
         """The one budget of this process for `base_url`: the server counts weight per IP, so
         every client in the process (one per asset step) must draw on the same budget."""
-        key = (base_url.rstrip("/"), limit)
+        key = (base_url.rstrip("/"), limit, clock, sleep)
         if key not in cls._shared:
-            cls._shared[key] = cls(limit)
+            cls._shared[key] = cls(limit, clock, sleep)
         return cls._shared[key]
 
     def pause(self, seconds: float) -> None:
@@ -151,7 +153,6 @@ class PacedHttp:
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 20.0,
         timeout_s: float = 30.0,
-        clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ):
         self.source = source
@@ -164,7 +165,6 @@ class PacedHttp:
         self._max_attempts = max_attempts
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._timeout = timeout_s
-        self._clock = clock
         self._sleep = sleep
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
