@@ -35,6 +35,9 @@ class Instrument(BaseModel):
     timeframes: tuple[str, ...] = Field(min_length=1)
     start_date: dt.date | None = None
     datasets: tuple[str, ...] | None = None
+    # Where klines come from: archive files where they exist, else REST (auto); only one of them.
+    # None: the MARKETDATA_KLINES_SOURCE setting decides.
+    source: Literal["auto", "archive", "rest"] | None = None
 
     @field_validator("venue")
     @classmethod

@@ -22,7 +22,13 @@ def main() -> None:
 @click.option("--fault-5xx-rate", type=float, help="Share of data requests answered with 503.")
 @click.option("--fault-truncate-rate", type=float, help="Share of data answers cut in half.")
 @click.option("--fault-latency-ms", type=float, help="Delay before every data answer.")
-def emulator(host, port, spot_weight_limit, futures_weight_limit, fault_5xx_rate, fault_truncate_rate, fault_latency_ms) -> None:
+@click.option("--archive-missing", multiple=True, help="Archive zip name (or pattern) to answer 404.")
+@click.option("--archive-corrupt", multiple=True, help="Archive zip name (or pattern) to serve corrupted.")
+@click.option("--archive-corrupt-once", is_flag=True, default=None, help="Corrupt only the first download.")
+def emulator(
+    host, port, spot_weight_limit, futures_weight_limit, fault_5xx_rate, fault_truncate_rate,
+    fault_latency_ms, archive_missing, archive_corrupt, archive_corrupt_once,
+) -> None:
     """Serve the local emulators of every upstream until interrupted.
 
     Defaults come from MARKETDATA_EMULATOR_* variables; options override them.
@@ -46,6 +52,12 @@ def emulator(host, port, spot_weight_limit, futures_weight_limit, fault_5xx_rate
         spot_weight_limit=spot_weight_limit or config.spot_weight_limit,
         futures_weight_limit=futures_weight_limit or config.futures_weight_limit,
         faults=faults,
+        archive_faults=dataclasses.replace(
+            config.archive_faults,
+            missing=tuple(archive_missing) or config.archive_faults.missing,
+            corrupt=tuple(archive_corrupt) or config.archive_faults.corrupt,
+            corrupt_once=config.archive_faults.corrupt_once if archive_corrupt_once is None else True,
+        ),
     )
     server = uvicorn.Server(
         uvicorn.Config(build_app(config), host=host, port=port, log_level="warning", access_log=False)
@@ -55,7 +67,11 @@ def emulator(host, port, spot_weight_limit, futures_weight_limit, fault_5xx_rate
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         url = f"http://{host}:{bound}"
         click.echo(f"emulator listening on {url}", err=True)
-        click.echo(f"export MARKETDATA_BINANCE_SPOT_URL={url} MARKETDATA_BINANCE_FUTURES_URL={url}", err=True)
+        click.echo(
+            f"export MARKETDATA_BINANCE_SPOT_URL={url} MARKETDATA_BINANCE_FUTURES_URL={url} "
+            f"MARKETDATA_BINANCE_ARCHIVE_URL={url}",
+            err=True,
+        )
 
     import asyncio
 

@@ -90,7 +90,8 @@ def run_demo(from_date: dt.date | None, to_date: dt.date | None) -> None:
     env.setdefault("MARKETDATA_WAREHOUSE_URL", "duckdb:///.marketdata/warehouse.duckdb")
     emulator, url = start_emulator(env)
     try:
-        env["MARKETDATA_BINANCE_SPOT_URL"] = env["MARKETDATA_BINANCE_FUTURES_URL"] = url
+        for name in ("SPOT", "FUTURES", "ARCHIVE"):
+            env[f"MARKETDATA_BINANCE_{name}_URL"] = url
         click.echo(f"emulator at {url}; backfilling {from_date} .. {to_date}")
         for keys, first, last in partition_ranges(from_date, to_date, env):
             click.echo(f"\n$ dagster asset materialize --select {','.join(keys)} --partition-range {first}...{last}")

@@ -1,8 +1,8 @@
 """Fetch → write for one klines series over one time window, with no Dagster in sight.
 
-The window is cut into write windows of at most `bars_per_write` bars. Each is fetched (pages
-concurrent up to the weight budget) and upserted in one transaction; the next write window is
-fetched while the previous one is written, so the rate budget never idles on the database.
+Frames arrive from the source one archive file or one REST window at a time. They are gathered
+into write batches of at most about `bars_per_write` bars, each upserted in one transaction in a
+worker thread while the source goes on downloading, so neither side idles on the other.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.binance import BinanceKlinesClient
+from marketdata_assets.sources.binance_klines import BinanceKlinesSource
 from marketdata_assets.sources.http import RequestStats
-from marketdata_assets.timeframes import timeframe
 from marketdata_assets.warehouse import Warehouse
 
 DEFAULT_BARS_PER_WRITE = 200_000
@@ -34,10 +33,13 @@ class KlinesIngestReport:
     write_windows: int = 0
     seconds: float = 0.0
     stats: RequestStats = field(default_factory=RequestStats)
+    source: dict[str, Any] = field(default_factory=dict)
+    largest_write: int = 0
 
     def add(self, frame: pl.DataFrame, written: int) -> None:
         self.rows_written += written
         self.write_windows += 1
+        self.largest_write = max(self.largest_write, frame.height)
         if frame.height:
             first, last = frame["open_time"].min(), frame["open_time"].max()
             if self.first_open_time is None or first < self.first_open_time:  # type: ignore[operator]
@@ -46,20 +48,8 @@ class KlinesIngestReport:
                 self.last_open_time = last  # type: ignore[assignment]
 
 
-def write_windows(
-    start: dt.datetime, end: dt.datetime, interval_ms: int, bars_per_write: int
-) -> Iterator[tuple[dt.datetime, dt.datetime]]:
-    """[start, end) cut into consecutive half-open windows of at most `bars_per_write` bars."""
-    step = dt.timedelta(milliseconds=interval_ms * bars_per_write)
-    cursor = start
-    while cursor < end:
-        upper = min(cursor + step, end)
-        yield cursor, upper
-        cursor = upper
-
-
 async def _ingest(
-    client: BinanceKlinesClient,
+    source: BinanceKlinesSource,
     warehouse: Warehouse,
     symbol: str,
     timeframe_name: str,
@@ -68,29 +58,43 @@ async def _ingest(
     bars_per_write: int,
 ) -> KlinesIngestReport:
     report = KlinesIngestReport()
-    tf = timeframe(timeframe_name)
-    pending: asyncio.Future[int] | None = None
-    pending_frame: pl.DataFrame | None = None
-    async with client:
+    writes: list[tuple[asyncio.Future[int], pl.DataFrame]] = []
+    buffered: list[pl.DataFrame] = []
+    buffered_rows = 0
+
+    async def finish_oldest() -> None:
+        future, frame = writes.pop(0)
+        report.add(frame, await future)
+
+    async def write_buffered() -> None:
+        nonlocal buffered, buffered_rows
+        while len(writes) >= warehouse.concurrent_writes:
+            await finish_oldest()
+        batch = pl.concat(buffered, rechunk=True) if len(buffered) > 1 else buffered[0]
+        buffered, buffered_rows = [], 0
+        writes.append((asyncio.ensure_future(asyncio.to_thread(warehouse.upsert, KLINES, batch)), batch))
+
+    async with source:
         try:
-            for lower, upper in write_windows(start, end, tf.millis, bars_per_write):
-                frame = await client.fetch(symbol, timeframe_name, lower, upper)
-                if pending is not None:
-                    report.add(pending_frame, await pending)  # type: ignore[arg-type]
-                pending_frame = frame
-                pending = asyncio.ensure_future(asyncio.to_thread(warehouse.upsert, KLINES, frame))
-            if pending is not None:
-                report.add(pending_frame, await pending)  # type: ignore[arg-type]
-                pending = None
+            async for frame in source.frames(symbol, timeframe_name, start, end, bars_per_write):
+                if buffered_rows and buffered_rows + frame.height > bars_per_write:
+                    await write_buffered()
+                buffered.append(frame)
+                buffered_rows += frame.height
+            if buffered:
+                await write_buffered()
+            while writes:
+                await finish_oldest()
         finally:
-            if pending is not None:  # a fetch failed while a write ran: let the write finish
-                await asyncio.gather(pending, return_exceptions=True)
-    report.stats = client.stats
+            # A fetch or write failed: let the writes under way finish (each is one transaction).
+            await asyncio.gather(*(future for future, _ in writes), return_exceptions=True)
+    report.stats = source.rest.stats
+    report.source = source.summary()
     return report
 
 
 def ingest_klines(
-    client: BinanceKlinesClient,
+    source: BinanceKlinesSource,
     warehouse: Warehouse,
     symbol: str,
     timeframe_name: str,
@@ -100,10 +104,8 @@ def ingest_klines(
     bars_per_write: int = DEFAULT_BARS_PER_WRITE,
 ) -> KlinesIngestReport:
     """Fetch and store the closed klines of [start, end) (UTC). Raises on the first failure;
-    write windows already committed stay committed."""
+    write batches already committed stay committed."""
     began = time.perf_counter()
-    report = asyncio.run(
-        _ingest(client, warehouse, symbol, timeframe_name, start, end, bars_per_write)
-    )
+    report = asyncio.run(_ingest(source, warehouse, symbol, timeframe_name, start, end, bars_per_write))
     report.seconds = time.perf_counter() - began
     return report

@@ -18,7 +18,7 @@ class TableSpec:
 
     name: str
     schema: pl.Schema
-    primary_key: tuple[str, ...]
+    primary_key: tuple[str, ...]  # the time column last: writers probe overlap by its range
 
     @property
     def qualified_name(self) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_WAREHOUSE_URL = "duckdb:///.marketdata/warehouse.duckdb"
+KLINES_SOURCES = ("auto", "archive", "rest")
 
 ENDPOINT_DEFAULTS = {
     "binance_spot_url": ("MARKETDATA_BINANCE_SPOT_URL", "https://api.binance.com"),
@@ -41,6 +42,13 @@ def _int_setting(env: Mapping[str, str], name: str, default: int, minimum: int =
     return value
 
 
+def _choice_setting(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     warehouse_url: str = DEFAULT_WAREHOUSE_URL
@@ -60,6 +68,8 @@ class Settings:
     binance_spot_weight_limit: int = 6000
     binance_futures_weight_limit: int = 2400
     binance_max_concurrency: int = 10
+    # Where klines come from unless a catalog entry says otherwise: auto | archive | rest.
+    klines_source: str = "auto"
     fred_api_key: str | None = field(default=None, repr=False)
     databento_api_key: str | None = field(default=None, repr=False)
 
@@ -80,6 +90,7 @@ class Settings:
                 env, "MARKETDATA_BINANCE_FUTURES_WEIGHT_LIMIT", 2400
             ),
             binance_max_concurrency=_int_setting(env, "MARKETDATA_BINANCE_MAX_CONCURRENCY", 10),
+            klines_source=_choice_setting(env, "MARKETDATA_KLINES_SOURCE", "auto", KLINES_SOURCES),
             fred_api_key=env.get("FRED_API_KEY"),
             databento_api_key=env.get("DATABENTO_API_KEY"),
             **endpoints,

@@ -1,16 +1,11 @@
-"""Bar timeframes: their length, and the partition cadence each one is stored under."""
+"""Bar timeframes, named as Binance names them, and their length."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
-
-PartitionCadence = Literal["daily", "monthly"]
-
 
 @dataclass(frozen=True)
 class Timeframe:
@@ -18,10 +13,6 @@ class Timeframe:
 
     name: str
     millis: int
-    # Daily partitions cost ~25 ms of Dagster bookkeeping each (README, "Partitions"). Below one
-    # hour a day holds >= 48 bars and >= 1 request of rate-limited fetching, so a daily window pays
-    # for itself; from 1h up a day is <= 24 bars, and a month keeps bookkeeping below the fetch.
-    cadence: PartitionCadence
 
     @property
     def seconds(self) -> int:
@@ -31,18 +22,18 @@ class Timeframe:
 TIMEFRAMES: dict[str, Timeframe] = {
     t.name: t
     for t in (
-        Timeframe("1m", MINUTE_MS, "daily"),
-        Timeframe("3m", 3 * MINUTE_MS, "daily"),
-        Timeframe("5m", 5 * MINUTE_MS, "daily"),
-        Timeframe("15m", 15 * MINUTE_MS, "daily"),
-        Timeframe("30m", 30 * MINUTE_MS, "daily"),
-        Timeframe("1h", HOUR_MS, "monthly"),
-        Timeframe("2h", 2 * HOUR_MS, "monthly"),
-        Timeframe("4h", 4 * HOUR_MS, "monthly"),
-        Timeframe("6h", 6 * HOUR_MS, "monthly"),
-        Timeframe("8h", 8 * HOUR_MS, "monthly"),
-        Timeframe("12h", 12 * HOUR_MS, "monthly"),
-        Timeframe("1d", DAY_MS, "monthly"),
+        Timeframe("1m", MINUTE_MS),
+        Timeframe("3m", 3 * MINUTE_MS),
+        Timeframe("5m", 5 * MINUTE_MS),
+        Timeframe("15m", 15 * MINUTE_MS),
+        Timeframe("30m", 30 * MINUTE_MS),
+        Timeframe("1h", HOUR_MS),
+        Timeframe("2h", 2 * HOUR_MS),
+        Timeframe("4h", 4 * HOUR_MS),
+        Timeframe("6h", 6 * HOUR_MS),
+        Timeframe("8h", 8 * HOUR_MS),
+        Timeframe("12h", 12 * HOUR_MS),
+        Timeframe("1d", DAY_MS),
     )
 }
 

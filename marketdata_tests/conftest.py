@@ -63,6 +63,7 @@ def settings(emulator: EmulatorServer, warehouse_url: str) -> Settings:
         warehouse_url=warehouse_url,
         binance_spot_url=emulator.url,
         binance_futures_url=emulator.url,
+        binance_archive_url=emulator.url,
     )
 
 
@@ -80,6 +81,8 @@ def cli_env(settings: Settings, dagster_home: Path, catalog: Path | None = None)
         MARKETDATA_WAREHOUSE_URL=settings.warehouse_url,
         MARKETDATA_BINANCE_SPOT_URL=settings.binance_spot_url,
         MARKETDATA_BINANCE_FUTURES_URL=settings.binance_futures_url,
+        MARKETDATA_BINANCE_ARCHIVE_URL=settings.binance_archive_url,
+        MARKETDATA_KLINES_SOURCE=settings.klines_source,
         DAGSTER_HOME=str(dagster_home),
     )
     if catalog is not None:
@@ -98,6 +101,10 @@ def dagster_home(tmp_path: Path) -> Path:
 
     DagsterInstance.from_config(str(home)).dispose()
     return home
+
+
+def with_settings(settings: Settings, **changes) -> Settings:
+    return Settings(**{**settings.__dict__, **changes})
 
 
 def utc(*args: int) -> dt.datetime:

@@ -19,11 +19,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from marketdata_assets.definitions import build_definitions
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
-from marketdata_assets.emulator.config import Faults
+from marketdata_assets.emulator.config import ArchiveFaults, Faults
 from marketdata_assets.settings import Settings
 from marketdata_assets.sources.binance import fetch_klines
 from marketdata_assets.warehouse import open_warehouse
-from marketdata_tests.conftest import cli_env, utc, write_catalog
+from marketdata_tests.conftest import cli_env, utc, with_settings, write_catalog
 
 MATERIALIZED = dg.AssetPartitionStatus.MATERIALIZED
 FAILED = dg.AssetPartitionStatus.FAILED
@@ -82,54 +82,89 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
     ]
     btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
     assert btc_perp_1m.group_name == "binance_perp"
-    assert btc_perp_1m.partitions_def.get_first_partition_key() == "2019-09-08"
-    # hourly bars: monthly partitions, from the first of the listing month
-    btc_perp_1h = specs["binance_perp/klines_1h/BTCUSDT"]
-    assert btc_perp_1h.partitions_def.get_first_partition_key() == "2019-09-01"
-    window = btc_perp_1h.partitions_def.time_window_for_partition_key("2019-09-01")
-    assert (window.start, window.end) == (utc(2019, 9, 1), utc(2019, 10, 1))
-    assert specs["binance_spot/klines_1m/ETHUSDT"].partitions_def.get_first_partition_key() == "2017-08-17"
+    # monthly partitions from the first of the listing month, for every timeframe
+    for tf in ("1m", "1h"):
+        partitions = specs[f"binance_perp/klines_{tf}/BTCUSDT"].partitions_def
+        assert partitions.get_first_partition_key() == "2019-09-01"
+        window = partitions.time_window_for_partition_key("2019-09-01")
+        assert (window.start, window.end) == (utc(2019, 9, 1), utc(2019, 10, 1))
+        # the month in progress is the newest partition
+        this_month = dt.datetime.now(dt.UTC).date().replace(day=1).isoformat()
+        assert partitions.get_last_partition_key() == this_month
+    assert specs["binance_spot/klines_1m/ETHUSDT"].partitions_def.get_first_partition_key() == "2017-08-01"
 
 
-def test_range_run_stores_the_servers_candles_and_records_every_partition(tmp_path, settings, emulator, instance):
-    settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path)})
-    asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-02", "2024-01-04", instance)
+def test_range_run_stores_the_archives_candles_and_records_every_partition(tmp_path, settings, emulator, instance):
+    settings = with_settings(settings, catalog_path=spot_catalog(tmp_path))
+    asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-02-01", instance)
     assert result.success
     rows = stored_klines(settings)
-    expected = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 1, 2), utc(2024, 1, 5)).frame
-    assert rows.drop("ingested_at").equals(expected.drop("ingested_at"))
-    assert rows.height == 3 * 1440
-    assert statuses(instance, asset, ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]) == {
-        "2024-01-01": None, "2024-01-02": MATERIALIZED, "2024-01-03": MATERIALIZED,
-        "2024-01-04": MATERIALIZED, "2024-01-05": None,
+    expected = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 3, 1)).frame
+    assert rows.drop("ingested_at", "source").equals(expected.drop("ingested_at", "source"))
+    assert rows.height == (31 + 29) * 1440
+    assert set(rows["source"]) == {"archive"}
+    assert statuses(instance, asset, ["2023-12-01", "2024-01-01", "2024-02-01", "2024-03-01"]) == {
+        "2023-12-01": None, "2024-01-01": MATERIALIZED, "2024-02-01": MATERIALIZED, "2024-03-01": None,
     }
     (materialization, *_) = result.asset_materializations_for_node(asset.node_def.name)
     metadata = {k: v.value for k, v in materialization.metadata.items()}
-    assert metadata["rows_written"] == 4320
-    assert metadata["first_open_time"] == "2024-01-02T00:00:00+00:00"
-    assert metadata["last_open_time"] == "2024-01-04T23:59:00+00:00"
-    assert metadata["requests"] == 5 and metadata["weight_used"] == 10
-    assert metadata["retries"] == 0 and metadata["http_429"] == 0
+    assert metadata["rows_written"] == 86400
+    assert metadata["first_open_time"] == "2024-01-01T00:00:00+00:00"
+    assert metadata["last_open_time"] == "2024-02-29T23:59:00+00:00"
+    assert metadata["source_mode"] == "auto"
+    assert metadata["archive_files"] == 2 and metadata["rows_from_archive"] == 86400
+    assert metadata["rows_from_rest"] == 0 and metadata["requests"] == 0
     assert metadata["seconds"] > 0
 
 
+def test_rest_source_from_the_catalog_fetches_the_same_bars_over_rest(tmp_path, settings, emulator, instance):
+    catalog = write_catalog(tmp_path / "c.yaml", [
+        {"venue": "binance", "market": "spot", "symbol": "BTCUSDT", "timeframes": ["1m"],
+         "start_date": "2024-01-01", "source": "rest"}
+    ])
+    settings = with_settings(settings, catalog_path=catalog)
+    asset, result = run_range(settings, BTC_SPOT_1M, "2024-02-01", "2024-02-01", instance)
+    assert result.success
+    rows = stored_klines(settings)
+    assert rows.height == 29 * 1440 and set(rows["source"]) == {"rest"}
+    (materialization, *_) = result.asset_materializations_for_node(asset.node_def.name)
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["requests"] == 42 and metadata["weight_used"] == 84  # 41,760 bars / 1,000 a page
+    assert metadata["http_429"] == 0 and metadata["rows_from_rest"] == 29 * 1440
+
+
 def test_the_same_range_twice_gives_identical_rows(tmp_path, settings, instance):
-    settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path)})
-    run_range(settings, BTC_SPOT_1M, "2024-02-01", "2024-02-02", instance)
+    settings = with_settings(settings, catalog_path=spot_catalog(tmp_path))
+    run_range(settings, BTC_SPOT_1M, "2024-02-01", "2024-02-01", instance)
     first = stored_klines(settings)
-    _, result = run_range(settings, BTC_SPOT_1M, "2024-02-01", "2024-02-02", instance)
+    _, result = run_range(settings, BTC_SPOT_1M, "2024-02-01", "2024-02-01", instance)
     assert result.success
     again = stored_klines(settings)
-    assert again.height == first.height == 2880
+    assert again.height == first.height == 29 * 1440
     assert again.drop("ingested_at").equals(first.drop("ingested_at"))
     assert (again["ingested_at"] > first["ingested_at"]).all()
+
+
+def test_a_corrupt_archive_file_fails_its_run_naming_the_file_and_writes_nothing(tmp_path, settings, instance):
+    faults = ArchiveFaults(corrupt=("BTCUSDT-1m-2024-02.zip",))
+    with EmulatorServer(EmulatorConfig(archive_faults=faults)) as corrupting:
+        settings = with_settings(settings, catalog_path=spot_catalog(tmp_path), binance_archive_url=corrupting.url)
+        asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-02-01", instance)
+        assert corrupting.archive.answers["corrupt"] == 2  # downloaded once more before giving up
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    message = error_chain(failure.step_failure_data.error)
+    assert "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip: sha256" in message
+    assert "does not match its .CHECKSUM" in message
+    assert stored_klines(settings).is_empty()
+    assert set(statuses(instance, asset, ["2024-01-01", "2024-02-01"]).values()) == {FAILED}
 
 
 def test_monthly_partitions_cover_the_listing_month_for_hourly_bars(tmp_path, settings, instance):
     catalog = write_catalog(tmp_path / "c.yaml", [
         {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes": ["1h"], "start_date": "2019-09-08"}
     ])
-    settings = Settings(**{**settings.__dict__, "catalog_path": catalog})
+    settings = with_settings(settings, catalog_path=catalog)
     key = dg.AssetKey(["binance_perp", "klines_1h", "BTCUSDT"])
     asset, result = run_range(settings, key, "2019-09-01", "2019-10-01", instance)
     assert result.success
@@ -141,16 +176,16 @@ def test_monthly_partitions_cover_the_listing_month_for_hourly_bars(tmp_path, se
 
 
 def test_unknown_symbol_fails_the_run_writes_nothing_and_marks_partitions_failed(tmp_path, settings, instance):
-    settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path, symbol="NOPEUSDT")})
+    settings = with_settings(settings, catalog_path=spot_catalog(tmp_path, symbol="NOPEUSDT"))
     key = dg.AssetKey(["binance_spot", "klines_1m", "NOPEUSDT"])
-    asset, result = run_range(settings, key, "2024-01-01", "2024-01-03", instance)
+    asset, result = run_range(settings, key, "2024-01-01", "2024-02-01", instance)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     message = error_chain(failure.step_failure_data.error)
     assert "binance spot: GET /api/v3/klines?symbol=NOPEUSDT" in message
     assert "code -1121: Invalid symbol." in message
     assert stored_klines(settings).is_empty()
-    assert set(statuses(instance, asset, ["2024-01-01", "2024-01-02", "2024-01-03"]).values()) == {FAILED}
+    assert set(statuses(instance, asset, ["2024-01-01", "2024-02-01"]).values()) == {FAILED}
 
 
 def test_a_broken_upstream_marks_nothing_materialized(tmp_path, settings, instance, monkeypatch):
@@ -158,12 +193,12 @@ def test_a_broken_upstream_marks_nothing_materialized(tmp_path, settings, instan
 
     monkeypatch.setattr(PacedHttp, "_backoff_delay", lambda self, attempt: 0.01)
     with EmulatorServer(EmulatorConfig(faults=Faults(truncate_rate=1.0))) as broken:
-        settings = Settings(**{**settings.__dict__, "catalog_path": spot_catalog(tmp_path),
-                               "binance_spot_url": broken.url})
-        asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-01-02", instance)
+        settings = with_settings(settings, catalog_path=spot_catalog(tmp_path), binance_spot_url=broken.url,
+                                 klines_source="rest")
+        asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-01-01", instance)
     assert not result.success
     assert stored_klines(settings).is_empty()
-    assert MATERIALIZED not in statuses(instance, asset, ["2024-01-01", "2024-01-02"]).values()
+    assert MATERIALIZED not in statuses(instance, asset, ["2024-01-01"]).values()
 
 
 def dagster_materialize(env: dict[str, str], select: str, partition_range: str) -> subprocess.Popen:
@@ -176,22 +211,22 @@ def dagster_materialize(env: dict[str, str], select: str, partition_range: str) 
 
 def test_dagster_cli_partition_range_stores_each_closed_candle_once(settings, dagster_home, emulator):
     env = cli_env(settings, dagster_home)
-    process = dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-03-01...2024-03-03")
+    process = dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-03-01...2024-05-01")
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
     assert "RUN_SUCCESS" in output
     rows = stored_klines(settings)
-    expected = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 3, 1), utc(2024, 3, 4)).frame
-    assert rows.drop("ingested_at").equals(expected.drop("ingested_at"))
+    expected = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 3, 1), utc(2024, 6, 1)).frame
+    assert rows.drop("ingested_at", "source").equals(expected.drop("ingested_at", "source"))
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     try:
-        assert instance.get_materialized_partitions(BTC_SPOT_1M) == {"2024-03-01", "2024-03-02", "2024-03-03"}
+        assert instance.get_materialized_partitions(BTC_SPOT_1M) == {"2024-03-01", "2024-04-01", "2024-05-01"}
     finally:
         instance.dispose()
     # The UI's asset page reads partition status through the webserver's GraphQL API.
     with webserver(env) as url:
         ranges = partition_ranges_in_ui(url, BTC_SPOT_1M)
-    assert ranges == [{"startKey": "2024-03-01", "endKey": "2024-03-03", "status": "MATERIALIZED"}]
+    assert ranges == [{"startKey": "2024-03-01", "endKey": "2024-05-01", "status": "MATERIALIZED"}]
 
 
 @contextlib.contextmanager
@@ -233,19 +268,19 @@ def partition_ranges_in_ui(url: str, key: dg.AssetKey) -> list[dict]:
 def test_two_cli_runs_over_overlapping_windows_at_once_end_with_each_row_once(settings, dagster_home):
     env = cli_env(settings, dagster_home)
     runs = [
-        dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-04-01...2024-04-20"),
-        dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-04-10...2024-04-30"),
+        dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-01-01...2024-03-01"),
+        dagster_materialize(env, "binance_spot/klines_1m/BTCUSDT", "2024-02-01...2024-04-01"),
     ]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output[-3000:]
         assert "lock" not in output.lower() or "RUN_SUCCESS" in output
     rows = stored_klines(settings)
-    assert rows.height == 30 * 1440
+    assert rows.height == (31 + 29 + 31 + 30) * 1440
     assert rows["open_time"].is_unique().all()
-    assert rows["open_time"].min() == utc(2024, 4, 1) and rows["open_time"].max() == utc(2024, 4, 30, 23, 59)
+    assert rows["open_time"].min() == utc(2024, 1, 1) and rows["open_time"].max() == utc(2024, 4, 30, 23, 59)
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     try:
-        assert len(instance.get_materialized_partitions(BTC_SPOT_1M)) == 30
+        assert len(instance.get_materialized_partitions(BTC_SPOT_1M)) == 4
     finally:
         instance.dispose()

@@ -23,14 +23,13 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
     result = marketdata("demo", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "--partition-range 2024-01-30...2024-02-02" in out  # daily partitions of 1m bars
-    assert "--partition-range 2024-01-01...2024-02-01" in out  # monthly partitions of 1h bars
+    assert "--partition-range 2024-01-01...2024-02-01" in out  # the months holding those days
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("binance_")}
     for market in ("spot", "perp"):
         for symbol in ("BTCUSDT", "ETHUSDT"):
             rows, *first_last = lines[f"binance_{market}/klines_1m/{symbol}"]
-            assert rows == str(4 * 1440)
-            assert first_last == ["2024-01-30", "00:00", "2024-02-02", "23:59"]
+            assert rows == str((31 + 29) * 1440)
+            assert first_last == ["2024-01-01", "00:00", "2024-02-29", "23:59"]
             rows, *first_last = lines[f"binance_{market}/klines_1h/{symbol}"]
             assert rows == str((31 + 29) * 24)
             assert first_last == ["2024-01-01", "00:00", "2024-02-29", "23:00"]

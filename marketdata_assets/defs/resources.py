@@ -5,6 +5,8 @@ import dagster as dg
 
 from marketdata_assets.settings import Settings
 from marketdata_assets.sources.binance import BinanceKlinesClient, Market
+from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+from marketdata_assets.sources.binance_klines import BinanceKlinesSource, SourceMode
 from marketdata_assets.warehouse import Warehouse, open_warehouse
 
 
@@ -18,13 +20,22 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class BinanceResource(dg.ConfigurableResource):
-    """Binance REST endpoints and the request-weight budgets to pace against."""
+    """Binance REST endpoints, the archive, the request-weight budgets to pace against, and
+    where klines come from by default (auto | archive | rest)."""
 
     spot_url: str
     futures_url: str
+    archive_url: str
     spot_weight_limit: int = 6000
     futures_weight_limit: int = 2400
     max_concurrency: int = 10
+    klines_source: str = "auto"
+
+    def klines_source_for(self, market: Market, mode: SourceMode | None = None) -> BinanceKlinesSource:
+        """Klines of `market` from the archive and/or REST; `mode` None takes the setting."""
+        mode = mode or self.klines_source  # type: ignore[assignment]
+        archive = BinanceArchiveClient(self.archive_url) if mode != "rest" else None
+        return BinanceKlinesSource(self.klines_client(market), archive, mode)  # type: ignore[arg-type]
 
     def klines_client(self, market: Market) -> BinanceKlinesClient:
         if market == "spot":
@@ -44,6 +55,8 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "binance": BinanceResource(
             spot_url=settings.binance_spot_url,
             futures_url=settings.binance_futures_url,
+            archive_url=settings.binance_archive_url,
+            klines_source=settings.klines_source,
             spot_weight_limit=settings.binance_spot_weight_limit,
             futures_weight_limit=settings.binance_futures_weight_limit,
             max_concurrency=settings.binance_max_concurrency,

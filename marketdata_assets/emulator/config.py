@@ -36,6 +36,15 @@ class Faults:
 
 
 @dataclass(frozen=True)
+class ArchiveFaults:
+    """Injected misbehaviour of the archive; file names may be shell patterns (`*-2024-01.zip`)."""
+
+    missing: tuple[str, ...] = ()  # zips (and their .CHECKSUM) answered 404
+    corrupt: tuple[str, ...] = ()  # zips served with one byte flipped; the .CHECKSUM stays right
+    corrupt_once: bool = False  # corrupt only the first download of each, as a flaky CDN does
+
+
+@dataclass(frozen=True)
 class EmulatorConfig:
     spot_weight_limit: int = 6000
     futures_weight_limit: int = 2400
@@ -45,6 +54,11 @@ class EmulatorConfig:
     ban_grace_s: float = 1.0
     ban_seconds: int = 120
     faults: Faults = field(default_factory=Faults)
+    archive_faults: ArchiveFaults = field(default_factory=ArchiveFaults)
+    # Archive file formats: spot times turn to µs from this day; futures CSVs gain a header.
+    archive_spot_microseconds_from: dt.date = dt.date(2025, 1, 1)
+    archive_futures_header_from: dt.date = dt.date(2022, 1, 1)
+    archive_publish_delay_s: float = 0.0  # a file appears this long after its period ends
     listings: Mapping[tuple[str, str], int] = field(default_factory=lambda: dict(BINANCE_LISTINGS))
 
     def with_listing(self, market: str, symbol: str, first_open: dt.datetime) -> EmulatorConfig:
@@ -54,7 +68,9 @@ class EmulatorConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmulatorConfig:
-        """MARKETDATA_EMULATOR_{SPOT,FUTURES}_WEIGHT_LIMIT, _5XX_RATE, _TRUNCATE_RATE, _LATENCY_MS, _SEED."""
+        """MARKETDATA_EMULATOR_{SPOT,FUTURES}_WEIGHT_LIMIT, _5XX_RATE, _TRUNCATE_RATE, _LATENCY_MS,
+        _SEED, and _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns)
+        with _ARCHIVE_CORRUPT_ONCE=1."""
         env = os.environ if env is None else env
 
         def number(name: str, default: float) -> float:
@@ -66,6 +82,10 @@ class EmulatorConfig:
             except ValueError:
                 raise ValueError(f"MARKETDATA_EMULATOR_{name}={raw!r} is not a number") from None
 
+        def names(name: str) -> tuple[str, ...]:
+            raw = env.get(f"MARKETDATA_EMULATOR_{name}", "")
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+
         return cls(
             spot_weight_limit=int(number("SPOT_WEIGHT_LIMIT", 6000)),
             futures_weight_limit=int(number("FUTURES_WEIGHT_LIMIT", 2400)),
@@ -74,5 +94,10 @@ class EmulatorConfig:
                 truncate_rate=number("TRUNCATE_RATE", 0.0),
                 latency_ms=number("LATENCY_MS", 0.0),
                 seed=int(number("SEED", 0)),
+            ),
+            archive_faults=ArchiveFaults(
+                missing=names("ARCHIVE_MISSING"),
+                corrupt=names("ARCHIVE_CORRUPT"),
+                corrupt_once=env.get("MARKETDATA_EMULATOR_ARCHIVE_CORRUPT_ONCE", "") in ("1", "true"),
             ),
         )

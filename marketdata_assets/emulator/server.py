@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from marketdata_assets.emulator.archive import BinanceArchiveEmulator
 from marketdata_assets.emulator.binance import BinanceEmulator
 from marketdata_assets.emulator.config import EmulatorConfig
 
@@ -24,12 +25,15 @@ def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] =
     """
     config = config or EmulatorConfig()
     binance = BinanceEmulator(config, clock)
+    archive = BinanceArchiveEmulator(config, clock)
 
     async def stats(request: Request) -> Response:
-        return Response(orjson.dumps({"binance": binance.stats()}), media_type="application/json")
+        body = {"binance": binance.stats(), "binance_archive": archive.stats()}
+        return Response(orjson.dumps(body), media_type="application/json")
 
-    app = Starlette(routes=[*binance.routes(), Route("/emulator/stats", stats)])
+    app = Starlette(routes=[*binance.routes(), *archive.routes(), Route("/emulator/stats", stats)])
     app.state.binance = binance
+    app.state.archive = archive
     return app
 
 
@@ -87,3 +91,7 @@ class EmulatorServer(LoopbackServer):
     @property
     def binance(self) -> BinanceEmulator:
         return self.app.state.binance
+
+    @property
+    def archive(self) -> BinanceArchiveEmulator:
+        return self.app.state.archive

@@ -129,7 +129,8 @@ def _plain_error_detail(response: httpx.Response) -> tuple[str, int | None]:
 
 
 class PacedHttp:
-    """GET JSON from one upstream host, paced by a weight budget, with bounded retries.
+    """GET JSON or files from one upstream host, paced by a weight budget (None: unmetered, as
+    file hosts are), with bounded retries.
 
     - 429: wait `Retry-After` (the whole client pauses), then try again;
     - 418: raise `UpstreamBanned` naming when the ban ends;
@@ -144,7 +145,7 @@ class PacedHttp:
         self,
         source: str,
         base_url: str,
-        budget: MinuteWeightBudget,
+        budget: MinuteWeightBudget | None,
         *,
         used_weight_header: str | None = None,
         error_detail: ErrorDetail = _plain_error_detail,
@@ -192,13 +193,31 @@ class PacedHttp:
         self, path: str, params: Mapping[str, Any], weight: int
     ) -> tuple[Any, httpx.Headers]:
         """GET `path` with `params`; the parsed JSON body and the response headers."""
+        response = await self._get(path, params, weight, decode=_json_body)
+        assert response is not None
+        body, headers = response
+        return body, headers
+
+    async def get_bytes(self, path: str, *, missing_ok: bool = False) -> bytes | None:
+        """GET `path`; the body, or None for a 404 when `missing_ok` (a file not published)."""
+        response = await self._get(path, {}, 0, decode=_raw_body, missing_ok=missing_ok)
+        return None if response is None else response[0]
+
+    async def _get(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        weight: int,
+        decode: Callable[[httpx.Response], tuple[Any, httpx.Headers]],
+        missing_ok: bool = False,
+    ) -> tuple[Any, httpx.Headers] | None:
         if self._client is None or self._slots is None:
             raise RuntimeError("PacedHttp must be used as `async with PacedHttp(...)`")
-        request = f"GET {path}?{urlencode(params)}"
+        request = f"GET {path}?{urlencode(params)}" if params else f"GET {path}"
         attempt = throttled = 0
         while True:
             attempt += 1
-            minute = await self.budget.acquire(weight, self.stats)
+            minute = await self.budget.acquire(weight, self.stats) if self.budget else 0
             self.stats.requests += 1
             self.stats.weight += weight
             try:
@@ -217,7 +236,11 @@ class PacedHttp:
                     raise UpstreamUnavailable(
                         self.source, f"{request} answered HTTP 429 {throttled} times in a row"
                     )
-                self.budget.pause(_retry_after(response, default=60.0))
+                retry_after = _retry_after(response, default=60.0)
+                if self.budget:
+                    self.budget.pause(retry_after)
+                else:
+                    await self._sleep(retry_after)
                 attempt -= 1  # not a failed attempt: the budget decides when to go again
                 continue
             if status == 418:
@@ -228,14 +251,15 @@ class PacedHttp:
             if status >= 500:
                 await self._retry_or_give_up(request, attempt, f"HTTP {status}")
                 continue
+            if status == 404 and missing_ok:
+                return None
             if status >= 400:
                 detail, code = self._error_detail(response)
                 raise UpstreamRejected(self.source, request, status, detail, code)
             try:
-                return orjson.loads(response.content), response.headers
-            except orjson.JSONDecodeError as exc:
-                cause = f"unparseable body ({len(response.content)} bytes: {exc})"
-                await self._retry_or_give_up(request, attempt, cause)
+                return decode(response)
+            except _Undecodable as exc:
+                await self._retry_or_give_up(request, attempt, str(exc))
 
     def _observe_weight(self, minute: int, response: httpx.Response) -> None:
         if self._used_header is None:
@@ -251,6 +275,21 @@ class PacedHttp:
             )
         self.stats.retries += 1
         await self._sleep(self._backoff_delay(attempt))
+
+
+class _Undecodable(Exception):
+    """A 200 answer whose body cannot be read (cut off in transit): worth another attempt."""
+
+
+def _json_body(response: httpx.Response) -> tuple[Any, httpx.Headers]:
+    try:
+        return orjson.loads(response.content), response.headers
+    except orjson.JSONDecodeError as exc:
+        raise _Undecodable(f"unparseable body ({len(response.content)} bytes: {exc})") from None
+
+
+def _raw_body(response: httpx.Response) -> tuple[bytes, httpx.Headers]:
+    return response.content, response.headers
 
 
 def _retry_after(response: httpx.Response, default: float) -> float:

