@@ -62,6 +62,8 @@ GOOD = {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes":
         ({**GOOD, "datasets": ["funding", "orderbook"]},
          "'orderbook' is not a dataset of a perp instrument"),
         ({**GOOD, "timeframes": ["1m", "1m"]}, "timeframes are listed twice"),
+        ({**GOOD, "source": "s3"},
+         "instruments[0] (binance perp BTCUSDT), field 'source': Input should be 'auto', 'archive' or 'rest'"),
     ],
 )
 def test_bad_entry_fails_naming_entry_and_field(tmp_path: Path, entry: dict, expected: str):

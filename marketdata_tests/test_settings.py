@@ -17,6 +17,7 @@ def test_defaults_are_the_real_endpoints_and_the_embedded_warehouse():
     assert settings.binance_archive_url == "https://data.binance.vision"
     assert settings.catalog_path is None
     assert (settings.binance_spot_weight_limit, settings.binance_futures_weight_limit) == (6000, 2400)
+    assert settings.klines_source == "auto"
 
 
 def test_environment_overrides():
@@ -26,6 +27,8 @@ def test_environment_overrides():
         "MARKETDATA_BINANCE_SPOT_URL": "http://127.0.0.1:8900",
         "MARKETDATA_BINANCE_FUTURES_URL": "http://127.0.0.1:8901",
         "MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT": "3000",
+        "MARKETDATA_BINANCE_ARCHIVE_URL": "http://127.0.0.1:8902",
+        "MARKETDATA_KLINES_SOURCE": "rest",
         "FRED_API_KEY": "s3cret-fred-key",
     })
     assert settings.warehouse_url == "duckdb:////data/w.duckdb"
@@ -33,6 +36,7 @@ def test_environment_overrides():
     assert settings.binance_spot_url == "http://127.0.0.1:8900"
     assert settings.binance_futures_url == "http://127.0.0.1:8901"
     assert settings.binance_spot_weight_limit == 3000
+    assert settings.binance_archive_url == "http://127.0.0.1:8902" and settings.klines_source == "rest"
     assert settings.fred_api_key == "s3cret-fred-key" and "s3cret" not in repr(settings)
 
 
@@ -40,3 +44,8 @@ def test_environment_overrides():
 def test_bad_numbers_name_the_variable(value, message):
     with pytest.raises(SettingsError, match=f"MARKETDATA_BINANCE_MAX_CONCURRENCY.*{message}"):
         Settings.from_env({"MARKETDATA_BINANCE_MAX_CONCURRENCY": value})
+
+
+def test_an_unknown_klines_source_is_named():
+    with pytest.raises(SettingsError, match="MARKETDATA_KLINES_SOURCE='s3' is not one of auto, archive, rest"):
+        Settings.from_env({"MARKETDATA_KLINES_SOURCE": "s3"})
