@@ -4,7 +4,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 MARKETDATA_HOME := $(CURDIR)/.marketdata
 
-.PHONY: install test demo dev clean
+.PHONY: install test demo dev bench clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -16,6 +16,10 @@ test: install
 
 demo: install
 	$(UV) run marketdata demo
+
+# Every speed and memory claim, measured against the emulators; writes bench/RESULTS.md (~8 min).
+bench: install
+	$(UV) run python bench/bench.py
 
 dev: install
 	mkdir -p $(MARKETDATA_HOME)/dagster

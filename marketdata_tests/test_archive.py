@@ -9,7 +9,6 @@ import hashlib
 import io
 import tempfile
 import zipfile
-from pathlib import Path
 
 import httpx
 import polars as pl
@@ -104,7 +103,7 @@ def test_unpublished_and_unknown_files_get_s3s_404(emulator):
     [
         ("spot", utc(2024, 12, 30), utc(2025, 1, 3)),  # across the switch to µs
         ("perp", utc(2021, 12, 30), utc(2022, 1, 2)),  # across the arrival of the header row
-        ("perp", utc(2019, 9, 1), utc(2019, 9, 10)),  # the listing day, mid-month
+        ("perp", utc(2019, 9, 8), utc(2019, 9, 10)),  # the listing day, mid-bar
     ],
 )
 def test_archive_and_rest_give_identical_rows_except_source(emulator, market, start, end):
@@ -120,11 +119,12 @@ def test_archive_and_rest_give_identical_rows_except_source(emulator, market, st
     assert archived.drop("source", "ingested_at").equals(rested.drop("source", "ingested_at"))
 
 
-def test_the_plan_reads_past_months_whole_days_of_this_month_and_today_over_rest():
+def test_the_plan_reads_whole_past_months_then_past_days_then_today_over_rest():
     now = utc(2024, 3, 5, 12, 30)
-    pieces = plan_pieces("spot", "BTCUSDT", M1, utc(2024, 1, 15), utc(2024, 3, 6), now, "auto")
+    pieces = plan_pieces("spot", "BTCUSDT", M1, utc(2024, 1, 30, 6), utc(2024, 3, 6), now, "auto")
     assert [(p.file.name if p.file else "REST", p.start, p.end) for p in pieces] == [
-        ("BTCUSDT-1m-2024-01.zip", utc(2024, 1, 15), utc(2024, 2, 1)),
+        ("BTCUSDT-1m-2024-01-30.zip", utc(2024, 1, 30, 6), utc(2024, 1, 31)),  # part of January
+        ("BTCUSDT-1m-2024-01-31.zip", utc(2024, 1, 31), utc(2024, 2, 1)),
         ("BTCUSDT-1m-2024-02.zip", utc(2024, 2, 1), utc(2024, 3, 1)),
         ("BTCUSDT-1m-2024-03-01.zip", utc(2024, 3, 1), utc(2024, 3, 2)),
         ("BTCUSDT-1m-2024-03-02.zip", utc(2024, 3, 2), utc(2024, 3, 3)),

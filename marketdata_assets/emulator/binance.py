@@ -54,10 +54,17 @@ class WeightLedger:
     violations: int = 0
     banned_until: float = 0.0
     weight_by_minute: Counter[int] = field(default_factory=Counter)
+    refused_by_minute: Counter[tuple[int, int]] = field(default_factory=Counter)  # (minute, status)
     answers: Counter[int] = field(default_factory=Counter)
 
     def charge(self, weight: int, now: float) -> tuple[int, float]:
         """Count a request; (status, retry_after_s): 200 to serve, 429 over budget, 418 banned."""
+        status, retry_after = self._charge(weight, now)
+        if status != 200:
+            self.refused_by_minute[(int(now // 60), status)] += 1
+        return status, retry_after
+
+    def _charge(self, weight: int, now: float) -> tuple[int, float]:
         if now < self.banned_until:
             return 418, self.banned_until - now
         minute = int(now // 60)
@@ -195,7 +202,7 @@ class BinanceEmulator:
         self._random = random.Random(config.faults.seed)
 
     def routes(self) -> list[Route]:
-        routes = []
+        routes = [Route("/api/v3/exchangeInfo", self._exchange_info_endpoint())]
         for api in (SPOT_API, FUTURES_API):
             routes += [
                 Route(f"{api.prefix}/klines", self._klines_endpoint(api)),
@@ -245,14 +252,61 @@ class BinanceEmulator:
             )
         return None
 
-    def _simple_endpoint(self, api: KlinesApi, payload):
+    def _simple_endpoint(self, api: KlinesApi, payload, weight: int = 1):
         async def endpoint(request: Request) -> Response:
-            refused = self._admit(api, 1)
+            refused = self._admit(api, weight)
             if refused is not None:
                 return refused
             return self._respond(api, 200, orjson.dumps(payload(self.clock())))
 
         return endpoint
+
+    def _exchange_info_endpoint(self):
+        """Spot `/api/v3/exchangeInfo` (weight 20): the listed symbols with their price and lot
+        filters, enough for a client such as ccxt to load its markets."""
+
+        def payload(now: float) -> dict:
+            symbols = [
+                {
+                    "symbol": symbol,
+                    "status": "TRADING",
+                    "baseAsset": symbol.removesuffix("USDT"),
+                    "baseAssetPrecision": 8,
+                    "quoteAsset": "USDT",
+                    "quotePrecision": 8,
+                    "quoteAssetPrecision": 8,
+                    "baseCommissionPrecision": 8,
+                    "quoteCommissionPrecision": 8,
+                    "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+                    "icebergAllowed": True,
+                    "ocoAllowed": True,
+                    "isSpotTradingAllowed": True,
+                    "isMarginTradingAllowed": True,
+                    "filters": [
+                        {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000", "tickSize": "0.01000000"},
+                        {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000", "stepSize": "0.00001000"},
+                        {"filterType": "NOTIONAL", "minNotional": "5.00000000", "maxNotional": "9000000.00000000"},
+                    ],
+                    "permissions": [],
+                    "permissionSets": [["SPOT", "MARGIN"]],
+                    "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+                    "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+                }
+                for market, symbol in sorted(self.config.listings)
+                if market == "spot"
+            ]
+            return {
+                "timezone": "UTC",
+                "serverTime": int(now * 1000),
+                "rateLimits": [
+                    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                     "limit": self.ledgers["spot"].limit},
+                ],
+                "exchangeFilters": [],
+                "symbols": symbols,
+            }
+
+        return self._simple_endpoint(SPOT_API, payload, weight=20)
 
     def _klines_endpoint(self, api: KlinesApi):
         async def endpoint(request: Request) -> Response:
@@ -310,6 +364,10 @@ class BinanceEmulator:
                 "used_this_minute": ledger.used,
                 "answers": {str(k): v for k, v in sorted(ledger.answers.items())},
                 "weight_by_minute": {str(k * 60): v for k, v in sorted(ledger.weight_by_minute.items())},
+                "refused_by_minute": {
+                    f"{minute * 60}/{status}": count
+                    for (minute, status), count in sorted(ledger.refused_by_minute.items())
+                },
             }
             for market, ledger in self.ledgers.items()
         }

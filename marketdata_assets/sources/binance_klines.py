@@ -1,7 +1,7 @@
 """Where Binance klines come from for one window: the archive, REST, or both (`auto`).
 
-`auto` reads whole past months from monthly archive files, days of the current month from daily
-files, and REST for what the archive does not hold yet (today, yesterday before its file is
+`auto` reads whole past months from monthly archive files, other past days (the current month,
+or a window that starts or ends mid-month) from daily files, and REST for what the archive does not hold yet (today, yesterday before its file is
 published, any file that is missing). `archive` reads only the archive and fails on a missing
 file; `rest` reads only REST. Frames come out in `schemas.KLINES`, one archive file or one REST
 window at a time, so memory holds a few months at most, never the whole window.
@@ -56,8 +56,9 @@ def plan_pieces(
 ) -> list[Piece]:
     """[start, end) (UTC) cut into archive files and REST windows, oldest first.
 
-    A monthly file exists once its month is over, a daily file once its day is over; the rest
-    (the current day) is REST. In `rest` mode the whole window is one REST piece.
+    Whole months that are over come from monthly files; other days that are over from daily
+    files (a one-day window should not download a month); the current day from REST. In `rest`
+    mode the whole window is one REST piece.
     """
     if mode == "rest" or end <= start:
         return [Piece(start, end)] if end > start else []
@@ -68,10 +69,9 @@ def plan_pieces(
     while cursor < end:
         month = cursor.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         month_end = next_month(month)
-        if month_end <= this_month:
-            upper = min(end, month_end)
-            pieces.append(Piece(cursor, upper, ArchiveFile.monthly(market, symbol, tf.name, month.date())))
-            cursor = upper
+        if cursor == month and month_end <= min(end, this_month):
+            pieces.append(Piece(cursor, month_end, ArchiveFile.monthly(market, symbol, tf.name, month.date())))
+            cursor = month_end
             continue
         day = _midnight(cursor)
         if day + _DAY <= today:

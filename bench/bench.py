@@ -1,0 +1,484 @@
+"""`make bench`: every speed and memory claim, measured against the emulators over loopback.
+
+Runs real `dagster asset materialize` processes (fresh SQLite instance and DuckDB file each),
+the ingest path alone, the warehouse alone, and ccxt's `fetch_ohlcv` loop, then writes
+bench/RESULTS.md with the machine, date and commit. Each measurement runs in its own process,
+whose peak RSS is read with wait4. Nothing here is asserted: it is written down.
+
+    uv run python bench/bench.py            # everything (about 8 minutes)
+    uv run python bench/bench.py --quick    # skip the 4-minute rate-limit run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BTC_1M = "binance_spot/klines_1m/BTCUSDT"
+SIX_YEARS = ("2019-01-01", "2024-12-01")  # monthly partition keys: 72 months, 3,156,480 bars
+YEAR = ("2023-01-01", "2023-12-01")
+PER_PARTITION_SAMPLE = ["2023-03-01", "2023-06-15", "2023-09-10", "2023-11-20", "2023-12-31"]
+
+
+def utc(day: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+
+
+def run_measured(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> dict:
+    """Run `cmd`; wall seconds, peak RSS (MB) of that process and its exit code."""
+    began = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - began
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:8])} … failed ({code}); see {log}\n{log.read_text()[-3000:]}")
+    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "exit": code}
+
+
+@contextmanager
+def emulator(*args: str):
+    """`marketdata emulator` in its own process, as a user runs it; yields its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "marketdata_assets.cli", "emulator", "--port", "0", *args],
+        stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        line = process.stderr.readline()
+        match = re.search(r"listening on (http://\S+)", line)
+        if not match:
+            raise SystemExit(f"emulator did not start: {line}{process.stderr.read()}")
+        yield match.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def warm_archive(url: str, paths: list[str]) -> float:
+    """Request every file once so the emulator has built it: its build time is not ours."""
+    began = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=300) as client, ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda p: client.get(p).raise_for_status(), paths))
+    return time.perf_counter() - began
+
+
+def archive_paths(symbol: str, first: str, last: str, daily: list[str] = ()) -> list[str]:
+    from marketdata_assets.sources.binance_archive import ArchiveFile
+
+    months, cursor, end = [], utc(first).date(), utc(last).date()
+    while cursor <= end:
+        months.append(ArchiveFile.monthly("spot", symbol, "1m", cursor).path)
+        cursor = (cursor + dt.timedelta(days=32)).replace(day=1)
+    return months + [ArchiveFile.daily("spot", symbol, "1m", utc(d).date()).path for d in daily]
+
+
+def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
+    """A fresh user environment: default warehouse and SQLite instance under run_dir/.marketdata."""
+    home = run_dir / ".marketdata" / "dagster"
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_"))}
+    env.update(
+        DAGSTER_HOME=str(home),
+        PYTHONPATH=str(REPO),
+        MARKETDATA_BINANCE_SPOT_URL=url,
+        MARKETDATA_BINANCE_FUTURES_URL=url,
+        MARKETDATA_BINANCE_ARCHIVE_URL=url,
+        **extra,
+    )
+    return env
+
+
+def materialization_metadata(env: dict[str, str], key: str) -> dict:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    try:
+        event = instance.get_latest_materialization_event(dg.AssetKey(key.split("/")))
+        assert event is not None and event.asset_materialization is not None
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    finally:
+        instance.dispose()
+
+
+def dagster_materialize(work: Path, name: str, url: str, select: str, first: str, last: str,
+                        module: str = "marketdata_assets.definitions", **env_extra: str) -> dict:
+    run_dir = work / name
+    run_dir.mkdir()
+    env = run_env(run_dir, url, **env_extra)
+    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", module,
+           "--select", select, "--partition-range", f"{first}...{last}"]
+    measured = run_measured(cmd, env, run_dir, run_dir / "dagster.log")
+    keys = select.split(",")
+    metadata = [materialization_metadata(env, key) for key in keys]
+    measured["rows"] = sum(m["rows_written"] for m in metadata)
+    measured["ingest_seconds"] = sum(m["seconds"] for m in metadata)
+    measured["partitions"] = len(re.findall(r" - ASSET_MATERIALIZATION - ", (run_dir / "dagster.log").read_text()))
+    measured["metadata"] = metadata[0]
+    measured["env"] = env
+    return measured
+
+
+def per_partition_runs(work: Path, url: str) -> dict:
+    """Single-partition runs of the daily-partitioned variant, one process each."""
+    samples = []
+    for index, key in enumerate(PER_PARTITION_SAMPLE):
+        run_dir = work / f"per_partition_{index}"
+        run_dir.mkdir()
+        env = run_env(run_dir, url)
+        cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "bench.daily_definitions",
+               "--select", BTC_1M, "--partition", key]
+        samples.append(run_measured(cmd, env, run_dir, run_dir / "dagster.log"))
+    seconds = [s["seconds"] for s in samples]
+    return {"samples": seconds, "mean": sum(seconds) / len(seconds), "rss_mb": max(s["rss_mb"] for s in samples)}
+
+
+# ---- measurements run in a child process (`bench.py child NAME URL`), printing JSON ----------
+
+
+def child_data_path(url: str, write: bool) -> dict:
+    """6 years of 1m spot through the ingest path alone, no Dagster: with or without writing."""
+    from marketdata_assets.ingest import ingest_klines
+    from marketdata_assets.sources.binance import BinanceKlinesClient
+    from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+    from marketdata_assets.sources.binance_klines import BinanceKlinesSource
+    from marketdata_assets.warehouse.duckdb import DuckDBWarehouse
+
+    start, end = utc(SIX_YEARS[0]), utc("2025-01-01")
+    source = BinanceKlinesSource(BinanceKlinesClient("spot", url), BinanceArchiveClient(url), "archive")
+    began = time.perf_counter()
+    if write:
+        with tempfile.TemporaryDirectory() as scratch:
+            report = ingest_klines(source, DuckDBWarehouse(Path(scratch) / "w.duckdb"), "BTCUSDT", "1m", start, end)
+            rows = report.rows_written
+    else:
+        async def drain() -> int:
+            async with source:
+                return sum([f.height async for f in source.frames("BTCUSDT", "1m", start, end, 200_000)])
+
+        rows = asyncio.run(drain())
+    return {"rows": rows, "seconds": time.perf_counter() - began}
+
+
+def child_warehouse(url: str) -> dict:
+    """DuckDB alone: a year of 1m bars upserted in the ingest's write batches, into an empty
+    table (plain insert) and again over the same keys (ON CONFLICT update)."""
+    import polars as pl
+
+    from marketdata_assets.schemas import KLINES
+    from marketdata_assets.sources.binance import BinanceKlinesClient
+    from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+    from marketdata_assets.sources.binance_klines import BinanceKlinesSource
+    from marketdata_assets.warehouse.duckdb import DuckDBWarehouse
+
+    source = BinanceKlinesSource(BinanceKlinesClient("spot", url), BinanceArchiveClient(url), "archive")
+
+    async def collect() -> pl.DataFrame:
+        async with source:
+            frames = [f async for f in source.frames("BTCUSDT", "1m", utc("2023-01-01"), utc("2024-01-01"), 200_000)]
+        return pl.concat(frames).sort("open_time")
+
+    frame = asyncio.run(collect())
+    batches = [frame.slice(i, 200_000) for i in range(0, frame.height, 200_000)]
+    out = {"rows": frame.height}
+    with tempfile.TemporaryDirectory() as scratch:
+        warehouse = DuckDBWarehouse(Path(scratch) / "w.duckdb")
+        for label in ("insert", "upsert_existing"):
+            began = time.perf_counter()
+            for batch in batches:
+                warehouse.upsert(KLINES, batch)
+            out[label] = time.perf_counter() - began
+    return out
+
+
+def child_ccxt(url: str) -> dict:
+    """A symbol-year of 1m klines the way a ccxt user writes it: a `since` loop, then a file."""
+    import ccxt
+    import polars as pl
+
+    began = time.perf_counter()
+    exchange = ccxt.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
+    exchange.urls["api"]["public"] = url + "/api/v3"
+    since = exchange.parse8601("2023-01-01T00:00:00Z")
+    end = exchange.parse8601("2024-01-01T00:00:00Z")
+    rows: list[list] = []
+    while since < end:
+        batch = exchange.fetch_ohlcv("BTC/USDT", "1m", since=since, limit=1000)
+        if not batch:
+            break
+        rows += [row for row in batch if row[0] < end]
+        since = batch[-1][0] + 60_000
+    frame = pl.DataFrame(rows, schema=["timestamp", "open", "high", "low", "close", "volume"], orient="row")
+    with tempfile.TemporaryDirectory() as scratch:
+        frame.write_parquet(Path(scratch) / "BTC_USDT-1m.parquet")
+    return {"rows": frame.height, "seconds": time.perf_counter() - began}
+
+
+def run_child(work: Path, name: str, url: str, *args: str) -> dict:
+    log = work / f"{name}.json"
+    cmd = [sys.executable, str(Path(__file__)), "child", name, url, *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    measured = run_measured(cmd, env, REPO, log)
+    result = json.loads(log.read_text().strip().splitlines()[-1])
+    return {**result, "rss_mb": measured["rss_mb"], "process_seconds": measured["seconds"]}
+
+
+# ---- the rate-limit run --------------------------------------------------------------------
+
+
+def at_the_limit(work: Path) -> dict:
+    """Three spot symbols' whole 1m history over REST at Binance's real limit (~26,000 weight,
+    about 4.5 minutes), then the emulator's own count of weight, 429s and 418s per minute."""
+    catalog = work / "limit_catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"start_date": "2017-08-01", "instruments": [
+        {"venue": "binance", "market": "spot", "symbol": s, "timeframes": ["1m"]}
+        for s in ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    ]}))
+    keys = ",".join(f"binance_spot/klines_1m/{s}" for s in ("BTCUSDT", "ETHUSDT", "BNBUSDT"))
+    with emulator() as url:
+        run = dagster_materialize(work, "at_the_limit", url, keys, "2017-08-01", "2025-12-01",
+                                  MARKETDATA_CATALOG=str(catalog), MARKETDATA_KLINES_SOURCE="rest")
+        stats = httpx.get(url + "/emulator/stats").json()["binance"]["spot"]
+    by_minute = {int(k): v for k, v in stats["weight_by_minute"].items()}
+    refused: dict[tuple[int, int], int] = {}
+    for key, count in stats["refused_by_minute"].items():
+        minute, status = key.split("/")
+        refused[(int(minute), int(status))] = count
+    minutes = sorted(by_minute)
+    full = minutes[1:-1]  # the first and last minute are partly outside the run
+    rows = [
+        {
+            "minute": dt.datetime.fromtimestamp(m, dt.UTC).strftime("%H:%M"),
+            "weight": by_minute[m],
+            "share": by_minute[m] / stats["weight_limit"],
+            "http_429": refused.get((m, 429), 0),
+            "http_418": refused.get((m, 418), 0),
+        }
+        for m in full
+    ]
+    return {
+        "run": run,
+        "limit": stats["weight_limit"],
+        "minutes": rows,
+        "total_weight": sum(by_minute.values()),
+        "answers": stats["answers"],
+    }
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), "0")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "marketdata_assets", "bench"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "cpu": f"{os.cpu_count()} × {cpu}",
+        "memory": f"{int(mem) / 1024 / 1024:.0f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": ", ".join(f"{p} {version(p)}" for p in ("dagster", "duckdb", "polars", "httpx", "isal", "ccxt")),
+    }
+
+
+def rate(rows: int, seconds: float) -> str:
+    return f"{rows / seconds / 1e6:.2f} M rows/s"
+
+
+def report(results: dict) -> str:
+    m = results["machine"]
+    t, a_arch, a_rest = results["target"], results["a_archive"], results["a_rest"]
+    dp, fetch, wh = results["data_path"], results["fetch_only"], results["warehouse"]
+    ours_limited, ccxt = results["c_ours"], results["c_ccxt"]
+    d_daily, d_monthly, d_per = results["d_daily_range"], results["a_archive"], results["d_per_partition"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (bench/bench.py). Every run is a real process against the emulators",
+        "over loopback (`marketdata emulator` in its own process, Binance's real limits unless said",
+        "otherwise); Dagster runs use a fresh default instance (SQLite) and a fresh DuckDB file.",
+        "Peak RSS is the measured process's own (wait4), the emulator not included.",
+        "",
+        f"- date: {m['date']}; commit: {m['commit']}",
+        f"- machine: {m['cpu']}, {m['memory']}; {m['os']}; Python {m['python']}",
+        f"- {m['versions']}",
+        "",
+        "## Target: six years of 1m spot klines from the archive through Dagster",
+        "",
+        f"`dagster asset materialize -m marketdata_assets.definitions --select {BTC_1M} "
+        f"--partition-range {SIX_YEARS[0]}...{SIX_YEARS[1]}` ({t['partitions']} monthly partitions), default",
+        "embedded instance and warehouse, process start-up and Dagster bookkeeping included.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| rows written | {t['rows']:,} |",
+        f"| wall time, whole command | **{t['seconds']:.1f} s** |",
+        f"| of which the asset's data path (download, verify, parse, write) | {t['ingest_seconds']:.1f} s ({rate(t['rows'], t['ingest_seconds'])}) |",
+        f"| of which Dagster start-up and bookkeeping | {t['seconds'] - t['ingest_seconds']:.1f} s |",
+        f"| archive downloaded | {t['metadata']['archive_megabytes']:.0f} MB in {t['metadata']['archive_files']} files |",
+        f"| peak RSS | {t['rss_mb']:.0f} MB |",
+        "",
+        "The data path alone, no Dagster (bench process calling `ingest_klines`, same six years):",
+        "",
+        "| stage | seconds | throughput | peak RSS |",
+        "|---|---|---|---|",
+        f"| download + verify + parse (frames dropped) | {fetch['seconds']:.2f} | {rate(fetch['rows'], fetch['seconds'])} | {fetch['rss_mb']:.0f} MB |",
+        f"| download + verify + parse + write to DuckDB | {dp['seconds']:.2f} | {rate(dp['rows'], dp['seconds'])} | {dp['rss_mb']:.0f} MB |",
+        "",
+        "## (a) Pipeline throughput without a rate limit, one symbol-year of 1m spot (2023)",
+        "",
+        "End to end through `dagster asset materialize` (12 monthly partitions): fetch, parse, write,",
+        "Dagster start-up and bookkeeping. REST runs against an emulator with no weight limit.",
+        "",
+        "| source | rows | wall | rows/s end to end | data path | peak RSS |",
+        "|---|---|---|---|---|---|",
+        f"| archive | {a_arch['rows']:,} | {a_arch['seconds']:.1f} s | {a_arch['rows'] / a_arch['seconds']:,.0f} | {a_arch['ingest_seconds']:.1f} s | {a_arch['rss_mb']:.0f} MB |",
+        f"| REST | {a_rest['rows']:,} | {a_rest['seconds']:.1f} s | {a_rest['rows'] / a_rest['seconds']:,.0f} | {a_rest['ingest_seconds']:.1f} s ({a_rest['metadata']['requests']} requests) | {a_rest['rss_mb']:.0f} MB |",
+        "",
+    ]
+    if "b" in results:
+        b = results["b"]
+        shares = [row["share"] for row in b["minutes"]]
+        lines += [
+            "## (b) REST at Binance's spot limit (6,000 weight per minute)",
+            "",
+            f"Three symbols' whole 1m history over REST in one `dagster asset materialize` run: "
+            f"{b['run']['rows']:,} rows, {b['total_weight']:,} weight, {b['run']['seconds']:.0f} s, peak RSS "
+            f"{b['run']['rss_mb']:.0f} MB. Counted by the emulator per UTC minute; the first and last "
+            "minute are partial and left out.",
+            "",
+            "| minute (UTC) | weight | share of budget | 429s | 418s |",
+            "|---|---|---|---|---|",
+            *[f"| {r['minute']} | {r['weight']:,} | {r['share']:.1%} | {r['http_429']} | {r['http_418']} |" for r in b["minutes"]],
+            "",
+            f"Full minutes: {len(shares)}; lowest share {min(shares):.1%}, mean {sum(shares) / len(shares):.1%}; "
+            f"answers by status over the run: {b['answers']}.",
+            "",
+        ]
+    lines += [
+        "## (c) Against ccxt, one symbol-year of 1m spot over REST, real limits",
+        "",
+        "| client | rows | wall | ratio |",
+        "|---|---|---|---|",
+        f"| marketdata: `dagster asset materialize`, source rest, into DuckDB | {ours_limited['rows']:,} | {ours_limited['seconds']:.1f} s | 1 |",
+        f"| ccxt {version('ccxt')} `fetch_ohlcv` since-loop, then a parquet file | {ccxt['rows']:,} | {ccxt['seconds']:.1f} s | {ccxt['seconds'] / ours_limited['seconds']:.1f}× our time |",
+        "",
+        f"Our time is {ours_limited['seconds'] / ccxt['seconds']:.2f} of ccxt's. ccxt paces itself at its",
+        "`rateLimit` (50 ms, one request at a time); we send pages concurrently up to the weight budget.",
+        "",
+        "## (d) Dagster overhead: one range run against per-partition runs (archive, 2023)",
+        "",
+        "| runs | partitions | wall | per partition | peak RSS |",
+        "|---|---|---|---|---|",
+        f"| one range run, daily partitions | {d_daily['partitions']} | {d_daily['seconds']:.1f} s | {d_daily['seconds'] / 365 * 1000:.0f} ms | {d_daily['rss_mb']:.0f} MB |",
+        f"| one range run, monthly partitions (ours) | {d_monthly['partitions']} | {d_monthly['seconds']:.1f} s | — | {d_monthly['rss_mb']:.0f} MB |",
+        f"| a run per daily partition (mean of {len(d_per['samples'])}, × 365) | 365 | {d_per['mean'] * 365:.0f} s | {d_per['mean']:.2f} s | {d_per['rss_mb']:.0f} MB |",
+        "",
+        f"Per-partition runs: {', '.join(f'{s:.2f}' for s in d_per['samples'])} s.",
+        "",
+        "## (f) The warehouse alone: DuckDB upserts of a symbol-year of 1m bars",
+        "",
+        "In the ingest's write batches (200,000 rows), one transaction each, one writer.",
+        "",
+        "| write | rows | seconds | throughput | peak RSS |",
+        "|---|---|---|---|---|",
+        f"| into an empty table (plain insert) | {wh['rows']:,} | {wh['insert']:.2f} | {rate(wh['rows'], wh['insert'])} | {wh['rss_mb']:.0f} MB |",
+        f"| over the same keys (ON CONFLICT update) | {wh['rows']:,} | {wh['upsert_existing']:.2f} | {rate(wh['rows'], wh['upsert_existing'])} | |",
+        "",
+        "## (e) Peak RSS",
+        "",
+        "Given with each run above.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="skip the 4-minute run at the rate limit")
+    parser.add_argument("--output", default=str(REPO / "bench" / "RESULTS.md"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="marketdata-bench-"))
+    results: dict = {"machine": machine()}
+    try:
+        with emulator() as url:
+            print(f"emulator {url}; building archive files …", flush=True)
+            built = warm_archive(url, archive_paths("BTCUSDT", SIX_YEARS[0], SIX_YEARS[1], PER_PARTITION_SAMPLE))
+            print(f"  built in {built:.0f} s", flush=True)
+            steps = [
+                ("target", lambda: dagster_materialize(work, "target", url, BTC_1M, *SIX_YEARS)),
+                ("a_archive", lambda: dagster_materialize(work, "a_archive", url, BTC_1M, *YEAR)),
+                ("d_daily_range", lambda: dagster_materialize(
+                    work, "d_daily_range", url, BTC_1M, "2023-01-01", "2023-12-31", module="bench.daily_definitions")),
+                ("d_per_partition", lambda: per_partition_runs(work, url)),
+                ("fetch_only", lambda: run_child(work, "fetch_only", url)),
+                ("data_path", lambda: run_child(work, "data_path", url)),
+                ("warehouse", lambda: run_child(work, "warehouse", url)),
+                ("c_ours", lambda: dagster_materialize(work, "c_ours", url, BTC_1M, *YEAR, MARKETDATA_KLINES_SOURCE="rest")),
+                ("c_ccxt", lambda: run_child(work, "ccxt", url)),
+            ]
+            for name, step in steps:
+                print(f"{name} …", flush=True)
+                results[name] = step()
+                print(f"  {results[name].get('seconds', results[name].get('mean', 0)):.1f} s", flush=True)
+        with emulator("--spot-weight-limit", str(10**9)) as unlimited:
+            print("a_rest …", flush=True)
+            results["a_rest"] = dagster_materialize(
+                work, "a_rest", unlimited, BTC_1M, *YEAR,
+                MARKETDATA_KLINES_SOURCE="rest", MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT=str(10**9),
+                MARKETDATA_BINANCE_MAX_CONCURRENCY="16",
+            )
+        if not args.quick:
+            print("b (about 4.5 minutes at the limit) …", flush=True)
+            results["b"] = at_the_limit(work)
+        text = report(results)
+        Path(args.output).write_text(text)
+        print(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def child_main(name: str, url: str) -> None:
+    measurements = {
+        "fetch_only": lambda: child_data_path(url, write=False),
+        "data_path": lambda: child_data_path(url, write=True),
+        "warehouse": lambda: child_warehouse(url),
+        "ccxt": lambda: child_ccxt(url),
+    }
+    print(json.dumps(measurements[name]()))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        child_main(sys.argv[2], sys.argv[3])
+    else:
+        main()
