@@ -214,13 +214,16 @@ class BinanceKlinesSource:
 
 async def _bounded(jobs: list[Awaitable[Any]], limit: int) -> AsyncIterator[Any]:
     """Results of `jobs`, at most `limit` running at once, in completion order; the first failure
-    cancels the rest and is raised."""
+    cancels the rest and is raised. Finished results are not kept: memory holds `limit` at most."""
     queue = iter(jobs)
     running: set[asyncio.Future[Any]] = {asyncio.ensure_future(j) for j in islice(queue, limit)}
     try:
         while running:
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             running |= {asyncio.ensure_future(j) for j in islice(queue, len(done))}
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # marks every failure as seen; the first one is raised below
             for task in done:
                 yield task.result()
     finally:
