@@ -57,6 +57,12 @@ def error_chain(error) -> str:
     return "\n".join(parts)
 
 
+def step_failure(result) -> str:
+    """The one failed step's error chain, as the run page shows it."""
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    return error_chain(failure.step_failure_data.error)
+
+
 def statuses(instance, asset, keys):
     return instance.get_status_by_partition(asset.key, keys, asset.partitions_def)
 
@@ -152,8 +158,7 @@ def test_a_corrupt_archive_file_fails_its_run_naming_the_file_and_writes_nothing
         asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-02-01", instance)
         assert corrupting.archive.answers["corrupt"] == 2  # downloaded once more before giving up
     assert not result.success
-    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    message = error_chain(failure.step_failure_data.error)
+    message = step_failure(result)
     assert "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip: sha256" in message
     assert "does not match its .CHECKSUM" in message
     assert stored_klines(settings).is_empty()
@@ -180,8 +185,7 @@ def test_unknown_symbol_fails_the_run_writes_nothing_and_marks_partitions_failed
     key = dg.AssetKey(["binance_spot", "klines_1m", "NOPEUSDT"])
     asset, result = run_range(settings, key, "2024-01-01", "2024-02-01", instance)
     assert not result.success
-    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    message = error_chain(failure.step_failure_data.error)
+    message = step_failure(result)
     assert "binance spot: GET /api/v3/klines?symbol=NOPEUSDT" in message
     assert "code -1121: Invalid symbol." in message
     assert stored_klines(settings).is_empty()

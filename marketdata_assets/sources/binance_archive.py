@@ -15,6 +15,7 @@ import hashlib
 import io
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -182,25 +183,19 @@ def parse_archive_klines(
     scale = 1000 if raw["open_time"][0] > _MICROSECONDS_ABOVE else 1
     unit = "µs" if scale == 1000 else "ms"
     span = tf.millis * scale
-    bad_close = (raw["close_time"] - raw["open_time"]) != span - 1
-    if bad_close.any():
-        index = int(bad_close.arg_true()[0])
-        raise MalformedResponse(
-            ARCHIVE_SOURCE,
-            f"{where}: row {index}: close_time {raw['close_time'][index]} is not open_time "
-            f"{raw['open_time'][index]} + {tf.name} - 1 ({unit}, as the first row reads)",
-        )
+    _reject_first(
+        (raw["close_time"] - raw["open_time"]) != span - 1,
+        lambda i: f"{where}: row {i}: close_time {raw['close_time'][i]} is not open_time "
+        f"{raw['open_time'][i]} + {tf.name} - 1 ({unit}, as the first row reads)",
+    )
     start, end = file.window
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     open_ms = raw["open_time"] // scale
-    outside = (open_ms < start_ms) | (open_ms >= end_ms) | (open_ms % tf.millis != 0)
-    if outside.any():
-        index = int(outside.arg_true()[0])
-        raise MalformedResponse(
-            ARCHIVE_SOURCE,
-            f"{where}: row {index}: open_time {raw['open_time'][index]} ({unit}) is not a "
-            f"{tf.name} bar inside the file's window [{start:%Y-%m-%d}, {end:%Y-%m-%d})",
-        )
+    _reject_first(
+        (open_ms < start_ms) | (open_ms >= end_ms) | (open_ms % tf.millis != 0),
+        lambda i: f"{where}: row {i}: open_time {raw['open_time'][i]} ({unit}) is not a "
+        f"{tf.name} bar inside the file's window [{start:%Y-%m-%d}, {end:%Y-%m-%d})",
+    )
     if not open_ms.is_sorted() or open_ms.n_unique() != len(open_ms):
         raise MalformedResponse(ARCHIVE_SOURCE, f"{where}: rows are not in strictly ascending open_time")
     stamp = ingested_at or dt.datetime.now(dt.UTC)
@@ -216,6 +211,12 @@ def parse_archive_klines(
         pl.lit("archive").alias("source"),
         pl.lit(stamp).alias("ingested_at"),
     ).cast(KLINES.schema)  # type: ignore[arg-type]
+
+
+def _reject_first(bad: pl.Series, message: Callable[[int], str]) -> None:
+    """Raise MalformedResponse with `message(i)` for the first row `i` flagged in `bad`."""
+    if bad.any():
+        raise MalformedResponse(ARCHIVE_SOURCE, message(int(bad.arg_true()[0])))
 
 
 @dataclass
