@@ -12,11 +12,11 @@ from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
 from marketdata_assets.ingest import KlinesIngestReport, ingest_klines
 from marketdata_assets.timeframes import Timeframe, timeframe
 
-# Monthly windows for every timeframe. Dagster records each partition of a range run at ~9 ms per
-# event (two events per partition, SQLite instance): six years of 1m bars are 2,190 daily
-# partitions, ~40 s of bookkeeping against ~3 s of data; as 72 months, under 2 s. A month is also
-# the archive's file. The month in progress is a partition too (end_offset=1): materializing it
-# stores every bar closed so far, and the daily incremental materializes it again.
+# Monthly windows for every timeframe. Dagster records every partition of a range run, ~25 ms
+# each on the SQLite instance (bench/RESULTS.md, d): six years of 1m bars as 2,190 daily
+# partitions would spend ~55 s on bookkeeping against ~5 s of data, as 72 months ~2 s. A month is
+# also the archive's file. The month in progress is a partition too (end_offset=1):
+# materializing it stores every bar closed so far, and a later run adds the bars closed since.
 KLINES_CADENCE = "monthly"
 
 # BackfillPolicy is "beta" in 1.13 but is what makes range runs possible; say it once, in README.
