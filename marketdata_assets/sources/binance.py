@@ -19,7 +19,14 @@ import polars as pl
 
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse
-from marketdata_assets.sources.http import Clock, MinuteWeightBudget, PacedHttp, RequestStats, Sleep
+from marketdata_assets.sources.http import (
+    Clock,
+    MinuteWeightBudget,
+    PacedHttp,
+    RequestStats,
+    Sleep,
+    UpstreamClient,
+)
 from marketdata_assets.timeframes import Timeframe, timeframe
 
 Market = Literal["spot", "perp"]
@@ -162,7 +169,7 @@ class KlinesFetch:
     stats: RequestStats
 
 
-class BinanceKlinesClient:
+class BinanceKlinesClient(UpstreamClient):
     """Fetches closed klines of one Binance market, pages concurrently up to the weight budget.
 
     Use as `async with BinanceKlinesClient(...) as client: await client.fetch(...)`; one client
@@ -200,17 +207,6 @@ class BinanceKlinesClient:
             timeout_s=timeout_s,
             sleep=sleep,
         )
-
-    @property
-    def stats(self) -> RequestStats:
-        return self._http.stats
-
-    async def __aenter__(self) -> BinanceKlinesClient:
-        await self._http.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._http.__aexit__(*exc_info)
 
     async def fetch(
         self, symbol: str, timeframe_name: str, start: dt.datetime, end: dt.datetime

@@ -23,7 +23,7 @@ from isal import isal_zlib
 
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamError
-from marketdata_assets.sources.http import PacedHttp, RequestStats, Sleep
+from marketdata_assets.sources.http import PacedHttp, Sleep, UpstreamClient
 from marketdata_assets.timeframes import Timeframe
 
 ARCHIVE_SOURCE = "binance archive"
@@ -229,7 +229,7 @@ class ArchiveStats:
     redownloads: int = 0
 
 
-class BinanceArchiveClient:
+class BinanceArchiveClient(UpstreamClient):
     """Downloads, verifies and parses archive kline files, several at a time.
 
     Use as `async with BinanceArchiveClient(...) as archive: await archive.klines(file, tf)`.
@@ -243,9 +243,8 @@ class BinanceArchiveClient:
         max_attempts: int = 4,
         backoff_base_s: float = 0.5,
         timeout_s: float = 120.0,
-        sleep: Sleep | None = None,
+        sleep: Sleep = asyncio.sleep,
     ):
-        options = {"sleep": sleep} if sleep else {}
         self._http = PacedHttp(
             ARCHIVE_SOURCE,
             base_url,
@@ -254,23 +253,12 @@ class BinanceArchiveClient:
             max_attempts=max_attempts,
             backoff_base_s=backoff_base_s,
             timeout_s=timeout_s,
-            **options,
+            sleep=sleep,
         )
         self.archive_stats = ArchiveStats()
         # One file decoded at a time: polars parses each CSV on every core already, and rival
         # decodes only make its thread pool and the writer's fight over the same cores.
         self._decoding = asyncio.Semaphore(1)
-
-    @property
-    def stats(self) -> RequestStats:
-        return self._http.stats
-
-    async def __aenter__(self) -> BinanceArchiveClient:
-        await self._http.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._http.__aexit__(*exc_info)
 
     async def klines(self, file: ArchiveFile, tf: Timeframe) -> pl.DataFrame | None:
         """The file's bars, verified against its `.CHECKSUM`; None if the archive lacks either.

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlencode
 
 import httpx
@@ -275,6 +275,24 @@ class PacedHttp:
             )
         self.stats.retries += 1
         await self._sleep(self._backoff_delay(attempt))
+
+
+class UpstreamClient:
+    """Base of a client that sends everything through one `PacedHttp` (`self._http`): its request
+    statistics, and `async with client:` opening and closing the connection pool."""
+
+    _http: PacedHttp
+
+    @property
+    def stats(self) -> RequestStats:
+        return self._http.stats
+
+    async def __aenter__(self) -> Self:
+        await self._http.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.__aexit__(*exc_info)
 
 
 class _Undecodable(Exception):
