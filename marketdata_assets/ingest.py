@@ -3,6 +3,8 @@
 Frames arrive from the source one archive file or one REST window at a time. They are gathered
 into write batches of at most about `bars_per_write` bars, each upserted in one transaction in a
 worker thread while the source goes on downloading, so neither side idles on the other.
+Rows the source rejected go to `market_data.rejected_rows`; windows it could not read are
+reported, not raised, so the caller can say which partitions landed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any
 
 import polars as pl
 
-from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.binance_klines import BinanceKlinesSource
+from marketdata_assets.schemas import KLINES, REJECTED_ROWS
+from marketdata_assets.sources.binance_klines import BinanceKlinesSource, PieceFailure
 from marketdata_assets.sources.http import RequestStats
+from marketdata_assets.validation import rejected_frame
 from marketdata_assets.warehouse import Warehouse
 
 DEFAULT_BARS_PER_WRITE = 200_000
@@ -35,6 +38,8 @@ class KlinesIngestReport:
     stats: RequestStats = field(default_factory=RequestStats)
     source: dict[str, Any] = field(default_factory=dict)
     largest_write: int = 0
+    rows_rejected: int = 0
+    failures: list[PieceFailure] = field(default_factory=list)  # windows that could not be read
 
     def add(self, frame: pl.DataFrame, written: int) -> None:
         self.rows_written += written
@@ -88,8 +93,13 @@ async def _ingest(
         finally:
             # A fetch or write failed: let the writes under way finish (each is one transaction).
             await asyncio.gather(*(future for future, _ in writes), return_exceptions=True)
+            # Rejected rows are kept whatever happened to the rest.
+            rejected = rejected_frame(source.take_rejected())
+            if rejected.height:
+                report.rows_rejected = await asyncio.to_thread(warehouse.upsert, REJECTED_ROWS, rejected)
     report.stats = source.rest.stats
     report.source = source.summary()
+    report.failures = list(source.failures)
     return report
 
 
@@ -103,8 +113,10 @@ def ingest_klines(
     *,
     bars_per_write: int = DEFAULT_BARS_PER_WRITE,
 ) -> KlinesIngestReport:
-    """Fetch and store the closed klines of [start, end) (UTC). Raises on the first failure;
-    write batches already committed stay committed."""
+    """Fetch and store the closed, valid klines of [start, end) (UTC); rows breaking a
+    validation rule go to rejected_rows. Windows that could not be read are in the report's
+    `failures`; an answer that ends everything (a rejected request, a ban) or a failed write
+    raises. Write batches already committed stay committed."""
     began = time.perf_counter()
     report = asyncio.run(_ingest(source, warehouse, symbol, timeframe_name, start, end, bars_per_write))
     report.seconds = time.perf_counter() - began

@@ -56,3 +56,44 @@ KLINES = TableSpec(
     ),
     primary_key=("venue", "market", "symbol", "timeframe", "open_time"),
 )
+
+
+# Upstream rows that failed validation at ingest (validation.py), kept instead of stored or dropped.
+REJECTED_ROWS = TableSpec(
+    name="rejected_rows",
+    schema=pl.Schema(
+        {
+            "dataset": pl.String,
+            "venue": pl.String,
+            "market": pl.String,
+            "symbol": pl.String,
+            "timeframe": pl.String,
+            "open_time": UTC_TIME,
+            "reason": pl.String,  # the rules the row breaks
+            "payload": pl.String,  # the row as the upstream sent it (JSON array or CSV line)
+            "origin": pl.String,  # the request or archive file it came in
+            "source": pl.String,  # 'rest' | 'archive'
+            "ingested_at": UTC_TIME,
+        }
+    ),
+    primary_key=("dataset", "venue", "market", "symbol", "timeframe", "open_time"),
+)
+
+# Windows with no bars at the exchange: documented maintenance, or verified empty by refetching.
+KNOWN_GAPS = TableSpec(
+    name="known_gaps",
+    schema=pl.Schema(
+        {
+            "venue": pl.String,
+            "market": pl.String,
+            "symbol": pl.String,  # '*': every symbol of the market
+            "timeframe": pl.String,  # '*': every timeframe
+            "gap_start": UTC_TIME,
+            "gap_end": UTC_TIME,  # half-open [gap_start, gap_end)
+            "reason": pl.String,
+            "source": pl.String,  # 'maintenance' | 'verified'
+            "ingested_at": UTC_TIME,
+        }
+    ),
+    primary_key=("venue", "market", "symbol", "timeframe", "gap_start"),
+)

@@ -168,21 +168,29 @@ def test_a_missing_month_falls_back_to_its_days_and_missing_days_to_rest(tmp_pat
     assert "BTCUSDT-1m-2024-01.zip" in report.source["archive_missing"]
 
 
-def test_archive_only_fails_on_a_missing_file_naming_it(tmp_path):
+def test_archive_only_fails_the_window_of_a_missing_file_naming_it(tmp_path):
     faults = ArchiveFaults(missing=("BTCUSDT-1m-2024-02.zip",))
     with EmulatorServer(EmulatorConfig(archive_faults=faults)) as emu:
         warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
-        with pytest.raises(ArchiveFileMissing) as failure:
-            ingest_klines(source(emu.url, "archive"), warehouse, "BTCUSDT", "1m", utc(2024, 2, 1), utc(2024, 3, 1))
-    assert "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip (or its .CHECKSUM) is not in the archive" in str(failure.value)
-    assert "'auto' does" in str(failure.value)
+        report = ingest_klines(source(emu.url, "archive"), warehouse, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 3, 1))
+    (failure,) = report.failures
+    assert (failure.start, failure.end) == (utc(2024, 2, 1), utc(2024, 3, 1))
+    assert isinstance(failure.error, ArchiveFileMissing)
+    message = failure.describe()
+    assert "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip (or its .CHECKSUM) is not in the archive" in message
+    assert "'auto' does" in message
+    # January's file was there and is stored; nothing of February is
+    stored = warehouse.query("SELECT min(open_time) AS a, max(open_time) AS b, count(*) AS n FROM market_data.klines")
+    assert stored.row(0) == (utc(2024, 1, 1), utc(2024, 1, 31, 23, 59), 31 * 1440)
 
 
 def test_archive_only_refuses_today_which_only_rest_has(emulator, tmp_path):
     today = dt.datetime.combine(dt.datetime.now(dt.UTC).date(), dt.time(), dt.UTC)
-    with pytest.raises(ArchiveFileMissing, match="is not archived yet"):
-        ingest_klines(source(emulator.url, "archive"), DuckDBWarehouse(tmp_path / "w.duckdb"), "BTCUSDT", "1m",
-                      today, today + dt.timedelta(days=1))
+    report = ingest_klines(source(emulator.url, "archive"), DuckDBWarehouse(tmp_path / "w.duckdb"), "BTCUSDT",
+                           "1m", today, today + dt.timedelta(days=1))
+    (failure,) = report.failures
+    assert isinstance(failure.error, ArchiveFileMissing) and "is not archived yet" in str(failure.error)
+    assert report.rows_written == 0
 
 
 def test_a_checksum_mismatch_is_downloaded_again_and_then_passes(tmp_path):
@@ -194,17 +202,21 @@ def test_a_checksum_mismatch_is_downloaded_again_and_then_passes(tmp_path):
     assert report.rows_written == 31 * 1440 and report.source["archive_redownloads"] == 1
 
 
-def test_a_file_corrupt_twice_fails_the_window_and_nothing_unverified_is_written(tmp_path):
+def test_a_file_corrupt_twice_fails_its_window_and_nothing_unverified_is_written(tmp_path):
     faults = ArchiveFaults(corrupt=("BTCUSDT-1m-2024-01-02.zip",))
     now = utc(2024, 1, 20, 6).timestamp()
     with EmulatorServer(EmulatorConfig(archive_faults=faults), clock=lambda: now) as emu:
         warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
-        with pytest.raises(ArchiveChecksumMismatch) as failure:
-            ingest_klines(source(emu.url, clock=lambda: now), warehouse, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 1, 4))
-    message = str(failure.value)
+        report = ingest_klines(source(emu.url, clock=lambda: now), warehouse, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 1, 4))
+    (failure,) = report.failures
+    assert (failure.start, failure.end) == (utc(2024, 1, 2), utc(2024, 1, 3))
+    assert isinstance(failure.error, ArchiveChecksumMismatch)
+    message = str(failure.error)
     assert message.startswith("binance archive: /data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-02.zip: sha256 ")
     assert "on two downloads; nothing from this file is written" in message
-    assert warehouse.query("SELECT count(*) AS n FROM market_data.klines")["n"][0] == 0
+    days = warehouse.query("SELECT date_trunc('day', open_time) AS day, count(*) AS n FROM market_data.klines "
+                           "GROUP BY ALL ORDER BY day")
+    assert days.rows() == [(utc(2024, 1, 1), 1440), (utc(2024, 1, 3), 1440)]
 
 
 def test_files_are_read_in_memory_leaving_no_temporary_files(emulator, tmp_path, monkeypatch):

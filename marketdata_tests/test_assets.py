@@ -151,18 +151,24 @@ def test_the_same_range_twice_gives_identical_rows(tmp_path, settings, instance)
     assert (again["ingested_at"] > first["ingested_at"]).all()
 
 
-def test_a_corrupt_archive_file_fails_its_run_naming_the_file_and_writes_nothing(tmp_path, settings, instance):
+def test_a_corrupt_archive_file_fails_its_partition_naming_the_file_and_the_others_land(tmp_path, settings, instance):
     faults = ArchiveFaults(corrupt=("BTCUSDT-1m-2024-02.zip",))
     with EmulatorServer(EmulatorConfig(archive_faults=faults)) as corrupting:
         settings = with_settings(settings, catalog_path=spot_catalog(tmp_path), binance_archive_url=corrupting.url)
-        asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-02-01", instance)
+        asset, result = run_range(settings, BTC_SPOT_1M, "2024-01-01", "2024-03-01", instance)
         assert corrupting.archive.answers["corrupt"] == 2  # downloaded once more before giving up
     assert not result.success
     message = step_failure(result)
+    assert "partitions 2024-02-01 are not materialized; the other 2 are" in message
+    assert "[2024-02-01 00:00, 2024-03-01 00:00) UTC: binance archive: " in message
     assert "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip: sha256" in message
     assert "does not match its .CHECKSUM" in message
-    assert stored_klines(settings).is_empty()
-    assert set(statuses(instance, asset, ["2024-01-01", "2024-02-01"]).values()) == {FAILED}
+    # nothing of February is stored; January and March are, and only they are materialized
+    months = stored_klines(settings).group_by(pl.col("open_time").dt.month()).len().sort("open_time")
+    assert months.rows() == [(1, 31 * 1440), (3, 31 * 1440)]
+    assert statuses(instance, asset, ["2024-01-01", "2024-02-01", "2024-03-01"]) == {
+        "2024-01-01": MATERIALIZED, "2024-02-01": FAILED, "2024-03-01": MATERIALIZED,
+    }
 
 
 def test_monthly_partitions_cover_the_listing_month_for_hourly_bars(tmp_path, settings, instance):

@@ -7,9 +7,12 @@ from functools import cache
 
 import dagster as dg
 
+from marketdata_assets.audit import Series
 from marketdata_assets.catalog import Instrument
+from marketdata_assets.defs.checks import klines_check_results, klines_check_specs
 from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
 from marketdata_assets.ingest import KlinesIngestReport, ingest_klines
+from marketdata_assets.sources.binance_klines import PieceFailure
 from marketdata_assets.timeframes import Timeframe, timeframe
 
 # Monthly windows for every timeframe. Dagster records every partition of a range run, ~25 ms
@@ -18,6 +21,10 @@ from marketdata_assets.timeframes import Timeframe, timeframe
 # also the archive's file. The month in progress is a partition too (end_offset=1):
 # materializing it stores every bar closed so far, and a later run adds the bars closed since.
 KLINES_CADENCE = "monthly"
+
+# Fresh when materialized after the UTC day closed and by 01:00: the latest closed day is then
+# stored (a run stores every bar closed when it starts), with an hour's grace.
+KLINES_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 1 * * *", lower_bound_delta=dt.timedelta(hours=1))
 
 # BackfillPolicy is "beta" in 1.13 but is what makes range runs possible; say it once, in README.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -52,21 +59,48 @@ def _metadata(report: KlinesIngestReport, start: dt.datetime, end: dt.datetime) 
     }
 
 
+def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWindowPartitionsDefinition) -> Series:
+    """The audit's view of one klines asset: its series and the partitions that bound it."""
+    last_key = partitions.get_last_partition_key()
+    assert last_key is not None  # the start date is never in the future (catalog)
+    return Series(
+        venue=instrument.venue,
+        market=instrument.market,
+        symbol=instrument.symbol,
+        timeframe=tf.name,
+        first_window_end=partitions.get_first_partition_window().end,  # type: ignore[union-attr]
+        current_window_start=partitions.time_window_for_partition_key(last_key).start,
+    )
+
+
+class KlinesWindowsFailed(Exception):
+    """Some windows of a range run could not be read; the others were stored and recorded."""
+
+
+def _failed_partitions(
+    partitions: dg.TimeWindowPartitionsDefinition, keys: list[str], failures: list[PieceFailure]
+) -> set[str]:
+    failed = set()
+    for partition_key in keys:
+        window = partitions.time_window_for_partition_key(partition_key)
+        if any(f.start < window.end and window.start < f.end for f in failures):
+            failed.add(partition_key)
+    return failed
+
+
 def build_klines_asset(
     instrument: Instrument, timeframe_name: str, warehouse_kind: str, cadence: str = KLINES_CADENCE
 ) -> dg.AssetsDefinition:
-    """The asset `<venue>_<market>/klines_<tf>/<SYMBOL>` for one catalog instrument."""
+    """The asset `<venue>_<market>/klines_<tf>/<SYMBOL>` for one catalog instrument, with its
+    checks. Subsettable, so its checks can also run alone over any partition range."""
     tf = timeframe(timeframe_name)
     assert instrument.start_date is not None  # the catalog fills it in
     key = klines_asset_key(instrument, tf)
-
-    @dg.asset(
-        key=key,
-        partitions_def=klines_partitions(instrument.start_date, cadence),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+    partitions = klines_partitions(instrument.start_date, cadence)
+    spec = dg.AssetSpec(
+        key,
         group_name=instrument.key_prefix,
         kinds={instrument.venue, warehouse_kind},
-        pool=instrument.key_prefix,
         description=(
             f"Closed {tf.name} candles of {instrument.describe()} from {instrument.start_date}, "
             f"in market_data.klines; {cadence} UTC partitions, the one in progress included."
@@ -78,14 +112,29 @@ def build_klines_asset(
             "timeframe": tf.name,
             "table": "market_data.klines",
         },
+        freshness_policy=KLINES_FRESHNESS,
     )
-    def klines(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource
-    ) -> dg.MaterializeResult:
+
+    @dg.multi_asset(
+        name=key.to_python_identifier(),
+        specs=[spec],
+        check_specs=klines_check_specs(key, partitions),
+        can_subset=True,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=instrument.key_prefix,
+    )
+    def klines(context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource):
         window = context.partition_time_window
+        store = warehouse.open()
+        series = klines_series(instrument, tf, partitions)
+        checks = {check.name for check in context.selected_asset_check_keys}
+        if key not in context.selected_asset_keys:  # the checks alone
+            yield from klines_check_results(store, key, series, window.start, window.end, checks)
+            return
         report = ingest_klines(
             binance.klines_source_for(instrument.market, instrument.source),
-            warehouse.open(),
+            store,
             instrument.symbol,
             tf.name,
             window.start,
@@ -96,8 +145,36 @@ def build_klines_asset(
             f"{report.rows_written} rows in {report.seconds:.1f} s, "
             f"{report.source.get('rows_from_archive', 0)} from the archive "
             f"({report.source.get('archive_files', 0)} files), {report.stats.requests} REST "
-            f"requests of weight {report.stats.weight}"
+            f"requests of weight {report.stats.weight}, {report.rows_rejected} rows rejected"
         )
-        return dg.MaterializeResult(metadata=_metadata(report, window.start, window.end))
+        results = klines_check_results(store, key, series, window.start, window.end, checks)
+        if not report.failures:
+            yield dg.MaterializeResult(
+                asset_key=key, metadata=_metadata(report, window.start, window.end), check_results=results
+            )
+            return
+        # Some windows could not be read: record the partitions that did land, then fail.
+        failed = _failed_partitions(partitions, context.partition_keys, report.failures)
+        for partition_key in context.partition_keys:
+            if partition_key not in failed:
+                landed = partitions.time_window_for_partition_key(partition_key)
+                yield dg.AssetMaterialization(
+                    asset_key=key,
+                    partition=partition_key,
+                    metadata={
+                        "window": dg.MetadataValue.text(f"[{landed.start.isoformat()}, {landed.end.isoformat()})"),
+                        "run_rows_written": dg.MetadataValue.int(report.rows_written),
+                        "note": dg.MetadataValue.text(
+                            f"stored; {len(failed)} other partitions of this run failed"
+                        ),
+                    },
+                )
+        yield from results
+        raise KlinesWindowsFailed(
+            f"{instrument.describe()} {tf.name}: {len(report.failures)} windows could not be read, "
+            f"so partitions {', '.join(sorted(failed))} are not materialized; the other "
+            f"{len(context.partition_keys) - len(failed)} are:\n"
+            + "\n".join(f"- {failure.describe()}" for failure in report.failures)
+        )
 
     return klines

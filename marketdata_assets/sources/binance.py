@@ -13,8 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
+import orjson
 import polars as pl
 
 from marketdata_assets.schemas import KLINES
@@ -28,6 +30,7 @@ from marketdata_assets.sources.http import (
     UpstreamClient,
 )
 from marketdata_assets.timeframes import Timeframe, timeframe
+from marketdata_assets.validation import split_invalid_klines
 
 Market = Literal["spot", "perp"]
 USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
@@ -193,6 +196,7 @@ class BinanceKlinesClient(UpstreamClient):
             raise ValueError(f"unknown Binance market {market!r} (spot or perp)")
         self.endpoint = ENDPOINTS[market]
         self._clock = clock
+        self.rejected = []
         self._http = PacedHttp(
             self.endpoint.source,
             base_url,
@@ -234,7 +238,8 @@ class BinanceKlinesClient(UpstreamClient):
     async def _fetch_page(
         self, symbol: str, tf: Timeframe, page_start: int, page_end: int
     ) -> pl.DataFrame:
-        """Rows with open_time in [page_start, page_end); follows on if the server pages short."""
+        """Valid rows with open_time in [page_start, page_end); follows on if the server pages
+        short. Rows that break a validation rule go to `self.rejected`."""
         parts: list[pl.DataFrame] = []
         cursor = page_start
         while cursor < page_end:
@@ -254,8 +259,15 @@ class BinanceKlinesClient(UpstreamClient):
             if part.is_empty():
                 break
             self._check_page(part, symbol, tf, cursor, page_end)
-            parts.append(part)
             last_ms = int(part["open_time"][-1].timestamp() * 1000)
+            part, rejected = split_invalid_klines(
+                part,
+                lambda indices, rows=rows: [orjson.dumps(rows[i]).decode() for i in indices],
+                f"GET {self.endpoint.path}?{urlencode(params)}",
+            )
+            parts.append(part)
+            if rejected.height:
+                self.rejected.append(rejected)
             if last_ms + tf.millis >= page_end:
                 break
             # Short of page_end: the server pages smaller than asked, or the data pauses here

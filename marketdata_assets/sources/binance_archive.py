@@ -15,7 +15,7 @@ import hashlib
 import io
 import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -25,6 +25,7 @@ from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamError
 from marketdata_assets.sources.http import PacedHttp, Sleep, UpstreamClient
 from marketdata_assets.timeframes import Timeframe
+from marketdata_assets.validation import split_invalid_klines
 
 ARCHIVE_SOURCE = "binance archive"
 _MARKET_DIRS = {"spot": "spot", "perp": "futures/um"}
@@ -162,7 +163,7 @@ def parse_archive_klines(
     where = f"{file.path}"
     if not csv.strip():
         return KLINES.empty_frame()
-    has_header = not csv[:1].isdigit()
+    has_header = _has_header(csv)
     try:
         raw = pl.read_csv(
             csv,
@@ -213,6 +214,17 @@ def parse_archive_klines(
     ).cast(KLINES.schema)  # type: ignore[arg-type]
 
 
+def _has_header(csv: bytes) -> bool:
+    return not csv[:1].isdigit()
+
+
+def _csv_rows(csv: bytes, indices: Sequence[int]) -> list[str]:
+    """Data rows `indices` of a kline CSV, as written (the header, if any, is not row 0)."""
+    lines = csv.decode("utf-8", errors="replace").splitlines()
+    offset = 1 if _has_header(csv) else 0
+    return [lines[i + offset] for i in indices]
+
+
 def _reject_first(bad: pl.Series, message: Callable[[int], str]) -> None:
     """Raise MalformedResponse with `message(i)` for the first row `i` flagged in `bad`."""
     if bad.any():
@@ -256,12 +268,14 @@ class BinanceArchiveClient(UpstreamClient):
             sleep=sleep,
         )
         self.archive_stats = ArchiveStats()
+        self.rejected = []
         # One file decoded at a time: polars parses each CSV on every core already, and rival
         # decodes only make its thread pool and the writer's fight over the same cores.
         self._decoding = asyncio.Semaphore(1)
 
     async def klines(self, file: ArchiveFile, tf: Timeframe) -> pl.DataFrame | None:
-        """The file's bars, verified against its `.CHECKSUM`; None if the archive lacks either.
+        """The file's valid bars, verified against its `.CHECKSUM`; None if the archive lacks
+        either. Rows that break a validation rule go to `self.rejected`.
 
         A sha256 mismatch is downloaded once more; a second mismatch raises
         ArchiveChecksumMismatch naming the file. Nothing unverified is ever returned.
@@ -270,7 +284,10 @@ class BinanceArchiveClient(UpstreamClient):
         if content is None:
             return None
         async with self._decoding:
-            return await asyncio.to_thread(_decode, content, file, tf)
+            frame, rejected = await asyncio.to_thread(_decode, content, file, tf)
+        if rejected.height:
+            self.rejected.append(rejected)
+        return frame
 
     async def _verified_content(self, file: ArchiveFile) -> bytes | None:
         digests: list[tuple[str, str]] = []
@@ -301,5 +318,8 @@ def _sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def _decode(content: bytes, file: ArchiveFile, tf: Timeframe) -> pl.DataFrame:
-    return parse_archive_klines(read_zipped_csv(content, file), file, tf)
+def _decode(content: bytes, file: ArchiveFile, tf: Timeframe) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(valid bars, rejected rows) of a verified zip."""
+    csv = read_zipped_csv(content, file)
+    frame = parse_archive_klines(csv, file, tf)
+    return split_invalid_klines(frame, lambda indices: _csv_rows(csv, indices), file.path)

@@ -5,6 +5,11 @@ or a window that starts or ends mid-month) from daily files, and REST for what t
 published, any file that is missing). `archive` reads only the archive and fails on a missing
 file; `rest` reads only REST. Frames come out in `schemas.KLINES`, one archive file or one REST
 window at a time, so memory holds a few months at most, never the whole window.
+
+A piece that fails (a file that stays corrupt, a server that keeps answering 5xx or lies) does
+not stop the others: its window is recorded in `failures` and the rest is read, so a range run
+stores every window it could and names the ones it could not. An answer that every other piece
+would get too (a rejected request such as an unknown symbol, an IP ban) stops everything at once.
 """
 
 from __future__ import annotations
@@ -29,12 +34,29 @@ from marketdata_assets.sources.binance_archive import (
     BinanceArchiveClient,
     next_month,
 )
+from marketdata_assets.sources.errors import UpstreamBanned, UpstreamError, UpstreamRejected
 from marketdata_assets.sources.http import Clock
 from marketdata_assets.timeframes import Timeframe, timeframe
 
 SourceMode = Literal["auto", "archive", "rest"]
 SOURCE_MODES: tuple[str, ...] = get_args(SourceMode)
 _DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class PieceFailure:
+    """A part of a window that could not be read, and why."""
+
+    start: dt.datetime
+    end: dt.datetime
+    error: UpstreamError
+
+    def describe(self) -> str:
+        return f"[{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M}) UTC: {self.error}"
+
+
+# Answers every other piece would get as well: carrying on would only repeat them.
+_STOPS_EVERYTHING = (UpstreamRejected, UpstreamBanned)
 
 
 @dataclass(frozen=True)
@@ -122,6 +144,7 @@ class BinanceKlinesSource:
         self._files_in_flight = files_in_flight
         self._clock = clock
         self.rows_by_source: Counter[str] = Counter()
+        self.failures: list[PieceFailure] = []
 
     async def __aenter__(self) -> BinanceKlinesSource:
         await self.rest.__aenter__()
@@ -137,25 +160,35 @@ class BinanceKlinesSource:
     async def frames(
         self, symbol: str, timeframe_name: str, start: dt.datetime, end: dt.datetime, rest_bars_per_frame: int
     ) -> AsyncIterator[pl.DataFrame]:
-        """Closed bars with open_time in [start, end), in frames of one archive file or at most
-        `rest_bars_per_frame` REST bars; frames may arrive out of time order."""
+        """Closed, valid bars with open_time in [start, end), in frames of one archive file or at
+        most `rest_bars_per_frame` REST bars; frames may arrive out of time order. Windows that
+        could not be read are in `failures` afterwards; rejected rows in `take_rejected()`."""
         tf = timeframe(timeframe_name)
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         pieces = plan_pieces(self.market, symbol, tf, start, end, now, self.mode)
-        jobs: list[Awaitable[pl.DataFrame]] = []
+        jobs: list[Awaitable[pl.DataFrame | PieceFailure]] = []
         for piece in pieces:
             if piece.file is None:
                 step = dt.timedelta(milliseconds=tf.millis * rest_bars_per_frame)
                 lower = piece.start
                 while lower < piece.end:
                     upper = min(piece.end, lower + step)
-                    jobs.append(self._from_rest(symbol, tf, lower, upper))
+                    jobs.append(_or_failure(lower, upper, self._from_rest(symbol, tf, lower, upper)))
                     lower = upper
             else:
-                jobs.append(self._from_file(piece, tf))
-        async for frame in _bounded(jobs, self._files_in_flight):
-            if frame.height:
-                yield frame
+                jobs.append(_or_failure(piece.start, piece.end, self._from_file(piece, tf)))
+        async for outcome in _bounded(jobs, self._files_in_flight):
+            if isinstance(outcome, PieceFailure):
+                self.failures.append(outcome)
+            elif outcome.height:
+                yield outcome
+
+    def take_rejected(self) -> list[pl.DataFrame]:
+        """Rows rejected by validation so far (schemas.REJECTED_ROWS frames), handed over once."""
+        taken = self.rest.take_rejected()
+        if self.archive is not None:
+            taken += self.archive.take_rejected()
+        return taken
 
     async def _from_rest(self, symbol: str, tf: Timeframe, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
         if self.mode == "archive":
@@ -210,6 +243,18 @@ class BinanceKlinesSource:
                 "archive_missing": ", ".join(stats.missing[:10]) + (" …" if len(stats.missing) > 10 else ""),
             }
         return out
+
+
+async def _or_failure(
+    start: dt.datetime, end: dt.datetime, job: Awaitable[pl.DataFrame]
+) -> pl.DataFrame | PieceFailure:
+    """The job's frame, or the failure of its window; failures that end everything are raised."""
+    try:
+        return await job
+    except _STOPS_EVERYTHING:
+        raise
+    except UpstreamError as exc:
+        return PieceFailure(start, end, exc)
 
 
 async def _bounded(jobs: list[Awaitable[Any]], limit: int) -> AsyncIterator[Any]:

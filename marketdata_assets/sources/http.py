@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import httpx
 import orjson
+import polars as pl
 
 from marketdata_assets.sources.errors import (
     UpstreamBanned,
@@ -282,6 +283,8 @@ class UpstreamClient:
     statistics, and `async with client:` opening and closing the connection pool."""
 
     _http: PacedHttp
+    # Rows that failed validation since the last `take_rejected()` (schemas.REJECTED_ROWS frames).
+    rejected: list[pl.DataFrame]
 
     @property
     def stats(self) -> RequestStats:
@@ -293,6 +296,11 @@ class UpstreamClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.__aexit__(*exc_info)
+
+    def take_rejected(self) -> list[pl.DataFrame]:
+        """The rejected rows gathered so far, handed over once."""
+        taken, self.rejected = self.rejected, []
+        return taken
 
 
 class _Undecodable(Exception):

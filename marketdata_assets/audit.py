@@ -1,0 +1,367 @@
+"""What the warehouse holds of a klines series, and what is wrong with it: invalid bars, gaps
+(explained or not) and bars stored before they closed. No Dagster here: the asset checks, the
+coverage report and `marketdata gaps verify` all ask these same questions.
+
+Times are UTC datetimes; windows and gaps are half-open `[start, end)` on the series' bar grid.
+
+Which bars a window is expected to hold:
+- bars before the series' first stored bar, inside the partition that holds the listing, are
+  before the listing (the exchange has none), not gaps;
+- only closed bars are expected, and in the partition in progress only up to the newest stored
+  bar: the bars closed since are for the next run (freshness watches them), not gaps.
+
+A missing bar is explained when its whole window lies in a known gap (documented maintenance,
+or verified empty by `gaps verify`), or when the exchange sent it and it was rejected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from marketdata_assets.maintenance import seed_maintenance
+from marketdata_assets.timeframes import TIMEFRAMES, Timeframe, timeframe
+from marketdata_assets.validation import KLINE_BREAKS_A_RULE, broken_rules
+from marketdata_assets.warehouse import Warehouse
+
+Interval = tuple[dt.datetime, dt.datetime]
+SAMPLES = 5  # rows or intervals a check shows
+
+
+@dataclass(frozen=True)
+class Series:
+    """One stored klines series and the partition bounds its expectations depend on."""
+
+    venue: str
+    market: str
+    symbol: str
+    timeframe: str
+    first_window_end: dt.datetime  # end of the partition that holds the listing
+    current_window_start: dt.datetime  # start of the partition in progress
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.venue, self.market, self.symbol, self.timeframe)
+
+    @property
+    def tf(self) -> Timeframe:
+        return timeframe(self.timeframe)
+
+    @property
+    def label(self) -> str:
+        return f"{self.venue}_{self.market}/klines_{self.timeframe}/{self.symbol}"
+
+
+@dataclass
+class Stored:
+    """What the warehouse holds of a series inside a span."""
+
+    rows: int = 0
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
+    holes: list[Interval] = field(default_factory=list)  # between consecutive stored bars
+
+
+@dataclass(frozen=True)
+class KnownGap:
+    start: dt.datetime
+    end: dt.datetime
+    reason: str
+    source: str  # 'maintenance' | 'verified'
+
+
+@dataclass
+class Explanations:
+    """Why bars of a series may be missing."""
+
+    known: list[KnownGap] = field(default_factory=list)
+    rejected: set[dt.datetime] = field(default_factory=set)  # open times rejected, not stored
+
+
+@dataclass
+class GapAudit:
+    """Bars expected in some regions of a series, and which are missing and why."""
+
+    tf_millis: int
+    expected: int = 0
+    missing: list[Interval] = field(default_factory=list)
+    unexplained: list[Interval] = field(default_factory=list)
+    known_bars: int = 0  # missing bars inside known gaps
+    rejected_bars: int = 0  # missing bars the exchange sent invalid
+
+    @property
+    def missing_bars(self) -> int:
+        return _count(self.missing, self.tf_millis)
+
+    @property
+    def unexplained_bars(self) -> int:
+        return _count(self.unexplained, self.tf_millis)
+
+    @staticmethod
+    def longest(intervals: Sequence[Interval]) -> Interval | None:
+        return max(intervals, key=lambda gap: gap[1] - gap[0], default=None)
+
+
+def _bars(start: dt.datetime, end: dt.datetime, tf_millis: int) -> int:
+    return max(0, int((end - start).total_seconds() * 1000) // tf_millis)
+
+
+def _count(intervals: Iterable[Interval], tf_millis: int) -> int:
+    return sum(_bars(a, b, tf_millis) for a, b in intervals)
+
+
+def _floor(moment: dt.datetime, tf: Timeframe) -> dt.datetime:
+    millis = int(moment.timestamp() * 1000) // tf.millis * tf.millis
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
+
+
+def _ceil(moment: dt.datetime, tf: Timeframe) -> dt.datetime:
+    millis = -(-int(moment.timestamp() * 1000) // tf.millis) * tf.millis
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
+
+
+def _seconds_case() -> str:
+    """SQL: the bar length in seconds of the row's timeframe (constants from TIMEFRAMES)."""
+    cases = " ".join(f"WHEN '{name}' THEN {tf.seconds}" for name, tf in TIMEFRAMES.items())
+    return f"CASE timeframe {cases} END"
+
+
+def _where(series: Sequence[Series], start: dt.datetime | None, end: dt.datetime | None,
+           table_alias: str = "") -> tuple[str, list[Any]]:
+    """A WHERE clause for one series (or every series when several are asked) and a span."""
+    prefix = f"{table_alias}." if table_alias else ""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if len(series) == 1:
+        for column, value in zip(("venue", "market", "symbol", "timeframe"), series[0].key, strict=True):
+            conditions.append(f"{prefix}{column} = ?")
+            params.append(value)
+    if start is not None:
+        conditions.append(f"{prefix}open_time >= ?")
+        params.append(start)
+    if end is not None:
+        conditions.append(f"{prefix}open_time < ?")
+        params.append(end)
+    return (" AND ".join(conditions) or "TRUE"), params
+
+
+def stored_klines(
+    warehouse: Warehouse, series: Sequence[Series], start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> dict[tuple[str, str, str, str], Stored]:
+    """Rows, first and last bar, and holes between stored bars of each series in [start, end)."""
+    where, params = _where(series, start, end)
+    wanted = {s.key for s in series}
+    found: dict[tuple[str, str, str, str], Stored] = {key: Stored() for key in wanted}
+    extents = warehouse.query(
+        "SELECT venue, market, symbol, timeframe, count(*) AS n, min(open_time) AS first, "
+        f"max(open_time) AS last FROM market_data.klines WHERE {where} "
+        "GROUP BY venue, market, symbol, timeframe",
+        params,
+    )
+    for row in extents.iter_rows(named=True):
+        key = (row["venue"], row["market"], row["symbol"], row["timeframe"])
+        if key in wanted:
+            found[key] = Stored(row["n"], row["first"], row["last"])
+    holes = warehouse.query(
+        "SELECT venue, market, symbol, timeframe, open_time, next_time FROM ("
+        "  SELECT venue, market, symbol, timeframe, open_time, lead(open_time) OVER ("
+        "    PARTITION BY venue, market, symbol, timeframe ORDER BY open_time) AS next_time"
+        f"  FROM market_data.klines WHERE {where}"
+        ") AS bars WHERE next_time IS NOT NULL AND "
+        f"extract(epoch FROM next_time) - extract(epoch FROM open_time) > {_seconds_case()} "
+        "ORDER BY venue, market, symbol, timeframe, open_time",
+        params,
+    )
+    for row in holes.iter_rows(named=True):
+        key = (row["venue"], row["market"], row["symbol"], row["timeframe"])
+        if key in wanted:
+            tf = timeframe(row["timeframe"])
+            found[key].holes.append((row["open_time"] + dt.timedelta(milliseconds=tf.millis), row["next_time"]))
+    return found
+
+
+def explanations(
+    warehouse: Warehouse, series: Sequence[Series], start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> dict[tuple[str, str, str, str], Explanations]:
+    """Known gaps and rejected-not-stored bars of each series that touch [start, end)."""
+    seed_maintenance(warehouse)
+    found = {s.key: Explanations() for s in series}
+    span_params = [end or dt.datetime.max.replace(tzinfo=dt.UTC), start or dt.datetime.min.replace(tzinfo=dt.UTC)]
+    known = warehouse.query(
+        "SELECT venue, market, symbol, timeframe, gap_start, gap_end, reason, source "
+        "FROM market_data.known_gaps WHERE gap_start < ? AND gap_end > ? ORDER BY gap_start",
+        span_params,
+    )
+    for row in known.iter_rows(named=True):
+        gap = KnownGap(row["gap_start"], row["gap_end"], row["reason"], row["source"])
+        for s in series:
+            if (row["venue"], row["market"]) == (s.venue, s.market) and row["symbol"] in ("*", s.symbol) \
+                    and row["timeframe"] in ("*", s.timeframe):
+                found[s.key].known.append(gap)
+    where, params = _where(series, start, end, table_alias="r")
+    rejected = warehouse.query(
+        "SELECT r.venue, r.market, r.symbol, r.timeframe, r.open_time FROM market_data.rejected_rows AS r "
+        f"WHERE r.dataset = 'klines' AND {where} AND NOT EXISTS ("
+        "  SELECT 1 FROM market_data.klines AS k WHERE k.venue = r.venue AND k.market = r.market"
+        "  AND k.symbol = r.symbol AND k.timeframe = r.timeframe AND k.open_time = r.open_time)",
+        params,
+    )
+    for row in rejected.iter_rows(named=True):
+        key = (row["venue"], row["market"], row["symbol"], row["timeframe"])
+        if key in found:
+            found[key].rejected.add(row["open_time"])
+    return found
+
+
+def expected_regions(series: Series, stored: Stored, regions: Iterable[Interval], now: dt.datetime) -> list[Interval]:
+    """`regions` cut to the bars the series is expected to hold (see the module docstring)."""
+    tf = series.tf
+    step = dt.timedelta(milliseconds=tf.millis)
+    expected_from = series.first_window_end
+    if stored.first is not None:
+        expected_from = min(stored.first, series.first_window_end)
+    expected_until = _floor(now, tf)  # bars opening before this have closed
+    newest = stored.last + step if stored.last is not None else series.current_window_start
+    expected_until = min(expected_until, max(newest, series.current_window_start))
+    cut = []
+    for start, end in regions:
+        lo, hi = max(_ceil(start, tf), expected_from), min(_floor(end, tf), expected_until)
+        if lo < hi:
+            cut.append((lo, hi))
+    return cut
+
+
+def _missing(stored: Stored, lo: dt.datetime, hi: dt.datetime, step: dt.timedelta) -> list[Interval]:
+    """Missing intervals of [lo, hi) given what is stored (holes between stored bars included)."""
+    if stored.first is None or stored.last is None:
+        return [(lo, hi)]
+    gaps = [(lo, min(hi, stored.first))] + stored.holes + [(max(lo, stored.last + step), hi)]
+    return [(max(a, lo), min(b, hi)) for a, b in gaps if max(a, lo) < min(b, hi)]
+
+
+def _subtract(intervals: list[Interval], cuts: list[Interval]) -> list[Interval]:
+    for cut_start, cut_end in cuts:
+        remaining = []
+        for a, b in intervals:
+            if cut_end <= a or cut_start >= b:
+                remaining.append((a, b))
+                continue
+            if a < cut_start:
+                remaining.append((a, cut_start))
+            if cut_end < b:
+                remaining.append((cut_end, b))
+        intervals = remaining
+    return intervals
+
+
+def audit_gaps(
+    series: Series, stored: Stored, why: Explanations, regions: Iterable[Interval], now: dt.datetime
+) -> GapAudit:
+    """Expected, missing and unexplained bars of `series` inside `regions`."""
+    tf = series.tf
+    step = dt.timedelta(milliseconds=tf.millis)
+    audit = GapAudit(tf.millis)
+    for lo, hi in expected_regions(series, stored, regions, now):
+        audit.expected += _bars(lo, hi, tf.millis)
+        audit.missing += _missing(stored, lo, hi, step)
+    # A bar is inside a known gap when its whole window is: snap the gap inwards to the grid.
+    known = [(_ceil(g.start, tf), _floor(g.end, tf)) for g in why.known]
+    known = [(a, b) for a, b in known if a < b]
+    unexplained = _subtract(audit.missing, known)
+    audit.known_bars = audit.missing_bars - _count(unexplained, tf.millis)
+    rejected = sorted(t for t in why.rejected if any(a <= t < b for a, b in unexplained))
+    audit.rejected_bars = len(rejected)
+    audit.unexplained = _subtract(unexplained, [(t, t + step) for t in rejected])
+    return audit
+
+
+def describe_interval(interval: Interval, tf_millis: int) -> str:
+    start, end = interval
+    return f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC, {_bars(start, end, tf_millis)} bars"
+
+
+@dataclass
+class OhlcAudit:
+    rows: int  # stored rows checked
+    violations: int
+    samples: list[dict[str, Any]]
+    rejected: int  # rows rejected at ingest and not stored
+    rejected_samples: list[dict[str, Any]]
+
+
+def audit_ohlc(warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime) -> OhlcAudit:
+    """Stored bars of [start, end) that break a validation rule, and rows rejected at ingest."""
+    where, params = _where([series], start, end)
+    counts = warehouse.query(
+        f"SELECT count(*) AS n, count(*) FILTER (WHERE {KLINE_BREAKS_A_RULE}) AS bad "
+        f"FROM market_data.klines WHERE {where}",
+        params,
+    ).row(0, named=True)
+    samples: list[dict[str, Any]] = []
+    if counts["bad"]:
+        sample = warehouse.query(
+            "SELECT open_time, open, high, low, close, volume, taker_buy_volume, trades "
+            f"FROM market_data.klines WHERE {where} AND {KLINE_BREAKS_A_RULE} ORDER BY open_time LIMIT {SAMPLES}",
+            params,
+        )
+        samples = sample.with_columns(broken_rules(sample).alias("reason")).to_dicts()
+    where_r, params_r = _where([series], start, end, table_alias="r")
+    rejected = warehouse.query(
+        "SELECT r.open_time, r.reason, r.payload, r.origin FROM market_data.rejected_rows AS r "
+        f"WHERE r.dataset = 'klines' AND {where_r} AND NOT EXISTS ("
+        "  SELECT 1 FROM market_data.klines AS k WHERE k.venue = r.venue AND k.market = r.market"
+        "  AND k.symbol = r.symbol AND k.timeframe = r.timeframe AND k.open_time = r.open_time) "
+        "ORDER BY r.open_time",
+        params_r,
+    )
+    return OhlcAudit(
+        rows=counts["n"], violations=counts["bad"], samples=samples,
+        rejected=rejected.height, rejected_samples=rejected.head(SAMPLES).to_dicts(),
+    )
+
+
+@dataclass
+class UnclosedAudit:
+    rows: int
+    unclosed: int
+    samples: list[dict[str, Any]]
+
+
+def audit_unclosed(warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime) -> UnclosedAudit:
+    """Stored bars of [start, end) whose window had not closed when they were ingested."""
+    where, params = _where([series], start, end)
+    unclosed = f"open_time + INTERVAL '{series.tf.seconds} seconds' > ingested_at"
+    counts = warehouse.query(
+        f"SELECT count(*) AS n, count(*) FILTER (WHERE {unclosed}) AS bad FROM market_data.klines WHERE {where}",
+        params,
+    ).row(0, named=True)
+    samples: list[dict[str, Any]] = []
+    if counts["bad"]:
+        samples = warehouse.query(
+            f"SELECT open_time, ingested_at, source FROM market_data.klines WHERE {where} AND {unclosed} "
+            f"ORDER BY open_time LIMIT {SAMPLES}",
+            params,
+        ).to_dicts()
+    return UnclosedAudit(rows=counts["n"], unclosed=counts["bad"], samples=samples)
+
+
+def samples_table(rows: list[dict[str, Any]]) -> str:
+    """A few rows as a markdown table, for check metadata."""
+    if not rows:
+        return "none"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    return str(value).replace("|", "\\|")
+
