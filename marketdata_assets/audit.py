@@ -16,6 +16,7 @@ or verified empty by `gaps verify`), or when the exchange sent it and it was rej
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -243,7 +244,8 @@ def _missing(stored: Stored, lo: dt.datetime, hi: dt.datetime, step: dt.timedelt
     return [(max(a, lo), min(b, hi)) for a, b in gaps if max(a, lo) < min(b, hi)]
 
 
-def _subtract(intervals: list[Interval], cuts: list[Interval]) -> list[Interval]:
+def subtract_intervals(intervals: list[Interval], cuts: list[Interval]) -> list[Interval]:
+    """`intervals` without what `cuts` cover."""
     for cut_start, cut_end in cuts:
         remaining = []
         for a, b in intervals:
@@ -271,11 +273,11 @@ def audit_gaps(
     # A bar is inside a known gap when its whole window is: snap the gap inwards to the grid.
     known = [(_ceil(g.start, tf), _floor(g.end, tf)) for g in why.known]
     known = [(a, b) for a, b in known if a < b]
-    unexplained = _subtract(audit.missing, known)
+    unexplained = subtract_intervals(audit.missing, known)
     audit.known_bars = audit.missing_bars - _count(unexplained, tf.millis)
     rejected = sorted(t for t in why.rejected if any(a <= t < b for a, b in unexplained))
     audit.rejected_bars = len(rejected)
-    audit.unexplained = _subtract(unexplained, [(t, t + step) for t in rejected])
+    audit.unexplained = subtract_intervals(unexplained, [(t, t + step) for t in rejected])
     return audit
 
 
@@ -287,28 +289,22 @@ def describe_interval(interval: Interval, tf_millis: int) -> str:
 @dataclass
 class OhlcAudit:
     rows: int  # stored rows checked
-    violations: int
+    invalid: list[dt.datetime]  # open times of stored bars that break a rule
     samples: list[dict[str, Any]]
-    rejected: int  # rows rejected at ingest and not stored
+    rejected: list[dt.datetime]  # open times of rows rejected at ingest and not stored
     rejected_samples: list[dict[str, Any]]
 
 
 def audit_ohlc(warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime) -> OhlcAudit:
     """Stored bars of [start, end) that break a validation rule, and rows rejected at ingest."""
     where, params = _where([series], start, end)
-    counts = warehouse.query(
-        f"SELECT count(*) AS n, count(*) FILTER (WHERE {KLINE_BREAKS_A_RULE}) AS bad "
-        f"FROM market_data.klines WHERE {where}",
+    rows = warehouse.query(f"SELECT count(*) AS n FROM market_data.klines WHERE {where}", params)["n"][0]
+    invalid = warehouse.query(
+        "SELECT open_time, open, high, low, close, volume, taker_buy_volume, trades "
+        f"FROM market_data.klines WHERE {where} AND {KLINE_BREAKS_A_RULE} ORDER BY open_time",
         params,
-    ).row(0, named=True)
-    samples: list[dict[str, Any]] = []
-    if counts["bad"]:
-        sample = warehouse.query(
-            "SELECT open_time, open, high, low, close, volume, taker_buy_volume, trades "
-            f"FROM market_data.klines WHERE {where} AND {KLINE_BREAKS_A_RULE} ORDER BY open_time LIMIT {SAMPLES}",
-            params,
-        )
-        samples = sample.with_columns(broken_rules(sample).alias("reason")).to_dicts()
+    )
+    samples = invalid.head(SAMPLES)
     where_r, params_r = _where([series], start, end, table_alias="r")
     rejected = warehouse.query(
         "SELECT r.open_time, r.reason, r.payload, r.origin FROM market_data.rejected_rows AS r "
@@ -319,34 +315,36 @@ def audit_ohlc(warehouse: Warehouse, series: Series, start: dt.datetime, end: dt
         params_r,
     )
     return OhlcAudit(
-        rows=counts["n"], violations=counts["bad"], samples=samples,
-        rejected=rejected.height, rejected_samples=rejected.head(SAMPLES).to_dicts(),
+        rows=rows,
+        invalid=invalid["open_time"].to_list(),
+        samples=samples.with_columns(broken_rules(samples).alias("reason")).to_dicts(),
+        rejected=rejected["open_time"].to_list(),
+        rejected_samples=rejected.head(SAMPLES).to_dicts(),
     )
 
 
 @dataclass
 class UnclosedAudit:
     rows: int
-    unclosed: int
+    unclosed: list[dt.datetime]  # open times of bars stored before they closed
     samples: list[dict[str, Any]]
 
 
 def audit_unclosed(warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime) -> UnclosedAudit:
     """Stored bars of [start, end) whose window had not closed when they were ingested."""
     where, params = _where([series], start, end)
-    unclosed = f"open_time + INTERVAL '{series.tf.seconds} seconds' > ingested_at"
-    counts = warehouse.query(
-        f"SELECT count(*) AS n, count(*) FILTER (WHERE {unclosed}) AS bad FROM market_data.klines WHERE {where}",
+    rows = warehouse.query(f"SELECT count(*) AS n FROM market_data.klines WHERE {where}", params)["n"][0]
+    unclosed = warehouse.query(
+        f"SELECT open_time, ingested_at, source FROM market_data.klines WHERE {where} "
+        f"AND open_time + INTERVAL '{series.tf.seconds} seconds' > ingested_at ORDER BY open_time",
         params,
-    ).row(0, named=True)
-    samples: list[dict[str, Any]] = []
-    if counts["bad"]:
-        samples = warehouse.query(
-            f"SELECT open_time, ingested_at, source FROM market_data.klines WHERE {where} AND {unclosed} "
-            f"ORDER BY open_time LIMIT {SAMPLES}",
-            params,
-        ).to_dicts()
-    return UnclosedAudit(rows=counts["n"], unclosed=counts["bad"], samples=samples)
+    )
+    return UnclosedAudit(rows, unclosed["open_time"].to_list(), unclosed.head(SAMPLES).to_dicts())
+
+
+def count_within(times: Sequence[dt.datetime], start: dt.datetime, end: dt.datetime) -> int:
+    """How many of the sorted `times` fall in [start, end)."""
+    return bisect.bisect_left(times, end) - bisect.bisect_left(times, start)
 
 
 def samples_table(rows: list[dict[str, Any]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 
 import click
@@ -25,9 +26,15 @@ def main() -> None:
 @click.option("--archive-missing", multiple=True, help="Archive zip name (or pattern) to answer 404.")
 @click.option("--archive-corrupt", multiple=True, help="Archive zip name (or pattern) to serve corrupted.")
 @click.option("--archive-corrupt-once", is_flag=True, default=None, help="Corrupt only the first download.")
+@click.option("--outage", multiple=True, metavar="[MARKET@]START/END",
+              help="A window with no candles, besides the documented maintenance.")
+@click.option("--invalid-bar", multiple=True, metavar="SYMBOL/TF/TIME", help="A candle served with high < low.")
+@click.option("--failing-window", multiple=True, metavar="START/END[xN]",
+              help="Requests touching this window get 503 until N of them have [5].")
 def emulator(
     host, port, spot_weight_limit, futures_weight_limit, fault_5xx_rate, fault_truncate_rate,
-    fault_latency_ms, archive_missing, archive_corrupt, archive_corrupt_once,
+    fault_latency_ms, archive_missing, archive_corrupt, archive_corrupt_once, outage, invalid_bar,
+    failing_window,
 ) -> None:
     """Serve the local emulators of every upstream until interrupted.
 
@@ -37,9 +44,18 @@ def emulator(
 
     import uvicorn
 
-    from marketdata_assets.emulator import EmulatorConfig, build_app
+    from marketdata_assets.emulator import EmulatorConfig, FailingWindow, InvalidBar, Outage, build_app
 
-    config = EmulatorConfig.from_env()
+    try:
+        config = EmulatorConfig.from_env()
+        scenario = dataclasses.replace(
+            config.scenario,
+            outages=config.scenario.outages + tuple(Outage.parse(text) for text in outage),
+            invalid_bars=config.scenario.invalid_bars + tuple(InvalidBar.parse(text) for text in invalid_bar),
+            failing_windows=config.scenario.failing_windows + tuple(FailingWindow.parse(t) for t in failing_window),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     faults = config.faults
     faults = dataclasses.replace(
         faults,
@@ -58,6 +74,7 @@ def emulator(
             corrupt=tuple(archive_corrupt) or config.archive_faults.corrupt,
             corrupt_once=config.archive_faults.corrupt_once if archive_corrupt_once is None else True,
         ),
+        scenario=scenario,
     )
     server = uvicorn.Server(
         uvicorn.Config(build_app(config), host=host, port=port, log_level="warning", access_log=False)
@@ -116,6 +133,112 @@ def summary(symbol: str | None) -> None:
             f"{series:<34} {row['rows']:>10}  {row['first_open_time']:%Y-%m-%d %H:%M}     "
             f"{row['last_open_time']:%Y-%m-%d %H:%M}"
         )
+
+
+def _fail(command: str, message: str) -> None:
+    """One clear line on stderr and exit code 2: the command could not run as asked."""
+    click.echo(f"marketdata {command}: {message}", err=True)
+    sys.exit(2)
+
+
+def _coverage(command: str, symbols: tuple[str, ...]):
+    """(settings, warehouse, coverage of every klines asset of `symbols`) for report and verify."""
+    import dagster as dg
+    from dagster._core.errors import DagsterHomeNotSetError
+
+    from marketdata_assets.catalog import CatalogError, load_catalog
+    from marketdata_assets.coverage import klines_assets, klines_coverage
+    from marketdata_assets.warehouse import WarehouseError, open_warehouse
+
+    try:
+        settings = Settings.from_env()
+        catalog = load_catalog(settings.catalog_path)
+        warehouse = open_warehouse(settings.warehouse_url)
+    except (CatalogError, WarehouseError, ValueError) as exc:
+        _fail(command, str(exc))
+    assets = klines_assets(catalog, symbols)
+    unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in assets})
+    if unknown:
+        _fail(command, f"no klines asset for symbol {', '.join(unknown)} in the catalog")
+    try:
+        instance = dg.DagsterInstance.get()
+    except DagsterHomeNotSetError:
+        _fail(command, "DAGSTER_HOME is not set: partition status and check results live in the Dagster "
+                       "instance that `dagster asset materialize` and `dagster dev` use; point DAGSTER_HOME at it")
+    try:
+        return settings, warehouse, instance, klines_coverage(instance, warehouse, assets)
+    except WarehouseError as exc:
+        _fail(command, str(exc))
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--dataset", type=click.Choice(["klines"]), help="Only this dataset.")
+@click.option("--symbol", "symbols", multiple=True, help="Only this symbol (repeatable).")
+@click.option("--fail-on-gaps", is_flag=True, help="Exit 1 if any asset has unexplained gaps (for CI).")
+def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool) -> None:
+    """Coverage audit: one row per asset, from Dagster's partition status and the warehouse.
+
+    Gaps are counted inside materialized partitions; known gaps are documented maintenance and
+    windows `marketdata gaps verify` found empty.
+    """
+    from marketdata_assets.report import render
+
+    _, _, instance, items = _coverage("report", symbols)
+    instance.dispose()
+    click.echo(render(items, fmt))
+    if fail_on_gaps and any(item.gaps.unexplained for item in items):
+        sys.exit(1)
+
+
+@main.group()
+def gaps() -> None:
+    """Work on the gaps the audit finds."""
+
+
+@gaps.command("verify")
+@click.option("--dataset", type=click.Choice(["klines"]), help="Only this dataset.")
+@click.option("--symbol", "symbols", multiple=True, help="Only this symbol (repeatable).")
+def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
+    """Fetch every unexplained gap again: store what comes back, record what does not as
+    verified empty (market_data.known_gaps), then run the checks of the partitions concerned
+    again, so the UI shows the same. Exit 1 if a gap could not be fetched."""
+    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.defs.checks import run_klines_checks
+    from marketdata_assets.defs.resources import resources_from
+    from marketdata_assets.verify import verify_gaps
+
+    settings, warehouse, instance, items = _coverage("gaps verify", symbols)
+    pending = [item for item in items if item.gaps.unexplained]
+    if not pending:
+        instance.dispose()
+        click.echo("no unexplained gaps")
+        return
+    binance = resources_from(settings)["binance"]
+    verdicts = verify_gaps(
+        pending, binance.klines_client, warehouse, report=lambda verdict: click.echo(verdict.describe())
+    )
+    definitions = build_definitions(settings)
+    for item in pending:
+        gaps = [v.gap for v in verdicts if v.asset == item.key.to_user_string() and not v.error]
+        if not gaps:
+            continue
+        first = item.partitions.get_partition_key_for_timestamp(gaps[0][0].timestamp())
+        last = item.partitions.get_partition_key_for_timestamp((gaps[-1][1] - dt.timedelta(microseconds=1)).timestamp())
+        evaluations = run_klines_checks(instance, definitions.resolve_assets_def(item.key), first, last)
+        states = " ".join(
+            f"{e.check_name}={'passed' if e.passed else e.severity.value}" for e in evaluations
+        )
+        click.echo(f"checked {item.key.to_user_string()} again over {first}...{last}: {states}")
+    instance.dispose()
+    failed = [v for v in verdicts if v.error]
+    empty_bars = sum(int((b - a).total_seconds() * 1000) // v.tf_millis for v in verdicts for a, b in v.empty)
+    click.echo(
+        f"{len(verdicts)} gaps fetched again: {sum(v.stored for v in verdicts)} bars stored, "
+        f"{empty_bars} bars verified empty, {sum(v.rejected for v in verdicts)} rejected, {len(failed)} failed"
+    )
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

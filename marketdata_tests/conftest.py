@@ -109,3 +109,18 @@ def with_settings(settings: Settings, **changes) -> Settings:
 
 def utc(*args: int) -> dt.datetime:
     return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+def bars_in_maintenance(market: str, seconds: int, start: dt.datetime, end: dt.datetime) -> int:
+    """Bars of `seconds` in [start, end) wholly inside a documented maintenance window of
+    Binance `market`: the exchange (and the emulator) has no candle for them."""
+    from marketdata_assets.maintenance import maintenance_windows
+
+    count = 0
+    for window in maintenance_windows():
+        if (window.venue, window.market) != ("binance", market):
+            continue
+        lo = max(window.start.timestamp(), start.timestamp())
+        hi = min(window.end.timestamp(), end.timestamp())
+        count += max(0, int(hi // seconds) - int(-(-lo // seconds)))
+    return count

@@ -30,8 +30,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from marketdata_assets.emulator.binance import INTERVALS_MS
-from marketdata_assets.emulator.candles import synthetic_candles
+from marketdata_assets.emulator.candles import CandleBlock
 from marketdata_assets.emulator.config import EmulatorConfig
+from marketdata_assets.emulator.scenario import FailureBudget
 
 _MARKETS = {"spot": "spot", "futures/um": "perp"}
 _PATH = re.compile(
@@ -64,11 +65,8 @@ def _utc(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
-def kline_csv(
-    market: str, symbol: str, interval_ms: int, open_times: np.ndarray, *, microseconds: bool, header: bool
-) -> bytes:
+def kline_csv(market: str, bars: CandleBlock, interval_ms: int, *, microseconds: bool, header: bool) -> bytes:
     """A kline CSV as the archive writes it: spot with 8 decimals, futures without trailing zeros."""
-    bars = synthetic_candles(market, symbol, interval_ms, open_times)
     scale = 1000 if microseconds else 1
     frame = pl.DataFrame(
         {
@@ -98,9 +96,10 @@ def kline_csv(
 class BinanceArchiveEmulator:
     """Serves archive files built on first request and then kept in memory."""
 
-    def __init__(self, config: EmulatorConfig, clock=time.time):
+    def __init__(self, config: EmulatorConfig, failures: FailureBudget, clock=time.time):
         self.config = config
         self.clock = clock
+        self.failures = failures
         self._cache: OrderedDict[tuple[str, str, str, str], tuple[bytes, str]] = OrderedDict()
         self._cache_bytes = 0
         self._building: dict[tuple[str, str, str, str], threading.Lock] = {}
@@ -176,16 +175,17 @@ class BinanceArchiveEmulator:
         listed = self.config.listings[(requested.market, requested.symbol)]
         # The bar that holds the first trade is the first bar, as REST has it.
         first = max(int(requested.start.timestamp() * 1000), listed // interval * interval)
+        scenario = self.config.scenario
         open_times = np.arange(first, int(requested.end.timestamp() * 1000), interval, dtype=np.int64)
+        open_times = scenario.trading(requested.market, interval, open_times)
         microseconds = (
             requested.market == "spot" and requested.start.date() >= self.config.archive_spot_microseconds_from
         )
         header = (
             requested.market == "perp" and requested.start.date() >= self.config.archive_futures_header_from
         )
-        csv = kline_csv(
-            requested.market, requested.symbol, interval, open_times, microseconds=microseconds, header=header
-        )
+        bars = scenario.candles(requested.market, requested.symbol, requested.interval, interval, open_times)
+        csv = kline_csv(requested.market, bars, interval, microseconds=microseconds, header=header)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             info = zipfile.ZipInfo(requested.name.removesuffix(".zip") + ".csv", date_time=(2020, 1, 1, 0, 0, 0))
@@ -206,6 +206,16 @@ class BinanceArchiveEmulator:
         faults = self.config.archive_faults
         if self._faulty(faults.missing, requested.name):
             return self._not_found(path)
+        if not checksum and self.failures.fails(
+            int(requested.start.timestamp() * 1000), int(requested.end.timestamp() * 1000)
+        ):
+            self.answers["503"] += 1
+            return Response(
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                "<Message>Please reduce your request rate.</Message></Error>",
+                status_code=503,
+                media_type="application/xml",
+            )
         content, digest = await asyncio.to_thread(self.file, requested)
         if checksum:
             self.answers["checksum"] += 1

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import synthetic_candles
+from marketdata_assets.emulator.candles import CandleBlock
 from marketdata_assets.emulator.config import EmulatorConfig
+from marketdata_assets.emulator.scenario import FailureBudget
 
 INTERVALS_MS = {
     "1s": 1_000,
@@ -115,27 +117,40 @@ def _required(request: Request, name: str) -> str:
 
 
 def select_open_times(
-    first_open: int, interval: int, now_ms: int, start: int | None, end: int | None, limit: int
+    first_open: int, interval: int, now_ms: int, start: int | None, end: int | None, limit: int,
+    traded: Callable[[np.ndarray], np.ndarray] = lambda times: times,
 ) -> np.ndarray:
-    """Open times Binance returns for these parameters: ascending, the forming bar included."""
+    """Open times Binance returns for these parameters: ascending, the forming bar included,
+    at most `limit` of the bars `traded` keeps (an outage has none), from `start` or up to now."""
     first = first_open // interval * interval
     last = now_ms // interval * interval  # the bar forming now
     if end is not None:
         last = min(last, end // interval * interval)
+    chunks: list[np.ndarray] = []
+    wanted = limit
     if start is not None:
-        lo = max(first, -(-start // interval) * interval)
-        hi = min(last, lo + (limit - 1) * interval)
-    else:
-        hi = last
-        lo = max(first, hi - (limit - 1) * interval)
-    if hi < lo:
-        return np.empty(0, dtype=np.int64)
-    return np.arange(lo, hi + 1, interval, dtype=np.int64)
+        cursor = max(first, -(-start // interval) * interval)
+        while wanted > 0 and cursor <= last:
+            upper = min(last, cursor + (wanted - 1) * interval)
+            chunk = traded(np.arange(cursor, upper + 1, interval, dtype=np.int64))
+            chunks.append(chunk)
+            wanted -= len(chunk)
+            cursor = upper + interval
+        times = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+        return times[:limit]
+    cursor = last
+    while wanted > 0 and cursor >= first:
+        lower = max(first, cursor - (wanted - 1) * interval)
+        chunk = traded(np.arange(lower, cursor + 1, interval, dtype=np.int64))
+        chunks.insert(0, chunk)
+        wanted -= len(chunk)
+        cursor = lower - interval
+    times = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+    return times[len(times) - limit:] if len(times) > limit else times
 
 
-def kline_rows_json(market: str, symbol: str, interval: int, open_times: np.ndarray, now_ms: int) -> bytes:
+def kline_rows_json(bars: CandleBlock, interval: int) -> bytes:
     """The JSON body of a klines answer: 12-field rows, decimal strings, ms times."""
-    bars = synthetic_candles(market, symbol, interval, open_times, now_ms=now_ms)
     rows = [
         [
             int(t),
@@ -192,9 +207,10 @@ FUTURES_API = KlinesApi("perp", "/fapi/v1", 1500, FUTURES_KLINES_WEIGHT)
 class BinanceEmulator:
     """State of the Binance emulator: one weight ledger per API, fault randomness, counters."""
 
-    def __init__(self, config: EmulatorConfig, clock=time.time):
+    def __init__(self, config: EmulatorConfig, failures: FailureBudget, clock=time.time):
         self.config = config
         self.clock = clock
+        self.failures = failures
         self.ledgers = {
             "spot": WeightLedger(config.spot_weight_limit, config),
             "perp": WeightLedger(config.futures_weight_limit, config),
@@ -321,23 +337,23 @@ class BinanceEmulator:
             faults = self.config.faults
             if faults.latency_ms:
                 await asyncio.sleep(faults.latency_ms / 1000)
+            internal_error = _error_body(-1001, "Internal error; unable to process your request. Please try again.")
             if faults.server_error_rate and self._random.random() < faults.server_error_rate:
-                return self._respond(
-                    api,
-                    503,
-                    _error_body(-1001, "Internal error; unable to process your request. Please try again."),
-                )
+                return self._respond(api, 503, internal_error)
             try:
-                body = self._klines_body(api, request, limit)
+                interval, open_times, body = self._klines_body(api, request, limit)
             except BinanceError as exc:
                 return self._respond(api, exc.status, _error_body(exc.code, exc.msg))
+            if len(open_times) and self.failures.fails(int(open_times[0]), int(open_times[-1]) + interval):
+                return self._respond(api, 503, internal_error)
             if faults.truncate_rate and self._random.random() < faults.truncate_rate:
                 body = body[: max(1, len(body) // 2)]
             return self._respond(api, 200, body)
 
         return endpoint
 
-    def _klines_body(self, api: KlinesApi, request: Request, limit: int) -> bytes:
+    def _klines_body(self, api: KlinesApi, request: Request, limit: int) -> tuple[int, np.ndarray, bytes]:
+        """(interval ms, open times, JSON body) of a klines answer."""
         symbol = _required(request, "symbol")
         interval_name = _required(request, "interval")
         start = _int_param(request, "startTime")
@@ -354,8 +370,13 @@ class BinanceEmulator:
             raise BinanceError(400, -1023, "Start time is greater than end time.")
         interval = INTERVALS_MS[interval_name]
         now_ms = int(self.clock() * 1000)
-        open_times = select_open_times(first_open, interval, now_ms, start, end, limit)
-        return kline_rows_json(api.market, symbol, interval, open_times, now_ms)
+        scenario = self.config.scenario
+        open_times = select_open_times(
+            first_open, interval, now_ms, start, end, limit,
+            traded=lambda times: scenario.trading(api.market, interval, times),
+        )
+        bars = scenario.candles(api.market, symbol, interval_name, interval, open_times, now_ms=now_ms)
+        return interval, open_times, kline_rows_json(bars, interval)
 
     def stats(self) -> dict:
         return {

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from marketdata_assets.emulator.scenario import FailingWindow, InvalidBar, Outage, Scenario, documented_outages
+
 
 def _utc_ms(text: str) -> int:
     return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp() * 1000)
@@ -59,6 +61,9 @@ class EmulatorConfig:
     archive_spot_microseconds_from: dt.date = dt.date(2025, 1, 1)
     archive_futures_header_from: dt.date = dt.date(2022, 1, 1)
     archive_publish_delay_s: float = 0.0  # a file appears this long after its period ends
+    # The exchange's history: outages (the documented ones by default), wrong candles, and
+    # windows whose first fetches fail.
+    scenario: Scenario = field(default_factory=Scenario)
     listings: Mapping[tuple[str, str], int] = field(default_factory=lambda: dict(BINANCE_LISTINGS))
 
     def with_listing(self, market: str, symbol: str, first_open: dt.datetime) -> EmulatorConfig:
@@ -69,8 +74,9 @@ class EmulatorConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmulatorConfig:
         """MARKETDATA_EMULATOR_{SPOT,FUTURES}_WEIGHT_LIMIT, _5XX_RATE, _TRUNCATE_RATE, _LATENCY_MS,
-        _SEED, and _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns)
-        with _ARCHIVE_CORRUPT_ONCE=1."""
+        _SEED, _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns) with
+        _ARCHIVE_CORRUPT_ONCE=1, and the scenario: _OUTAGES (`[MARKET@]START/END`, added to the
+        documented ones), _INVALID_BARS (`SYMBOL/TF/TIME`), _FAILING_WINDOWS (`START/END[xN]`)."""
         env = os.environ if env is None else env
 
         def number(name: str, default: float) -> float:
@@ -86,6 +92,12 @@ class EmulatorConfig:
             raw = env.get(f"MARKETDATA_EMULATOR_{name}", "")
             return tuple(part.strip() for part in raw.split(",") if part.strip())
 
+        def parsed(name: str, parse):
+            try:
+                return tuple(parse(part) for part in names(name))
+            except ValueError as exc:
+                raise ValueError(f"MARKETDATA_EMULATOR_{name}: {exc}") from None
+
         return cls(
             spot_weight_limit=int(number("SPOT_WEIGHT_LIMIT", 6000)),
             futures_weight_limit=int(number("FUTURES_WEIGHT_LIMIT", 2400)),
@@ -99,5 +111,10 @@ class EmulatorConfig:
                 missing=names("ARCHIVE_MISSING"),
                 corrupt=names("ARCHIVE_CORRUPT"),
                 corrupt_once=env.get("MARKETDATA_EMULATOR_ARCHIVE_CORRUPT_ONCE", "") in ("1", "true"),
+            ),
+            scenario=Scenario(
+                outages=documented_outages() + parsed("OUTAGES", Outage.parse),
+                invalid_bars=parsed("INVALID_BARS", InvalidBar.parse),
+                failing_windows=parsed("FAILING_WINDOWS", FailingWindow.parse),
             ),
         )

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from marketdata_assets.emulator.archive import BinanceArchiveEmulator
 from marketdata_assets.emulator.binance import BinanceEmulator
 from marketdata_assets.emulator.config import EmulatorConfig
+from marketdata_assets.emulator.scenario import FailureBudget
 
 
 def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] = time.time) -> Starlette:
@@ -24,8 +25,9 @@ def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] =
     `clock` (Unix seconds) decides which candles have closed and which minute weight counts in.
     """
     config = config or EmulatorConfig()
-    binance = BinanceEmulator(config, clock)
-    archive = BinanceArchiveEmulator(config, clock)
+    failures = FailureBudget(config.scenario.failing_windows)
+    binance = BinanceEmulator(config, failures, clock)
+    archive = BinanceArchiveEmulator(config, failures, clock)
 
     async def stats(request: Request) -> Response:
         body = {"binance": binance.stats(), "binance_archive": archive.stats()}

@@ -1,0 +1,201 @@
+"""Coverage of every klines asset: Dagster's partition status and latest check results, beside
+what the warehouse holds, and where the two disagree. `marketdata report` prints it and
+`marketdata gaps verify` works through its unexplained gaps.
+
+Gaps are counted inside the partitions Dagster records as materialized: a partition never
+materialized is missing coverage (partitions materialized/total), and a failed one is listed as
+failed, not counted as a gap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+from marketdata_assets.audit import (
+    Explanations,
+    GapAudit,
+    Series,
+    Stored,
+    audit_gaps,
+    explanations,
+    stored_klines,
+)
+from marketdata_assets.catalog import Catalog, Instrument
+from marketdata_assets.defs.checks import KLINES_CHECKS
+from marketdata_assets.defs.klines import KLINES_CADENCE, klines_asset_key, klines_partitions, klines_series
+from marketdata_assets.timeframes import timeframe
+from marketdata_assets.warehouse import Warehouse
+
+_TRUNC_UNIT = {"monthly": "month", "daily": "day"}
+DISAGREEMENTS_SHOWN = 3
+
+
+@dataclass
+class CheckOutcome:
+    """The latest evaluation of one check: 'passed', 'WARN', 'ERROR', or 'not run'."""
+
+    name: str
+    state: str
+    window: str = ""
+    description: str = ""
+
+
+@dataclass
+class AssetCoverage:
+    key: dg.AssetKey
+    dataset: str
+    instrument: Instrument
+    series: Series
+    partitions: dg.TimeWindowPartitionsDefinition
+    partitions_total: int
+    materialized: list[str]  # partition keys
+    failed: list[str]
+    materialized_windows: list[tuple[dt.datetime, dt.datetime]]
+    stored: Stored
+    why: Explanations
+    gaps: GapAudit
+    rejected_rows: int
+    checks: list[CheckOutcome] = field(default_factory=list)
+    empty_materialized: list[str] = field(default_factory=list)  # materialized, no rows stored
+    unrecorded_with_rows: list[str] = field(default_factory=list)  # rows stored, never materialized
+
+    @property
+    def disagreements(self) -> list[str]:
+        notes = []
+        if self.empty_materialized:
+            notes.append(f"materialized without rows: {_some(self.empty_materialized)}")
+        if self.unrecorded_with_rows:
+            notes.append(f"rows in partitions never materialized: {_some(self.unrecorded_with_rows)}")
+        return notes
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:DISAGREEMENTS_SHOWN])
+    return shown + (f" and {len(keys) - DISAGREEMENTS_SHOWN} more" if len(keys) > DISAGREEMENTS_SHOWN else "")
+
+
+@dataclass(frozen=True)
+class KlinesAsset:
+    key: dg.AssetKey
+    instrument: Instrument
+    series: Series
+    partitions: dg.TimeWindowPartitionsDefinition
+
+
+def klines_assets(
+    catalog: Catalog, symbols: Iterable[str] = (), cadence: str = KLINES_CADENCE
+) -> list[KlinesAsset]:
+    """Every klines asset of the catalog (of `symbols` only, if any are given)."""
+    wanted = set(symbols)
+    assets = []
+    for instrument in catalog.instruments:
+        if not instrument.has_dataset("klines") or (wanted and instrument.symbol not in wanted):
+            continue
+        assert instrument.start_date is not None
+        partitions = klines_partitions(instrument.start_date, cadence)
+        for name in instrument.timeframes:
+            tf = timeframe(name)
+            assets.append(KlinesAsset(
+                klines_asset_key(instrument, tf), instrument, klines_series(instrument, tf, partitions), partitions
+            ))
+    return assets
+
+
+def _rows_by_partition(
+    warehouse: Warehouse, cadence: str
+) -> dict[tuple[str, str, str, str], dict[dt.datetime, int]]:
+    unit = _TRUNC_UNIT[cadence]
+    frame = warehouse.query(
+        f"SELECT venue, market, symbol, timeframe, date_trunc('{unit}', open_time) AS bucket, count(*) AS n "
+        "FROM market_data.klines GROUP BY venue, market, symbol, timeframe, date_trunc"
+        f"('{unit}', open_time)"
+    )
+    found: dict[tuple[str, str, str, str], dict[dt.datetime, int]] = {}
+    for venue, market, symbol, tf, bucket, count in frame.iter_rows():
+        found.setdefault((venue, market, symbol, tf), {})[bucket.astimezone(dt.UTC)] = count
+    return found
+
+
+def _rejected_counts(warehouse: Warehouse) -> dict[tuple[str, str, str, str], int]:
+    frame = warehouse.query(
+        "SELECT r.venue, r.market, r.symbol, r.timeframe, count(*) AS n FROM market_data.rejected_rows AS r "
+        "WHERE r.dataset = 'klines' AND NOT EXISTS (SELECT 1 FROM market_data.klines AS k WHERE "
+        "k.venue = r.venue AND k.market = r.market AND k.symbol = r.symbol AND k.timeframe = r.timeframe "
+        "AND k.open_time = r.open_time) GROUP BY r.venue, r.market, r.symbol, r.timeframe"
+    )
+    return {(v, m, s, t): n for v, m, s, t, n in frame.iter_rows()}
+
+
+def _check_outcomes(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> dict[dg.AssetCheckKey, CheckOutcome]:
+    check_keys = [dg.AssetCheckKey(key, name) for key in keys for name in KLINES_CHECKS]
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    outcomes = {}
+    for check_key in check_keys:
+        record = records.get(check_key)
+        if record is None or record.status == AssetCheckExecutionRecordStatus.PLANNED:
+            outcomes[check_key] = CheckOutcome(check_key.name, "not run")
+            continue
+        evaluation = record.evaluation
+        assert evaluation is not None
+        window = evaluation.metadata.get("window")
+        state = "passed" if evaluation.passed else evaluation.severity.value
+        outcomes[check_key] = CheckOutcome(
+            check_key.name, state, str(window.value) if window else "", evaluation.description or ""
+        )
+    return outcomes
+
+
+def klines_coverage(
+    instance: dg.DagsterInstance, warehouse: Warehouse, assets: list[KlinesAsset],
+    now: dt.datetime | None = None, cadence: str = KLINES_CADENCE,
+) -> list[AssetCoverage]:
+    """Coverage of `assets`: a few queries for all of them, not a few per asset."""
+    now = now or dt.datetime.now(dt.UTC)
+    series = [asset.series for asset in assets]
+    stored = stored_klines(warehouse, series)
+    why = explanations(warehouse, series)
+    rows = _rows_by_partition(warehouse, cadence)
+    rejected = _rejected_counts(warehouse)
+    checks = _check_outcomes(instance, [asset.key for asset in assets])
+    report = []
+    for asset in assets:
+        status = get_and_update_asset_status_cache_value(instance, asset.key, asset.partitions)
+        if status is None:
+            materialized_subset = failed_subset = asset.partitions.empty_subset()
+        else:
+            materialized_subset = status.deserialize_materialized_partition_subsets(asset.partitions)
+            failed_subset = status.deserialize_failed_partition_subsets(asset.partitions)
+        materialized = sorted(materialized_subset.get_partition_keys())
+        windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
+        series_key = asset.series.key
+        by_partition = rows.get(series_key, {})
+        recorded = set(materialized)
+        stored_keys = {
+            asset.partitions.get_partition_key_for_timestamp(bucket.timestamp()): count
+            for bucket, count in by_partition.items()
+        }
+        report.append(AssetCoverage(
+            key=asset.key,
+            dataset="klines",
+            instrument=asset.instrument,
+            series=asset.series,
+            partitions=asset.partitions,
+            partitions_total=asset.partitions.get_num_partitions(),
+            materialized=materialized,
+            failed=sorted(failed_subset.get_partition_keys()),
+            materialized_windows=windows,
+            stored=stored[series_key],
+            why=why[series_key],
+            gaps=audit_gaps(asset.series, stored[series_key], why[series_key], windows, now),
+            rejected_rows=rejected.get(series_key, 0),
+            checks=[checks[dg.AssetCheckKey(asset.key, name)] for name in KLINES_CHECKS],
+            empty_materialized=[key for key in materialized if not stored_keys.get(key)],
+            unrecorded_with_rows=sorted(key for key in stored_keys if key not in recorded),
+        ))
+    return report

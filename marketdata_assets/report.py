@@ -1,0 +1,116 @@
+"""`marketdata report`: the coverage audit as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from typing import Any
+
+from marketdata_assets.audit import describe_interval
+from marketdata_assets.coverage import AssetCoverage
+
+FORMATS = ("table", "json", "csv")
+GAPS_SHOWN = 5
+
+
+def _moment(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else None
+
+
+def report_record(item: AssetCoverage) -> dict[str, Any]:
+    """One asset's row, as JSON and CSV give it."""
+    gaps = item.gaps
+    return {
+        "asset": item.key.to_user_string(),
+        "dataset": item.dataset,
+        "venue": item.series.venue,
+        "market": item.series.market,
+        "symbol": item.series.symbol,
+        "timeframe": item.series.timeframe,
+        "first_bar": _moment(item.stored.first),
+        "last_bar": _moment(item.stored.last),
+        "rows": item.stored.rows,
+        "partitions_materialized": len(item.materialized),
+        "partitions_total": item.partitions_total,
+        "partitions_failed": len(item.failed),
+        "failed_partitions": item.failed,
+        "expected_bars": gaps.expected,
+        "missing_bars": gaps.missing_bars,
+        "unexplained_gaps": len(gaps.unexplained),
+        "unexplained_bars": gaps.unexplained_bars,
+        "unexplained_gap_windows": [
+            {"start": _moment(a), "end": _moment(b)} for a, b in gaps.unexplained
+        ],
+        "known_gap_bars": gaps.known_bars,
+        "rejected_bars": gaps.rejected_bars,
+        "rejected_rows": item.rejected_rows,
+        "checks": {check.name: check.state for check in item.checks},
+        "check_windows": {check.name: check.window for check in item.checks},
+        "disagreements": item.disagreements,
+    }
+
+
+def render_json(items: list[AssetCoverage]) -> str:
+    return json.dumps([report_record(item) for item in items], indent=2)
+
+
+def render_csv(items: list[AssetCoverage]) -> str:
+    out = io.StringIO()
+    records = [report_record(item) for item in items]
+    flat = []
+    for record in records:
+        row = {k: v for k, v in record.items() if k not in ("checks", "check_windows", "unexplained_gap_windows")}
+        row["failed_partitions"] = " ".join(record["failed_partitions"])
+        row["disagreements"] = "; ".join(record["disagreements"])
+        row["unexplained_gap_windows"] = " ".join(
+            f"{w['start']}/{w['end']}" for w in record["unexplained_gap_windows"]
+        )
+        for name, state in record["checks"].items():
+            row[f"check_{name}"] = state
+        flat.append(row)
+    if flat:
+        writer = csv.DictWriter(out, fieldnames=list(flat[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+    return out.getvalue()
+
+
+def render_table(items: list[AssetCoverage]) -> str:
+    """One line per asset, then the gaps, failures and disagreements of those that have any."""
+    header = (
+        f"{'asset':<34} {'first bar':<16}  {'last bar':<16}  {'partitions':>10} {'failed':>6}  "
+        f"{'unexplained':>18}  {'known':>6} {'rejected':>8}  checks"
+    )
+    lines = [header]
+    details = []
+    for item in items:
+        gaps = item.gaps
+        unexplained = f"{len(gaps.unexplained)} ({gaps.unexplained_bars} bars)"
+        checks = " ".join(f"{check.name}={check.state}" for check in item.checks)
+        lines.append(
+            f"{item.key.to_user_string():<34} {_moment(item.stored.first) or '-':<16}  "
+            f"{_moment(item.stored.last) or '-':<16}  "
+            f"{len(item.materialized):>4}/{item.partitions_total:<5} {len(item.failed):>6}  "
+            f"{unexplained:>18}  {gaps.known_bars:>6} {gaps.rejected_bars:>8}  {checks}"
+        )
+        label = item.key.to_user_string()
+        for gap in gaps.unexplained[:GAPS_SHOWN]:
+            details.append(f"{label}: unexplained gap {describe_interval(gap, gaps.tf_millis)}")
+        if len(gaps.unexplained) > GAPS_SHOWN:
+            details.append(f"{label}: ... and {len(gaps.unexplained) - GAPS_SHOWN} more unexplained gaps")
+        if item.failed:
+            details.append(f"{label}: failed partitions {' '.join(item.failed)}")
+        for note in item.disagreements:
+            details.append(f"{label}: Dagster and the warehouse disagree: {note}")
+        for check in item.checks:
+            if check.state in ("WARN", "ERROR"):
+                details.append(f"{label}: {check.name} {check.state} over {check.window}: {check.description}")
+    if details:
+        lines += ["", *details]
+    return "\n".join(lines)
+
+
+def render(items: list[AssetCoverage], fmt: str) -> str:
+    return {"table": render_table, "json": render_json, "csv": render_csv}[fmt](items)

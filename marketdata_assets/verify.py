@@ -1,0 +1,120 @@
+"""`marketdata gaps verify`: fetch every unexplained gap again, so audits converge.
+
+Bars that come back are stored (valid ones in klines, invalid ones in rejected_rows). What the
+exchange again returns nothing for is recorded in known_gaps as verified empty, so the next audit
+counts it as explained. Nothing is ever filled with invented candles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from marketdata_assets.audit import Interval, subtract_intervals, describe_interval
+from marketdata_assets.coverage import AssetCoverage
+from marketdata_assets.schemas import KLINES, KNOWN_GAPS, REJECTED_ROWS
+from marketdata_assets.sources.binance import BinanceKlinesClient
+from marketdata_assets.sources.errors import UpstreamError
+from marketdata_assets.validation import rejected_frame
+from marketdata_assets.warehouse import Warehouse
+
+VERIFIED = "verified"
+
+
+@dataclass
+class GapVerdict:
+    """What a second fetch of one unexplained gap found."""
+
+    asset: str
+    gap: Interval
+    tf_millis: int
+    stored: int = 0
+    rejected: int = 0
+    empty: list[Interval] = field(default_factory=list)  # recorded as verified empty
+    error: str | None = None
+
+    def describe(self) -> str:
+        where = f"{self.asset} {describe_interval(self.gap, self.tf_millis)}"
+        if self.error:
+            return f"{where}: could not be fetched: {self.error}"
+        empty_bars = sum(int((b - a).total_seconds() * 1000) // self.tf_millis for a, b in self.empty)
+        found = []
+        if self.stored:
+            found.append(f"{self.stored} bars fetched and stored")
+        if self.rejected:
+            found.append(f"{self.rejected} bars rejected again (kept in rejected_rows)")
+        if empty_bars:
+            found.append(f"{empty_bars} bars verified empty, recorded as a known gap")
+        return f"{where}: {'; '.join(found) or 'nothing to do'}"
+
+
+def _verified_gaps(item: AssetCoverage, empty: list[Interval], reason: str) -> pl.DataFrame:
+    stamp = dt.datetime.now(dt.UTC)
+    series = item.series
+    return pl.DataFrame(
+        {
+            "venue": [series.venue] * len(empty),
+            "market": [series.market] * len(empty),
+            "symbol": [series.symbol] * len(empty),
+            "timeframe": [series.timeframe] * len(empty),
+            "gap_start": [a for a, _ in empty],
+            "gap_end": [b for _, b in empty],
+            "reason": [reason] * len(empty),
+            "source": [VERIFIED] * len(empty),
+            "ingested_at": [stamp] * len(empty),
+        },
+        schema=KNOWN_GAPS.schema,
+    )
+
+
+async def _verify_asset(
+    item: AssetCoverage, client: BinanceKlinesClient, warehouse: Warehouse,
+    report: Callable[[GapVerdict], None],
+) -> list[GapVerdict]:
+    series = item.series
+    step = dt.timedelta(milliseconds=series.tf.millis)
+    verdicts = []
+    for gap in item.gaps.unexplained:
+        verdict = GapVerdict(item.key.to_user_string(), gap, series.tf.millis)
+        try:
+            frame = await client.fetch(series.symbol, series.timeframe, gap[0], gap[1])
+        except UpstreamError as exc:
+            verdict.error = str(exc)
+        else:
+            rejected = rejected_frame(client.take_rejected())
+            if frame.height:
+                verdict.stored = await asyncio.to_thread(warehouse.upsert, KLINES, frame)
+            if rejected.height:
+                verdict.rejected = await asyncio.to_thread(warehouse.upsert, REJECTED_ROWS, rejected)
+            came_back = [(t, t + step) for t in frame["open_time"].to_list() + rejected["open_time"].to_list()]
+            verdict.empty = subtract_intervals([gap], sorted(came_back))
+            if verdict.empty:
+                reason = f"no bars on a second fetch (marketdata gaps verify, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)"
+                await asyncio.to_thread(warehouse.upsert, KNOWN_GAPS, _verified_gaps(item, verdict.empty, reason))
+        report(verdict)
+        verdicts.append(verdict)
+    return verdicts
+
+
+def verify_gaps(
+    items: list[AssetCoverage], client_for: Callable[[str], BinanceKlinesClient], warehouse: Warehouse,
+    report: Callable[[GapVerdict], None] = lambda verdict: None,
+) -> list[GapVerdict]:
+    """Fetch each unexplained gap of `items` again over REST (`client_for(market)`), store what
+    comes back and record what does not as verified empty. `report` sees each verdict as it
+    is reached."""
+
+    async def run() -> list[GapVerdict]:
+        verdicts: list[GapVerdict] = []
+        for market in sorted({item.series.market for item in items}):
+            async with client_for(market) as client:
+                for item in items:
+                    if item.series.market == market and item.gaps.unexplained:
+                        verdicts += await _verify_asset(item, client, warehouse, report)
+        return verdicts
+
+    return asyncio.run(run())
