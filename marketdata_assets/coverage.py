@@ -10,6 +10,7 @@ failed, not counted as a gap.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from marketdata_assets.audit import (
     Stored,
     audit_gaps,
     explanations,
+    rejected_not_stored,
     stored_klines,
 )
 from marketdata_assets.catalog import Catalog, Instrument
@@ -122,14 +124,6 @@ def _rows_by_partition(
     return found
 
 
-def _rejected_counts(warehouse: Warehouse) -> dict[tuple[str, str, str, str], int]:
-    frame = warehouse.query(
-        "SELECT r.venue, r.market, r.symbol, r.timeframe, count(*) AS n FROM market_data.rejected_rows AS r "
-        "WHERE r.dataset = 'klines' AND NOT EXISTS (SELECT 1 FROM market_data.klines AS k WHERE "
-        "k.venue = r.venue AND k.market = r.market AND k.symbol = r.symbol AND k.timeframe = r.timeframe "
-        "AND k.open_time = r.open_time) GROUP BY r.venue, r.market, r.symbol, r.timeframe"
-    )
-    return {(v, m, s, t): n for v, m, s, t, n in frame.iter_rows()}
 
 
 def _check_outcomes(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> dict[dg.AssetCheckKey, CheckOutcome]:
@@ -158,10 +152,14 @@ def klines_coverage(
     """Coverage of `assets`: a few queries for all of them, not a few per asset."""
     now = now or dt.datetime.now(dt.UTC)
     series = [asset.series for asset in assets]
-    stored = stored_klines(warehouse, series)
-    why = explanations(warehouse, series)
-    rows = _rows_by_partition(warehouse, cadence)
-    rejected = _rejected_counts(warehouse)
+    with warehouse.session():
+        stored = stored_klines(warehouse, series)
+        why = explanations(warehouse, series)
+        rows = _rows_by_partition(warehouse, cadence)
+        rejected = Counter(
+            tuple(row) for row in rejected_not_stored(warehouse, series).select(
+                "venue", "market", "symbol", "timeframe").iter_rows()
+        )
     checks = _check_outcomes(instance, [asset.key for asset in assets])
     report = []
     for asset in assets:

@@ -9,7 +9,7 @@ import dagster as dg
 
 from marketdata_assets.audit import Series
 from marketdata_assets.catalog import Instrument
-from marketdata_assets.defs.checks import PartitionWindow, klines_check_results, klines_check_specs
+from marketdata_assets.defs.checks import klines_check_results, klines_check_specs
 from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
 from marketdata_assets.ingest import KlinesIngestReport, ingest_klines
 from marketdata_assets.sources.binance_klines import PieceFailure
@@ -129,13 +129,8 @@ def build_klines_asset(
         store = warehouse.open()
         series = klines_series(instrument, tf, partitions)
         checks = {check.name for check in context.selected_asset_check_keys}
-        partition_windows = [
-            PartitionWindow(k, *partitions.time_window_for_partition_key(k)) for k in context.partition_keys
-        ]
         if key not in context.selected_asset_keys:  # the checks alone
-            outcome = klines_check_results(store, key, series, partition_windows, checks)
-            yield from outcome.per_partition
-            yield from outcome.results
+            yield from klines_check_results(store, key, series, window.start, window.end, checks)
             return
         report = ingest_klines(
             binance.klines_source_for(instrument.market, instrument.source),
@@ -152,11 +147,10 @@ def build_klines_asset(
             f"({report.source.get('archive_files', 0)} files), {report.stats.requests} REST "
             f"requests of weight {report.stats.weight}, {report.rows_rejected} rows rejected"
         )
-        outcome = klines_check_results(store, key, series, partition_windows, checks)
-        yield from outcome.per_partition
+        results = klines_check_results(store, key, series, window.start, window.end, checks)
         if not report.failures:
             yield dg.MaterializeResult(
-                asset_key=key, metadata=_metadata(report, window.start, window.end), check_results=outcome.results
+                asset_key=key, metadata=_metadata(report, window.start, window.end), check_results=results
             )
             return
         # Some windows could not be read: record the partitions that did land, then fail.
@@ -175,7 +169,7 @@ def build_klines_asset(
                         ),
                     },
                 )
-        yield from outcome.results
+        yield from results
         raise KlinesWindowsFailed(
             f"{instrument.describe()} {tf.name}: {len(report.failures)} windows could not be read, "
             f"so partitions {', '.join(sorted(failed))} are not materialized; the other "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,12 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
         """Run a read-only query with `?` parameters."""
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Queries of this thread inside the block share one connection, where opening one
+        costs (an audit asks a dozen questions at once)."""
+        yield
 
 
 def open_warehouse(url: str) -> Warehouse:

@@ -43,6 +43,7 @@ class DuckDBWarehouse(Warehouse):
         self._schema_ready = False
         self._local = threading.BoundedSemaphore(self.concurrent_writes)
         self._ddl = threading.Lock()
+        self._sessions = threading.local()
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -118,6 +119,21 @@ class DuckDBWarehouse(Warehouse):
         probe = f"SELECT 1 FROM {table.qualified_name} WHERE {' AND '.join(conditions)} LIMIT 1"
         return con.execute(probe, params).fetchone() is not None
 
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        if getattr(self._sessions, "con", None) is not None:
+            yield  # already inside one
+            return
+        with self.connect() as con:
+            self._sessions.con = con
+            try:
+                yield
+            finally:
+                self._sessions.con = None
+
     def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
+        con = getattr(self._sessions, "con", None)
+        if con is not None:
+            return con.sql(sql, params=list(params)).pl()
         with self.connect() as con:
             return con.sql(sql, params=list(params)).pl()
