@@ -63,6 +63,7 @@ class Stored:
     first: dt.datetime | None = None
     last: dt.datetime | None = None
     holes: list[Interval] = field(default_factory=list)  # between consecutive stored bars
+    rows_by_day: dict[int, int] = field(default_factory=dict)  # days since 1970-01-01 UTC
 
 
 @dataclass(frozen=True)
@@ -123,67 +124,124 @@ def _ceil(moment: dt.datetime, tf: Timeframe) -> dt.datetime:
     return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
 
 
-def _seconds_case() -> str:
-    """SQL: the bar length in seconds of the row's timeframe (constants from TIMEFRAMES)."""
-    cases = " ".join(f"WHEN '{name}' THEN {tf.seconds}" for name, tf in TIMEFRAMES.items())
-    return f"CASE timeframe {cases} END"
-
-
-def _where(series: Sequence[Series], start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, list[Any]]:
+def _where(
+    series: Sequence[Series], start: dt.datetime | None, end: dt.datetime | None, table: str = ""
+) -> tuple[str, list[Any]]:
     """A WHERE clause for one series (or every series when several are asked) and a span."""
+    prefix = f"{table}." if table else ""
     conditions: list[str] = []
     params: list[Any] = []
     if len(series) == 1:
         for column, value in zip(("venue", "market", "symbol", "timeframe"), series[0].key, strict=True):
-            conditions.append(f"{column} = ?")
+            conditions.append(f"{prefix}{column} = ?")
             params.append(value)
     if start is not None:
-        conditions.append("open_time >= ?")
+        conditions.append(f"{prefix}open_time >= ?")
         params.append(start)
     if end is not None:
-        conditions.append("open_time < ?")
+        conditions.append(f"{prefix}open_time < ?")
         params.append(end)
     return (" AND ".join(conditions) or "TRUE"), params
+
+
+_SERIES = ["venue", "market", "symbol", "timeframe"]
+_DAY_S = 86_400
+_EPOCH = "extract(epoch FROM open_time)"
+
+
+def _utc_ms(millis: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
 
 
 def stored_klines(
     warehouse: Warehouse, series: Sequence[Series], start: dt.datetime | None = None,
     end: dt.datetime | None = None,
 ) -> dict[tuple[str, str, str, str], Stored]:
-    """Rows, first and last bar, and holes between stored bars of each series in [start, end)."""
+    """Rows, first and last bar, rows per UTC day, and holes between stored bars of each series
+    in [start, end).
+
+    One pass counts each series' bars per day with the first and last of the day: that gives the
+    holes between days, and the days that hold a hole (fewer bars than their first-to-last
+    span). Only those days' bars are read again to place their holes. A window function over
+    every bar would sort them all: 8.7M hourly bars took 1.1 s that way, this takes ~0.3 s.
+    """
     where, params = _where(series, start, end)
     wanted = {s.key for s in series}
     found: dict[tuple[str, str, str, str], Stored] = {key: Stored() for key in wanted}
-    extents = warehouse.query(
-        "SELECT venue, market, symbol, timeframe, count(*) AS n, min(open_time) AS first, "
-        f"max(open_time) AS last FROM market_data.klines WHERE {where} "
-        "GROUP BY venue, market, symbol, timeframe",
+    days = warehouse.query(
+        f"SELECT venue, market, symbol, timeframe, floor({_EPOCH} / {_DAY_S}) AS day, count(*) AS n, "
+        f"min({_EPOCH}) AS first, max({_EPOCH}) AS last FROM market_data.klines WHERE {where} "
+        "GROUP BY venue, market, symbol, timeframe, day",
         params,
     )
-    for row in extents.iter_rows(named=True):
-        key = (row["venue"], row["market"], row["symbol"], row["timeframe"])
-        if key in wanted:
-            found[key] = Stored(row["n"], row["first"], row["last"])
-    if len(series) == 1:  # one series: no PARTITION BY, and its bar length as a constant (~4x faster)
-        lead = "lead(open_time) OVER (ORDER BY open_time)"
-        bar_seconds = str(series[0].tf.seconds)
-    else:
-        lead = "lead(open_time) OVER (PARTITION BY venue, market, symbol, timeframe ORDER BY open_time)"
-        bar_seconds = _seconds_case()
-    holes = warehouse.query(
-        "SELECT venue, market, symbol, timeframe, open_time, next_time FROM ("
-        f"  SELECT venue, market, symbol, timeframe, open_time, {lead} AS next_time"
-        f"  FROM market_data.klines WHERE {where}"
-        ") AS bars WHERE next_time IS NOT NULL AND "
-        f"extract(epoch FROM next_time) - extract(epoch FROM open_time) > {bar_seconds}",
-        params,
+    if days.is_empty():
+        return found
+    tf_ms = {name: tf.millis for name, tf in TIMEFRAMES.items()}
+    days = (
+        days.with_columns(
+            pl.col("day").cast(pl.Int64),
+            pl.col("n").cast(pl.Int64),
+            (pl.col("first") * 1000).round().cast(pl.Int64),
+            (pl.col("last") * 1000).round().cast(pl.Int64),
+            pl.col("timeframe").replace_strict(tf_ms, return_dtype=pl.Int64).alias("tf_ms"),
+        )
+        .sort([*_SERIES, "day"])
+        .with_columns(pl.col("last").shift(1).over(_SERIES).alias("previous_last"))
     )
-    for row in holes.iter_rows(named=True):
-        key = (row["venue"], row["market"], row["symbol"], row["timeframe"])
-        if key in wanted:
-            tf = timeframe(row["timeframe"])
-            found[key].holes.append((row["open_time"] + dt.timedelta(milliseconds=tf.millis), row["next_time"]))
+    between = days.filter(pl.col("first") - pl.col("previous_last") > pl.col("tf_ms"))
+    holes: dict[tuple[str, str, str, str], list[tuple[int, int]]] = {}
+    for venue, market, symbol, tf, lo, hi in between.select(
+        *_SERIES, (pl.col("previous_last") + pl.col("tf_ms")).alias("lo"), "first"
+    ).iter_rows():
+        holes.setdefault((venue, market, symbol, tf), []).append((lo, hi))
+    inside = days.filter(pl.col("n") < (pl.col("last") - pl.col("first")) // pl.col("tf_ms") + 1)
+    if inside.height:
+        for venue, market, symbol, tf, lo, hi in _holes_inside_days(warehouse, inside, series, start, end).iter_rows():
+            holes.setdefault((venue, market, symbol, tf), []).append((lo, hi))
+    per_series = days.group_by(_SERIES).agg(
+        pl.col("n").sum(), pl.col("first").min(), pl.col("last").max(), pl.col("day"), pl.col("n").alias("day_rows")
+    )
+    for venue, market, symbol, tf, rows, first, last, day_list, day_rows in per_series.iter_rows():
+        key = (venue, market, symbol, tf)
+        if key not in wanted:
+            continue
+        found[key] = Stored(
+            rows, _utc_ms(first), _utc_ms(last),
+            holes=[(_utc_ms(lo), _utc_ms(hi)) for lo, hi in sorted(holes.get(key, []))],
+            rows_by_day=dict(zip(day_list, day_rows, strict=True)),
+        )
     return found
+
+
+def _holes_inside_days(
+    warehouse: Warehouse, days: pl.DataFrame, series: Sequence[Series], start: dt.datetime | None,
+    end: dt.datetime | None,
+) -> pl.DataFrame:
+    """(series, hole start ms, hole end ms) inside the given series-days, from their bars."""
+    where, params = _where(series, start, end, table="k")
+    epoch = "extract(epoch FROM k.open_time)"
+    parts = []
+    for chunk in days.iter_slices(5_000):  # PostgreSQL takes at most 65,535 parameters
+        values = ", ".join(["(?, ?, ?, ?, CAST(? AS BIGINT))"] * chunk.height)
+        parts.append(warehouse.query(
+            f"SELECT k.venue, k.market, k.symbol, k.timeframe, {epoch} AS t FROM market_data.klines AS k "
+            f"JOIN (VALUES {values}) AS d(venue, market, symbol, timeframe, day) "
+            "ON k.venue = d.venue AND k.market = d.market AND k.symbol = d.symbol AND k.timeframe = d.timeframe "
+            f"AND floor({epoch} / {_DAY_S}) = d.day WHERE {where}",
+            [v for row in chunk.select(*_SERIES, "day").iter_rows() for v in row] + params,
+        ))
+    tf_ms = {name: tf.millis for name, tf in TIMEFRAMES.items()}
+    bar_day = [*_SERIES, "day"]
+    return (
+        pl.concat(parts)
+        .with_columns((pl.col("t") * 1000).round().cast(pl.Int64),
+                      pl.col("timeframe").replace_strict(tf_ms, return_dtype=pl.Int64).alias("tf_ms"))
+        .with_columns((pl.col("t") // (_DAY_S * 1000)).alias("day"))
+        .sort([*bar_day, "t"])
+        .with_columns(pl.col("t").shift(-1).over(bar_day).alias("next"))
+        .filter(pl.col("next") - pl.col("t") > pl.col("tf_ms"))
+        .select(*_SERIES, (pl.col("t") + pl.col("tf_ms")).alias("lo"), pl.col("next").alias("hi"))
+    )
 
 
 def rejected_not_stored(

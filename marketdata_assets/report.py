@@ -32,7 +32,7 @@ def report_record(item: AssetCoverage) -> dict[str, Any]:
         "first_bar": _moment(item.stored.first),
         "last_bar": _moment(item.stored.last),
         "rows": item.stored.rows,
-        "partitions_materialized": len(item.materialized),
+        "partitions_materialized": item.materialized,
         "partitions_total": item.partitions_total,
         "partitions_failed": len(item.failed),
         "failed_partitions": item.failed,
@@ -92,7 +92,7 @@ def render_table(items: list[AssetCoverage]) -> str:
         lines.append(
             f"{item.key.to_user_string():<34} {_moment(item.stored.first) or '-':<16}  "
             f"{_moment(item.stored.last) or '-':<16}  "
-            f"{len(item.materialized):>4}/{item.partitions_total:<5} {len(item.failed):>6}  "
+            f"{item.materialized:>4}/{item.partitions_total:<5} {len(item.failed):>6}  "
             f"{unexplained:>18}  {gaps.known_bars:>6} {gaps.rejected_bars:>8}  {checks}"
         )
         label = item.key.to_user_string()

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from marketdata_assets.audit import Explanations, KnownGap, Series, Stored, audit_gaps
+from marketdata_assets.audit import Explanations, KnownGap, Series, Stored, audit_gaps, stored_klines
 from marketdata_assets.definitions import build_definitions
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer, FailingWindow, InvalidBar, Outage, Scenario
 from marketdata_assets.emulator.scenario import documented_outages
@@ -235,3 +235,40 @@ def test_checks_run_alone_over_any_window_and_catch_bad_rows_already_stored(tmp_
     # over February alone the same checks pass
     _, result = _range_run(settings, instance, "2024-02-01", "2024-02-01", selection=checks_only)
     assert all(e.passed for e in _evaluations(result).values())
+
+
+def _brute_force_holes(times: list[dt.datetime], step: dt.timedelta) -> list[tuple[dt.datetime, dt.datetime]]:
+    return [(a + step, b) for a, b in zip(times, times[1:], strict=False) if b - a > step]
+
+
+def test_stored_holes_match_a_brute_force_walk_across_days_and_series(tmp_path, emulator):
+    """Holes inside a day, across midnight, whole missing days, single bars, for two series at
+    once and for one series inside a span: the same as walking the bars one by one."""
+    import random
+
+    warehouse = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    minutes_frame = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 3, 1), utc(2024, 3, 6)).frame
+    hours_frame = fetch_klines("spot", emulator.url, "ETHUSDT", "1h", utc(2024, 3, 1), utc(2024, 3, 11)).frame
+    rng = random.Random(7)
+    drop = {utc(2024, 3, 2, 23, 50) + dt.timedelta(minutes=i) for i in range(25)}  # across midnight
+    drop |= {utc(2024, 3, 4) + dt.timedelta(minutes=i) for i in range(1440)}  # a whole day
+    drop |= {utc(2024, 3, 1) + dt.timedelta(minutes=rng.randrange(5 * 1440)) for _ in range(40)}  # single bars
+    drop |= {utc(2024, 3, 5, 23), utc(2024, 3, 6, 0), utc(2024, 3, 8, 12)}
+    warehouse.upsert(KLINES, minutes_frame.filter(~pl.col("open_time").is_in(list(drop))))
+    warehouse.upsert(KLINES, hours_frame.filter(~pl.col("open_time").is_in(list(drop))))
+    m1 = Series("binance", "spot", "BTCUSDT", "1m", utc(2024, 4, 1), utc(2024, 4, 1))
+    h1 = Series("binance", "spot", "ETHUSDT", "1h", utc(2024, 4, 1), utc(2024, 4, 1))
+    stored = stored_klines(warehouse, [m1, h1])
+    for series, step in ((m1, dt.timedelta(minutes=1)), (h1, dt.timedelta(hours=1))):
+        times = warehouse.query(
+            "SELECT open_time FROM market_data.klines WHERE symbol = ? ORDER BY open_time", [series.symbol]
+        )["open_time"].to_list()
+        assert stored[series.key].holes == _brute_force_holes(times, step)
+        assert stored[series.key].rows == len(times)
+        assert (stored[series.key].first, stored[series.key].last) == (times[0], times[-1])
+        assert sum(stored[series.key].rows_by_day.values()) == len(times)
+    assert len(stored[m1.key].holes) > 30
+    # one series inside a span
+    (only,) = stored_klines(warehouse, [m1], utc(2024, 3, 2, 12), utc(2024, 3, 5)).values()
+    times = [t for t in minutes_frame["open_time"].to_list() if t not in drop and utc(2024, 3, 2, 12) <= t < utc(2024, 3, 5)]
+    assert only.holes == _brute_force_holes(times, dt.timedelta(minutes=1)) and only.rows == len(times)

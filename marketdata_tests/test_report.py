@@ -172,7 +172,7 @@ def test_the_report_names_where_dagster_and_the_warehouse_disagree(tmp_path, set
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=BTC_SPOT_1M, partition="2024-04-01"))
     assets = klines_assets(load_catalog(settings.catalog_path))
     (item,) = klines_coverage(instance, warehouse, assets)
-    assert item.materialized == ["2024-01-01", "2024-04-01"]
+    assert item.materialized == 2  # January and April
     assert item.disagreements == [
         "materialized without rows: 2024-04-01",
         "rows in partitions never materialized: 2024-03-01",
