@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from marketdata_assets.maintenance import seed_maintenance
 from marketdata_assets.timeframes import TIMEFRAMES, Timeframe, timeframe
 from marketdata_assets.validation import KLINE_BREAKS_A_RULE, broken_rules
@@ -49,10 +50,6 @@ class Series:
     @property
     def tf(self) -> Timeframe:
         return timeframe(self.timeframe)
-
-    @property
-    def label(self) -> str:
-        return f"{self.venue}_{self.market}/klines_{self.timeframe}/{self.symbol}"
 
 
 @dataclass
