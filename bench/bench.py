@@ -542,7 +542,7 @@ def report(results: dict) -> str:
         "",
         "## The coverage report: 200 assets, five years of daily partitions",
         "",
-        f"`marketdata report`'s work (Dagster partition status and check results for every asset, and",
+        "`marketdata report`'s work (Dagster partition status and check results for every asset, and",
         f"the warehouse's rows, gaps and rejected rows) for {rp['assets']} assets of 1h bars with daily",
         f"partitions from {REPORT_START}: {rp['partitions']:,} partitions, {rp['rows']:,} stored bars, "
         f"{rp['unexplained']} unexplained gaps found. Timed three times in one process "
