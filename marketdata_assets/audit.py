@@ -143,7 +143,7 @@ def _where(
 
 _SERIES = ["venue", "market", "symbol", "timeframe"]
 _DAY_S = 86_400
-_EPOCH = "extract(epoch FROM open_time)"
+_EPOCH = "CAST(extract(epoch FROM open_time) AS DOUBLE PRECISION)"  # PostgreSQL's is numeric
 
 
 def _utc_ms(millis: int) -> dt.datetime:
@@ -216,7 +216,7 @@ def _holes_inside_days(
 ) -> pl.DataFrame:
     """(series, hole start ms, hole end ms) inside the given series-days, from their bars."""
     where, params = _where(series, start, end, table="k")
-    epoch = "extract(epoch FROM k.open_time)"
+    epoch = _EPOCH.replace("open_time", "k.open_time")
     parts = []
     for chunk in days.iter_slices(5_000):  # PostgreSQL takes at most 65,535 parameters
         values = ", ".join(["(?, ?, ?, ?, CAST(? AS BIGINT))"] * chunk.height)

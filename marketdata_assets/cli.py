@@ -115,8 +115,8 @@ def summary(symbol: str | None) -> None:
         frame = warehouse.query(
             "SELECT venue, market, symbol, timeframe, count(*) AS rows, "
             "min(open_time) AS first_open_time, max(open_time) AS last_open_time "
-            "FROM market_data.klines WHERE (? IS NULL OR symbol = ?) "
-            "GROUP BY ALL ORDER BY ALL",
+            "FROM market_data.klines WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) "
+            "GROUP BY venue, market, symbol, timeframe ORDER BY venue, market, symbol, timeframe",
             [symbol, symbol],
         )
     except WarehouseError as exc:

@@ -7,7 +7,9 @@ import asyncio
 import datetime as dt
 import os
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,44 @@ def emulator() -> Iterator[EmulatorServer]:
 @pytest.fixture
 def warehouse_url(tmp_path: Path) -> str:
     return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+
+
+POSTGRES = os.environ.get("MARKETDATA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+@contextmanager
+def postgres_database(prefix: str = "md_test") -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server (trust auth), dropped afterwards; its URL.
+    Never skipped: without the server the test fails, as it must under CI."""
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(POSTGRES + "/postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"{POSTGRES}/{name}"
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def any_warehouse_url(request, tmp_path: Path) -> Iterator[str]:
+    """The same test against both warehouses, so they cannot drift apart."""
+    if request.param == "duckdb":
+        yield f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    else:
+        with postgres_database() as url:
+            yield url
 
 
 @pytest.fixture

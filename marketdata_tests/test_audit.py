@@ -171,10 +171,10 @@ def _values(evaluation: dg.AssetCheckEvaluation) -> dict:
     return {k: v.value for k, v in evaluation.metadata.items()}
 
 
-def test_a_backfill_over_the_scenario_checks_exactly_what_went_wrong(tmp_path, settings, instance):
+def test_a_backfill_over_the_scenario_checks_exactly_what_went_wrong(tmp_path, settings, instance, any_warehouse_url):
     with EmulatorServer(EmulatorConfig(scenario=SCENARIO)) as emu:
         settings = with_settings(settings, catalog_path=spot_catalog(tmp_path), binance_spot_url=emu.url,
-                                 binance_archive_url=emu.url)
+                                 binance_archive_url=emu.url, warehouse_url=any_warehouse_url)
         asset, result = _range_run(settings, instance, "2024-01-01", "2024-03-01")
     assert not result.success
     assert statuses(instance, asset, ["2024-01-01", "2024-02-01", "2024-03-01"]) == {
@@ -206,8 +206,8 @@ def test_documented_maintenance_explains_its_gaps(tmp_path, settings, instance):
     assert not gap_count.passed and gap_count.severity == dg.AssetCheckSeverity.WARN
 
 
-def test_checks_run_alone_over_any_window_and_catch_bad_rows_already_stored(tmp_path, settings, instance):
-    settings = with_settings(settings, catalog_path=spot_catalog(tmp_path))
+def test_checks_run_alone_over_any_window_and_catch_bad_rows_already_stored(tmp_path, settings, instance, any_warehouse_url):
+    settings = with_settings(settings, catalog_path=spot_catalog(tmp_path), warehouse_url=any_warehouse_url)
     _range_run(settings, instance, "2024-01-01", "2024-02-01")
     warehouse = open_warehouse(settings.warehouse_url)
     # rows written by something else: one with high < low, one stored before its minute closed
@@ -241,12 +241,12 @@ def _brute_force_holes(times: list[dt.datetime], step: dt.timedelta) -> list[tup
     return [(a + step, b) for a, b in zip(times, times[1:], strict=False) if b - a > step]
 
 
-def test_stored_holes_match_a_brute_force_walk_across_days_and_series(tmp_path, emulator):
+def test_stored_holes_match_a_brute_force_walk_across_days_and_series(any_warehouse_url, emulator):
     """Holes inside a day, across midnight, whole missing days, single bars, for two series at
     once and for one series inside a span: the same as walking the bars one by one."""
     import random
 
-    warehouse = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    warehouse = open_warehouse(any_warehouse_url)
     minutes_frame = fetch_klines("spot", emulator.url, "BTCUSDT", "1m", utc(2024, 3, 1), utc(2024, 3, 6)).frame
     hours_frame = fetch_klines("spot", emulator.url, "ETHUSDT", "1h", utc(2024, 3, 1), utc(2024, 3, 11)).frame
     rng = random.Random(7)

@@ -70,16 +70,16 @@ class Warehouse(abc.ABC):
 
 
 def open_warehouse(url: str) -> Warehouse:
-    """The warehouse at `url`: `duckdb:///relative.duckdb`, `duckdb:////absolute.duckdb`."""
+    """The warehouse at `url`: `duckdb:///relative.duckdb`, `duckdb:////absolute.duckdb`, or
+    `postgresql://user[:password]@host[:port]/database`."""
     if url.startswith("duckdb:///"):
         from marketdata_assets.warehouse.duckdb import DuckDBWarehouse
 
         return DuckDBWarehouse(Path(url.removeprefix("duckdb:///")), url=url)
-    if url.startswith(("postgresql://", "postgres://")):
-        raise WarehouseError(
-            f"MARKETDATA_WAREHOUSE_URL={url.split('@')[-1]}: the PostgreSQL warehouse is not "
-            "available in this version; use duckdb:///path.duckdb"
-        )
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
+        from marketdata_assets.warehouse.postgres import PostgresWarehouse
+
+        return PostgresWarehouse(url)
     raise WarehouseError(
         f"MARKETDATA_WAREHOUSE_URL={url!r} is not a warehouse URL "
         "(duckdb:///path.duckdb or postgresql://user@host/db)"

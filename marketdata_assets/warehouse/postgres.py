@@ -1,0 +1,143 @@
+"""PostgreSQL warehouse: many readers and writers share one server.
+
+Bulk loads `COPY` a frame into a temporary staging table, then upsert from it
+(`INSERT … ON CONFLICT … DO UPDATE`), all in one transaction per write window. Queries take the
+same `?` parameters as DuckDB's. Every session runs in UTC.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import polars as pl
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from marketdata_assets.schemas import TableSpec
+from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys
+
+# Taken while creating the schema: concurrent CREATE … IF NOT EXISTS can still collide in PostgreSQL.
+_DDL_LOCK = 0x6D61726B6574  # "market"
+
+
+# PostgreSQL type OIDs to polars dtypes, so results are typed the same whether or not rows came back.
+_DTYPES: dict[int, pl.DataType] = {
+    16: pl.Boolean(),
+    20: pl.Int64(), 21: pl.Int64(), 23: pl.Int64(),
+    25: pl.String(), 1042: pl.String(), 1043: pl.String(),
+    700: pl.Float64(), 701: pl.Float64(), 1700: pl.Float64(),
+    1082: pl.Date(),
+    1114: pl.Datetime("us"), 1184: pl.Datetime("us", "UTC"),
+}
+
+
+def _placeholders(sql: str) -> str:
+    """`?` parameters to psycopg2's `%s` (a literal `%` doubled first)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresWarehouse(Warehouse):
+    # Separate transactions of one process write at once; the server serializes only what collides.
+    concurrent_writes = 2
+
+    def __init__(self, url: str):
+        self.url = url
+        self._dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
+        self._schema_ready = False
+        self._ddl = threading.Lock()
+        self._sessions = threading.local()
+
+    @property
+    def _where(self) -> str:
+        return self.url.split("@")[-1]
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg2.extensions.connection]:
+        """A connection in UTC with the schema in place; closed afterwards."""
+        try:
+            con = psycopg2.connect(self._dsn)
+        except psycopg2.OperationalError as exc:
+            raise WarehouseError(f"PostgreSQL warehouse {self._where}: {str(exc).strip()}") from None
+        try:
+            with con.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+            con.commit()
+            with self._ddl:
+                if not self._schema_ready:
+                    with con.cursor() as cur:
+                        cur.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
+                        for statement in ddl_statements():
+                            cur.execute(statement)
+                    con.commit()
+                    self._schema_ready = True
+            yield con
+        finally:
+            con.close()
+
+    def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
+        if frame.is_empty():
+            return 0
+        frame = distinct_keys(table, frame.select(table.columns))
+        key = ", ".join(table.primary_key)
+        columns = ", ".join(table.columns)
+        updates = ", ".join(
+            f"{column} = excluded.{column}" for column in table.columns if column not in table.primary_key
+        )
+        csv = io.BytesIO()
+        frame.write_csv(csv, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
+        csv.seek(0)
+        with self.connect() as con:
+            try:
+                with con.cursor() as cur:
+                    cur.execute(
+                        f"CREATE TEMPORARY TABLE staging (LIKE {table.qualified_name} INCLUDING DEFAULTS) ON COMMIT DROP"
+                    )
+                    cur.copy_expert(f"COPY staging ({columns}) FROM STDIN WITH (FORMAT csv)", csv)
+                    cur.execute(
+                        f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM staging "
+                        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+                    )
+                con.commit()
+            except psycopg2.Error as exc:
+                con.rollback()
+                raise WarehouseError(
+                    f"PostgreSQL warehouse {self._where}: writing {frame.height} rows to "
+                    f"{table.qualified_name} failed, nothing of them written: {str(exc).strip()}"
+                ) from None
+        return frame.height
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        if getattr(self._sessions, "con", None) is not None:
+            yield
+            return
+        with self.connect() as con:
+            self._sessions.con = con
+            try:
+                yield
+            finally:
+                self._sessions.con = None
+
+    def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
+        con = getattr(self._sessions, "con", None)
+        if con is not None:
+            return self._query(con, sql, params)
+        with self.connect() as con:
+            return self._query(con, sql, params)
+
+    def _query(self, con: psycopg2.extensions.connection, sql: str, params: list[Any] | tuple[Any, ...]) -> pl.DataFrame:
+        try:
+            with con.cursor() as cur:
+                cur.execute(_placeholders(sql), list(params))
+                schema = {column.name: _DTYPES.get(column.type_code, pl.Object()) for column in cur.description}
+                rows = cur.fetchall()
+            con.rollback()  # reads only: end the transaction
+        except psycopg2.Error as exc:
+            con.rollback()
+            raise WarehouseError(f"PostgreSQL warehouse {self._where}: query failed: {str(exc).strip()}") from None
+        return pl.DataFrame(rows, schema=schema, orient="row")
