@@ -88,6 +88,10 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
     ]
     btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
     assert btc_perp_1m.group_name == "binance_perp"
+    # runs take a slot of one DuckDB writer pool; with PostgreSQL, of their venue's pool
+    assert definitions.resolve_assets_def(btc_perp_1m.key).op.pool == "duckdb_writer"
+    on_postgres = build_definitions(with_settings(settings, warehouse_url="postgresql://u@h/db"))
+    assert on_postgres.resolve_assets_def(btc_perp_1m.key).op.pool == "binance_perp"
     # monthly partitions from the first of the listing month, for every timeframe
     for tf in ("1m", "1h"):
         partitions = specs[f"binance_perp/klines_{tf}/BTCUSDT"].partitions_def

@@ -73,6 +73,13 @@ def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWind
     )
 
 
+def klines_pool(instrument: Instrument, warehouse_kind: str) -> str:
+    """The Dagster pool an asset's runs take a slot of: its venue and market, so runs share a
+    venue's rate limit instead of racing for it; with DuckDB one writer for all (one process at
+    a time may write the file, and a single writer also paces every venue)."""
+    return instrument.key_prefix if warehouse_kind == "postgres" else "duckdb_writer"
+
+
 class KlinesWindowsFailed(Exception):
     """Some windows of a range run could not be read; the others were stored and recorded."""
 
@@ -122,7 +129,7 @@ def build_klines_asset(
         can_subset=True,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=instrument.key_prefix,
+        pool=klines_pool(instrument, warehouse_kind),
     )
     def klines(context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource):
         window = context.partition_time_window

@@ -172,7 +172,9 @@ class BinanceKlinesSource:
                 step = dt.timedelta(milliseconds=tf.millis * rest_bars_per_frame)
                 lower = piece.start
                 while lower < piece.end:
-                    upper = min(piece.end, lower + step)
+                    # Never across a month: a write batch then holds whole partition windows, so
+                    # a run stopped between two batches leaves no window half written.
+                    upper = min(piece.end, lower + step, next_month(lower))
                     jobs.append(_or_failure(lower, upper, self._from_rest(symbol, tf, lower, upper)))
                     lower = upper
             else:
