@@ -24,8 +24,10 @@ import yaml
 
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
 from marketdata_assets.emulator.config import Faults
+from marketdata_assets.settings import Settings
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import REPO, postgres_database, utc, write_catalog
+from marketdata_tests.test_assets import run_range
 
 DOCKER = REPO / "docker"
 BTC = ["binance_spot", "klines_1m", "BTCUSDT"]
@@ -154,7 +156,7 @@ STATUS = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ..
   assetPartitionStatuses { ... on TimePartitionStatuses { ranges { startKey endKey status } } } } } }"""
 
 
-def launch(deployed: Deployment, key: list[str], first: str, last: str, months: list[str]) -> str:
+def launch(deployed: Deployment, key: list[str], months: list[str]) -> str:
     """A backfill as the UI's launcher sends it: the asset and its partition keys."""
     result = deployed.graphql(LAUNCH, params={"partitionNames": months, "assetSelection": [{"path": key}]})
     launched = result["launchPartitionBackfill"]
@@ -182,7 +184,7 @@ def test_a_graphql_backfill_is_run_by_the_daemon_and_a_cancelled_one_leaves_no_p
     with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=400))) as emulator, \
             deployment(tmp_path, emulator.url, catalog) as deployed:
         months = ["2024-01-01", "2024-02-01", "2024-03-01"]
-        backfill_id = launch(deployed, BTC, *months[::2], months)
+        backfill_id = launch(deployed, BTC, months)
         done = _wait(lambda: backfill(deployed, backfill_id)["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED",
                                                                               "COMPLETED_FAILED") and backfill(deployed, backfill_id),
                      "the daemon to finish the backfill", 240, deployed.processes)
@@ -191,13 +193,21 @@ def test_a_graphql_backfill_is_run_by_the_daemon_and_a_cancelled_one_leaves_no_p
         rows = stored(deployed, "BTCUSDT")
         assert rows.height == (31 + 29 + 31) * 1440
         assert rows["open_time"].min() == utc(2024, 1, 1) and rows["open_time"].max() == utc(2024, 3, 31, 23, 59)
+        # the same rows the embedded default (DuckDB, SQLite instance) lands for the same window
+        default = Settings(warehouse_url=f"duckdb:///{tmp_path / 'default.duckdb'}", catalog_path=catalog,
+                           binance_spot_url=emulator.url, binance_archive_url=emulator.url)
+        with dg.instance_for_test() as instance:
+            assert run_range(default, dg.AssetKey(BTC), months[0], months[-1], instance)[1].success
+        embedded = open_warehouse(default.warehouse_url).query(
+            "SELECT * FROM market_data.klines WHERE symbol = 'BTCUSDT' ORDER BY open_time")
+        assert rows.drop("ingested_at").equals(embedded.drop("ingested_at"))
         ranges = deployed.graphql(STATUS, key={"path": BTC})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
         assert ranges == [{"startKey": "2024-01-01", "endKey": "2024-03-01", "status": "MATERIALIZED"}]
 
         # A second backfill, cancelled while its run is writing: the daemon stops the run, and no
         # month is left half written (every write batch holds whole months, in one transaction).
         months = [f"{year}-{month:02d}-01" for year in (2020, 2021, 2022, 2023) for month in range(1, 13)]
-        backfill_id = launch(deployed, ETH, months[0], months[-1], months)
+        backfill_id = launch(deployed, ETH, months)
         _wait(lambda: stored(deployed, "ETHUSDT").height > 0, "the first rows of ETHUSDT", 240, deployed.processes)
         cancelled = deployed.graphql(CANCEL, id=backfill_id)["cancelPartitionBackfill"]
         assert cancelled["__typename"] == "CancelBackfillSuccess", cancelled
