@@ -151,27 +151,6 @@ LOAD_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 LOAD_MONTHS = ("2022-01-01", "2023-12-01")
 
 
-@contextmanager
-def postgres_database():
-    """A fresh database on the local PostgreSQL server (MARKETDATA_BENCH_POSTGRES), dropped after."""
-    import uuid
-
-    import psycopg2
-
-    server = os.environ.get("MARKETDATA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-    name = f"md_bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server + "/postgres")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield f"{server}/{name}"
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
-
-
 def concurrent_backfills(work: Path, url: str, name: str, warehouse_url: str) -> dict:
     """Four `dagster asset materialize` processes at once, one symbol each, two years of 1m bars
     from the archive into one warehouse; wall time until the last one ends."""
@@ -206,7 +185,10 @@ def concurrent_backfills(work: Path, url: str, name: str, warehouse_url: str) ->
 
 def load_postgres(work: Path, url: str) -> dict:
     warm_archive(url, [p for symbol in LOAD_SYMBOLS for p in archive_paths(symbol, *LOAD_MONTHS)])
-    with postgres_database() as warehouse_url:
+    from marketdata_assets.warehouse.postgres import temporary_database
+
+    server = os.environ.get("MARKETDATA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+    with temporary_database(server, "md_bench") as warehouse_url:
         return concurrent_backfills(work, url, "load_postgres", warehouse_url)
 
 

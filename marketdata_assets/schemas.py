@@ -31,6 +31,12 @@ class TableSpec:
     def empty_frame(self) -> pl.DataFrame:
         return pl.DataFrame(schema=self.schema)
 
+    @property
+    def on_conflict_update(self) -> str:
+        """SQL: on a primary-key collision, the incoming row's values replace the stored ones."""
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in self.primary_key)
+        return f"ON CONFLICT ({', '.join(self.primary_key)}) DO UPDATE SET {updates}"
+
 
 KLINES = TableSpec(
     name="klines",

@@ -7,9 +7,7 @@ import asyncio
 import datetime as dt
 import os
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,23 +60,12 @@ def warehouse_url(tmp_path: Path) -> str:
 POSTGRES = os.environ.get("MARKETDATA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
-@contextmanager
-def postgres_database(prefix: str = "md_test") -> Iterator[str]:
+def postgres_database(prefix: str = "md_test"):
     """A fresh database on the local PostgreSQL server (trust auth), dropped afterwards; its URL.
     Never skipped: without the server the test fails, as it must under CI."""
-    import psycopg2
+    from marketdata_assets.warehouse.postgres import temporary_database
 
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(POSTGRES + "/postgres")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield f"{POSTGRES}/{name}"
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
+    return temporary_database(POSTGRES, prefix)
 
 
 @pytest.fixture

@@ -37,13 +37,13 @@ class DuckDBWarehouse(Warehouse):
                 f"DuckDB file {path}: a file named market_data.* makes `market_data.klines` "
                 "ambiguous in DuckDB; choose another name"
             )
+        super().__init__()
         self.path = path
         self.url = url or f"duckdb:///{path}"
         self._lock_timeout_s = lock_timeout_s
         self._schema_ready = False
         self._local = threading.BoundedSemaphore(self.concurrent_writes)
         self._ddl = threading.Lock()
-        self._sessions = threading.local()
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -81,10 +81,6 @@ class DuckDBWarehouse(Warehouse):
         if frame.is_empty():
             return 0
         frame = distinct_keys(table, frame.select(table.columns))
-        key = ", ".join(table.primary_key)
-        updates = ", ".join(
-            f"{column} = excluded.{column}" for column in table.columns if column not in table.primary_key
-        )
         columns = ", ".join(table.columns)
         insert = f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM incoming"
         with self.connect() as con:
@@ -92,7 +88,7 @@ class DuckDBWarehouse(Warehouse):
             con.execute("BEGIN TRANSACTION")
             try:
                 if self._holds_any_key(con, table, frame):
-                    con.execute(f"{insert} ON CONFLICT ({key}) DO UPDATE SET {updates}")
+                    con.execute(f"{insert} {table.on_conflict_update}")
                 else:
                     # No stored row shares a key: a plain insert, twice as fast as ON CONFLICT.
                     con.execute(insert)
@@ -119,21 +115,5 @@ class DuckDBWarehouse(Warehouse):
         probe = f"SELECT 1 FROM {table.qualified_name} WHERE {' AND '.join(conditions)} LIMIT 1"
         return con.execute(probe, params).fetchone() is not None
 
-    @contextmanager
-    def session(self) -> Iterator[None]:
-        if getattr(self._sessions, "con", None) is not None:
-            yield  # already inside one
-            return
-        with self.connect() as con:
-            self._sessions.con = con
-            try:
-                yield
-            finally:
-                self._sessions.con = None
-
-    def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
-        con = getattr(self._sessions, "con", None)
-        if con is not None:
-            return con.sql(sql, params=list(params)).pl()
-        with self.connect() as con:
-            return con.sql(sql, params=list(params)).pl()
+    def _read(self, con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pl.DataFrame:
+        return con.sql(sql, params=params).pl()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,11 +47,11 @@ class PostgresWarehouse(Warehouse):
     concurrent_writes = 2
 
     def __init__(self, url: str):
+        super().__init__()
         self.url = url
         self._dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
         self._schema_ready = False
         self._ddl = threading.Lock()
-        self._sessions = threading.local()
 
     @property
     def _where(self) -> str:
@@ -83,11 +84,7 @@ class PostgresWarehouse(Warehouse):
         if frame.is_empty():
             return 0
         frame = distinct_keys(table, frame.select(table.columns))
-        key = ", ".join(table.primary_key)
         columns = ", ".join(table.columns)
-        updates = ", ".join(
-            f"{column} = excluded.{column}" for column in table.columns if column not in table.primary_key
-        )
         csv = io.BytesIO()
         frame.write_csv(csv, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
         csv.seek(0)
@@ -100,7 +97,7 @@ class PostgresWarehouse(Warehouse):
                     cur.copy_expert(f"COPY staging ({columns}) FROM STDIN WITH (FORMAT csv)", csv)
                     cur.execute(
                         f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM staging "
-                        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+                        f"{table.on_conflict_update}"
                     )
                 con.commit()
             except psycopg2.Error as exc:
@@ -111,29 +108,10 @@ class PostgresWarehouse(Warehouse):
                 ) from None
         return frame.height
 
-    @contextmanager
-    def session(self) -> Iterator[None]:
-        if getattr(self._sessions, "con", None) is not None:
-            yield
-            return
-        with self.connect() as con:
-            self._sessions.con = con
-            try:
-                yield
-            finally:
-                self._sessions.con = None
-
-    def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
-        con = getattr(self._sessions, "con", None)
-        if con is not None:
-            return self._query(con, sql, params)
-        with self.connect() as con:
-            return self._query(con, sql, params)
-
-    def _query(self, con: psycopg2.extensions.connection, sql: str, params: list[Any] | tuple[Any, ...]) -> pl.DataFrame:
+    def _read(self, con: psycopg2.extensions.connection, sql: str, params: list[Any]) -> pl.DataFrame:
         try:
             with con.cursor() as cur:
-                cur.execute(_placeholders(sql), list(params))
+                cur.execute(_placeholders(sql), params)
                 schema = {column.name: _DTYPES.get(column.type_code, pl.Object()) for column in cur.description}
                 rows = cur.fetchall()
             con.rollback()  # reads only: end the transaction
@@ -141,3 +119,20 @@ class PostgresWarehouse(Warehouse):
             con.rollback()
             raise WarehouseError(f"PostgreSQL warehouse {self._where}: query failed: {str(exc).strip()}") from None
         return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+@contextmanager
+def temporary_database(server: str, prefix: str) -> Iterator[str]:
+    """A new database on `server` (`postgresql://user@host:port`), dropped when the block ends;
+    its URL. For tests and benchmarks."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(server + "/postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"{server}/{name}"
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
