@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from marketdata_assets.catalog import load_catalog
+from marketdata_assets.defs.funding import build_funding_asset
 from marketdata_assets.defs.klines import build_klines_asset
 from marketdata_assets.defs.resources import resources_from
 from marketdata_assets.settings import Settings
@@ -20,6 +21,10 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         for instrument in catalog.instruments
         if instrument.has_dataset("klines")
         for timeframe_name in instrument.timeframes
+    ] + [
+        build_funding_asset(instrument, warehouse_kind)
+        for instrument in catalog.instruments
+        if instrument.market == "perp" and instrument.has_dataset("funding")
     ]
     return dg.Definitions(
         assets=assets,

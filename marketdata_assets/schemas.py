@@ -103,3 +103,21 @@ KNOWN_GAPS = TableSpec(
     ),
     primary_key=("venue", "market", "symbol", "timeframe", "gap_start"),
 )
+
+
+# Funding rates of perpetual futures, one row per settlement.
+FUNDING_RATES = TableSpec(
+    name="funding_rates",
+    schema=pl.Schema(
+        {
+            "venue": pl.String,
+            "symbol": pl.String,
+            "funding_time": UTC_TIME,  # exact, as reported: a few ms after the 8-hour mark
+            "funding_rate": pl.Float64,  # per funding interval, e.g. 0.0001 = 0.01%
+            "mark_price": pl.Float64,  # null where the source has none (Binance's archive)
+            "source": pl.String,  # 'rest' | 'archive'
+            "ingested_at": UTC_TIME,
+        }
+    ),
+    primary_key=("venue", "symbol", "funding_time"),
+)

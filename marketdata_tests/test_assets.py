@@ -82,10 +82,11 @@ def instance():
 def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
     definitions = build_definitions(settings)
     specs = {spec.key.to_user_string(): spec for spec in definitions.resolve_all_asset_specs()}
-    assert sorted(specs) == [
-        f"binance_{market}/klines_{tf}/{symbol}"
-        for market in ("perp", "spot") for tf in ("1h", "1m") for symbol in ("BTCUSDT", "ETHUSDT")
-    ]
+    assert sorted(specs) == sorted(
+        [f"binance_{market}/klines_{tf}/{symbol}"
+         for market in ("perp", "spot") for tf in ("1h", "1m") for symbol in ("BTCUSDT", "ETHUSDT")]
+        + ["binance_perp/funding/BTCUSDT", "binance_perp/funding/ETHUSDT"]
+    )
     btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
     assert btc_perp_1m.group_name == "binance_perp"
     # runs take a slot of one DuckDB writer pool; with PostgreSQL, of their venue's pool

@@ -6,6 +6,7 @@ import dagster as dg
 from marketdata_assets.settings import Settings
 from marketdata_assets.sources.binance import BinanceKlinesClient, Market
 from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+from marketdata_assets.sources.binance_funding import BinanceFundingClient, BinanceFundingSource
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource, SourceMode
 from marketdata_assets.warehouse import Warehouse, open_warehouse
 
@@ -36,6 +37,13 @@ class BinanceResource(dg.ConfigurableResource):
         mode = mode or self.klines_source  # type: ignore[assignment]
         archive = BinanceArchiveClient(self.archive_url) if mode != "rest" else None
         return BinanceKlinesSource(self.klines_client(market), archive, mode)  # type: ignore[arg-type]
+
+    def funding_source(self) -> BinanceFundingSource:
+        """USD-M funding rates: the archive's monthly files, REST for the rest."""
+        return BinanceFundingSource(
+            BinanceFundingClient(self.futures_url, weight_limit=self.futures_weight_limit),
+            BinanceArchiveClient(self.archive_url),
+        )
 
     def klines_client(self, market: Market) -> BinanceKlinesClient:
         if market == "spot":

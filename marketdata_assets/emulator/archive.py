@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from marketdata_assets.emulator.binance import INTERVALS_MS
-from marketdata_assets.emulator.candles import CandleBlock
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, CandleBlock, synthetic_funding
 from marketdata_assets.emulator.config import EmulatorConfig
 from marketdata_assets.emulator.scenario import FailureBudget
 
@@ -39,6 +39,7 @@ _PATH = re.compile(
     r"^(?P<dir>spot|futures/um)/(?P<frequency>monthly|daily)/klines/(?P<symbol>[A-Z0-9]+)/"
     r"(?P<interval>[0-9a-z]+)/(?P<name>[^/]+)$"
 )
+_FUNDING_PATH = re.compile(r"^futures/um/monthly/fundingRate/(?P<symbol>[A-Z0-9]+)/(?P<name>[^/]+)$")
 _FUTURES_HEADER = (
     "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
     "taker_buy_quote_volume,ignore"
@@ -93,6 +94,32 @@ def kline_csv(market: str, bars: CandleBlock, interval_ms: int, *, microseconds:
     return text.encode()
 
 
+FUNDING = "fundingRate"  # stands in for the interval of a funding file
+
+
+def funding_csv(requested: _Requested, listed_ms: int) -> bytes:
+    """A month of funding as the archive writes it: a header, then exact ms times and rates,
+    from the first 8-hour mark after the listing."""
+    first = max(int(requested.start.timestamp() * 1000), -(-listed_ms // FUNDING_INTERVAL_MS) * FUNDING_INTERVAL_MS)
+    marks = np.arange(first, int(requested.end.timestamp() * 1000), FUNDING_INTERVAL_MS, dtype=np.int64)
+    block = synthetic_funding(requested.symbol, marks)
+    lines = ["calc_time,funding_interval_hours,last_funding_rate"] + [
+        f"{t},8,{r:.8f}" for t, r in zip(block.funding_time.tolist(), block.funding_rate.tolist(), strict=True)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _zipped(name: str, csv: bytes) -> tuple[bytes, str]:
+    """A zip holding one CSV of the zip's base name, and its sha256 hex digest."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        info = zipfile.ZipInfo(name.removesuffix(".zip") + ".csv", date_time=(2020, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        archive.writestr(info, csv)
+    content = buffer.getvalue()
+    return content, hashlib.sha256(content).hexdigest()
+
+
 class BinanceArchiveEmulator:
     """Serves archive files built on first request and then kept in memory."""
 
@@ -120,6 +147,9 @@ class BinanceArchiveEmulator:
 
     def _parse(self, path: str) -> tuple[_Requested, bool] | None:
         """The file a path names and whether it is the `.CHECKSUM`; None if no such file exists."""
+        funding = _FUNDING_PATH.match(path)
+        if funding:
+            return self._parse_funding(funding["symbol"], funding["name"])
         match = _PATH.match(path)
         if not match:
             return None
@@ -148,6 +178,22 @@ class BinanceArchiveEmulator:
             return None  # not published yet
         return _Requested(market, symbol, interval, start, end, zip_name), checksum
 
+    def _parse_funding(self, symbol: str, name: str) -> tuple[_Requested, bool] | None:
+        checksum = name.endswith(".zip.CHECKSUM")
+        zip_name = name.removesuffix(".CHECKSUM")
+        period = zip_name.removeprefix(f"{symbol}-fundingRate-").removesuffix(".zip")
+        try:
+            first = dt.datetime.strptime(period, "%Y-%m").date()
+        except ValueError:
+            return None
+        if zip_name != f"{symbol}-fundingRate-{period}.zip" or len(period) != 7:
+            return None
+        start, end = _utc(first), _utc(_month_after(first))
+        listed = self.config.listings.get(("perp", symbol))
+        if listed is None or end.timestamp() * 1000 <= listed or end.timestamp() + self.config.archive_publish_delay_s > self.clock():
+            return None
+        return _Requested("perp", symbol, FUNDING, start, end, zip_name), checksum
+
     def file(self, requested: _Requested) -> tuple[bytes, str]:
         """The zip's bytes and sha256 hex digest, built once."""
         key = (requested.market, requested.symbol, requested.interval, requested.name)
@@ -171,6 +217,8 @@ class BinanceArchiveEmulator:
             return built
 
     def _build(self, requested: _Requested) -> tuple[bytes, str]:
+        if requested.interval == FUNDING:
+            return _zipped(requested.name, funding_csv(requested, self.config.listings[("perp", requested.symbol)]))
         interval = INTERVALS_MS[requested.interval]
         listed = self.config.listings[(requested.market, requested.symbol)]
         # The bar that holds the first trade is the first bar, as REST has it.
@@ -186,13 +234,7 @@ class BinanceArchiveEmulator:
         )
         bars = scenario.candles(requested.market, requested.symbol, requested.interval, interval, open_times)
         csv = kline_csv(requested.market, bars, interval, microseconds=microseconds, header=header)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            info = zipfile.ZipInfo(requested.name.removesuffix(".zip") + ".csv", date_time=(2020, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, csv)
-        content = buffer.getvalue()
-        return content, hashlib.sha256(content).hexdigest()
+        return _zipped(requested.name, csv)
 
     def _faulty(self, patterns: tuple[str, ...], name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import CandleBlock
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, CandleBlock, synthetic_funding
 from marketdata_assets.emulator.config import EmulatorConfig
 from marketdata_assets.emulator.scenario import FailureBudget
 
@@ -218,7 +218,10 @@ class BinanceEmulator:
         self._random = random.Random(config.faults.seed)
 
     def routes(self) -> list[Route]:
-        routes = [Route("/api/v3/exchangeInfo", self._exchange_info_endpoint())]
+        routes = [
+            Route("/api/v3/exchangeInfo", self._exchange_info_endpoint()),
+            Route("/fapi/v1/fundingRate", self._funding_endpoint()),
+        ]
         for api in (SPOT_API, FUTURES_API):
             routes += [
                 Route(f"{api.prefix}/klines", self._klines_endpoint(api)),
@@ -323,6 +326,54 @@ class BinanceEmulator:
             }
 
         return self._simple_endpoint(SPOT_API, payload, weight=20)
+
+    def _funding_endpoint(self):
+        """USD-M `/fapi/v1/fundingRate`: settlements every 8 hours from the listing, ascending;
+        `limit` 1..1000 (default 100); without startTime the newest `limit` up to endTime."""
+
+        async def endpoint(request: Request) -> Response:
+            refused = self._admit(FUTURES_API, 1)
+            if refused is not None:
+                return refused
+            try:
+                body = self._funding_body(request)
+            except BinanceError as exc:
+                return self._respond(FUTURES_API, exc.status, _error_body(exc.code, exc.msg))
+            return self._respond(FUTURES_API, 200, body)
+
+        return endpoint
+
+    def _funding_body(self, request: Request) -> bytes:
+        symbol = _required(request, "symbol")
+        start, end = _int_param(request, "startTime"), _int_param(request, "endTime")
+        limit = _int_param(request, "limit") or 100
+        listed = self.config.listings.get(("perp", symbol))
+        if listed is None:
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        if not 1 <= limit <= 1000:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        if start is not None and end is not None and start > end:
+            raise BinanceError(400, -1023, "Start time is greater than end time.")
+        interval = FUNDING_INTERVAL_MS
+        first = -(-listed // interval) * interval
+        now_ms = int(self.clock() * 1000)
+        last = min(now_ms, end if end is not None else now_ms) // interval * interval
+        # Settlements are reported up to 30 ms after their mark: look one mark further either way,
+        # then keep the `limit` whose reported time is inside [startTime, endTime].
+        if start is not None:
+            lo = max(first, -(-(start - 30) // interval) * interval)
+            marks = np.arange(lo, min(last, lo + limit * interval) + 1, interval, dtype=np.int64)
+        else:
+            marks = np.arange(max(first, last - limit * interval), last + 1, interval, dtype=np.int64)
+        block = synthetic_funding(symbol, marks)
+        keep = (block.funding_time >= (start or 0)) & (block.funding_time <= (end if end is not None else now_ms))
+        rows = [
+            {"symbol": symbol, "fundingTime": int(t), "fundingRate": f"{r:.8f}", "markPrice": f"{m:.8f}"}
+            for t, r, m in zip(block.funding_time[keep].tolist(), block.funding_rate[keep].tolist(),
+                               block.mark_price[keep].tolist(), strict=True)
+        ]
+        rows = rows[:limit] if start is not None else rows[-limit:]
+        return orjson.dumps(rows)
 
     def _klines_endpoint(self, api: KlinesApi):
         async def endpoint(request: Request) -> Response:

@@ -96,13 +96,34 @@ class ArchiveFile:
         return start, next_month(start)
 
 
+@dataclass(frozen=True)
+class FundingFile:
+    """One month of a USD-M perpetual's funding rates in the archive."""
+
+    symbol: str
+    month: dt.date  # first day of the month
+
+    @property
+    def name(self) -> str:
+        return f"{self.symbol}-fundingRate-{self.month:%Y-%m}.zip"
+
+    @property
+    def path(self) -> str:
+        return f"/data/futures/um/monthly/fundingRate/{self.symbol}/{self.name}"
+
+    @property
+    def window(self) -> tuple[dt.datetime, dt.datetime]:
+        start = dt.datetime.combine(self.month, dt.time(), dt.UTC)
+        return start, next_month(start)
+
+
 def next_month(moment: dt.datetime) -> dt.datetime:
     """The first instant of the month after `moment`'s."""
     first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return (first + dt.timedelta(days=32)).replace(day=1)
 
 
-def parse_checksum(text: bytes, file: ArchiveFile) -> str:
+def parse_checksum(text: bytes, file: ArchiveFile | FundingFile) -> str:
     """The sha256 hex digest from a `.CHECKSUM` (`<hex>  <zip name>`); MalformedResponse otherwise."""
     parts = text.decode("ascii", errors="replace").split()
     if len(parts) != 2 or len(parts[0]) != 64 or parts[1].lstrip("*") != file.name:
@@ -118,7 +139,7 @@ def parse_checksum(text: bytes, file: ArchiveFile) -> str:
     return parts[0].lower()
 
 
-def read_zipped_csv(content: bytes, file: ArchiveFile) -> bytes:
+def read_zipped_csv(content: bytes, file: ArchiveFile | FundingFile) -> bytes:
     """The one CSV inside a verified archive zip, inflated in memory (ISA-L: ~2x zlib's speed)."""
     expected = file.name.removesuffix(".zip") + ".csv"
     try:
@@ -289,7 +310,11 @@ class BinanceArchiveClient(UpstreamClient):
             self.rejected.append(rejected)
         return frame
 
-    async def _verified_content(self, file: ArchiveFile) -> bytes | None:
+    async def verified(self, file: ArchiveFile | FundingFile) -> bytes | None:
+        """A file's zip bytes, checked against its `.CHECKSUM`; None if the archive lacks either."""
+        return await self._verified_content(file)
+
+    async def _verified_content(self, file: ArchiveFile | FundingFile) -> bytes | None:
         digests: list[tuple[str, str]] = []
         for _ in range(2):
             content, checksum = await asyncio.gather(

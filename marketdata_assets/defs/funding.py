@@ -1,0 +1,58 @@
+"""The funding asset factory: one time-partitioned asset per perpetual instrument."""
+
+
+import dagster as dg
+
+from marketdata_assets.catalog import Instrument
+from marketdata_assets.defs.klines import klines_partitions, klines_pool
+from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
+from marketdata_assets.ingest import ingest_funding
+
+
+def funding_asset_key(instrument: Instrument) -> dg.AssetKey:
+    return dg.AssetKey([instrument.key_prefix, "funding", instrument.slug])
+
+
+def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.AssetsDefinition:
+    """The asset `<venue>_perp/funding/<SYMBOL>`: every funding settlement, in
+    market_data.funding_rates; the klines' monthly partitions (a month of 8-hour funding is 93 rows)."""
+    assert instrument.start_date is not None  # the catalog fills it in
+
+    @dg.asset(
+        key=funding_asset_key(instrument),
+        partitions_def=klines_partitions(instrument.start_date),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=instrument.key_prefix,
+        kinds={instrument.venue, warehouse_kind},
+        pool=klines_pool(instrument, warehouse_kind),
+        description=(
+            f"Funding settlements of {instrument.describe()} (exact times, a few ms after the 8-hour "
+            "marks), in market_data.funding_rates: the archive's monthly files for past months "
+            "(no mark price), REST for the rest."
+        ),
+        metadata={"venue": instrument.venue, "symbol": instrument.symbol, "table": "market_data.funding_rates"},
+    )
+    def funding(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource
+    ) -> dg.MaterializeResult:
+        window = context.partition_time_window
+        report = ingest_funding(binance.funding_source(), warehouse.open(), instrument.symbol, window.start, window.end)
+        context.log.info(
+            f"{instrument.describe()} funding [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
+            f"{report.rows_written} settlements, {report.rows_by_source['archive']} from the archive"
+        )
+
+        def moment(value) -> dg.MetadataValue:
+            return dg.MetadataValue.text(value.isoformat() if value else "none")
+
+        return dg.MaterializeResult(metadata={
+            "rows_written": report.rows_written,
+            "first_funding_time": moment(report.first),
+            "last_funding_time": moment(report.last),
+            "rows_from_archive": report.rows_by_source["archive"],
+            "rows_from_rest": report.rows_by_source["rest"],
+            "requests": report.requests,
+            "window": dg.MetadataValue.text(f"[{window.start.isoformat()}, {window.end.isoformat()})"),
+        })
+
+    return funding
