@@ -422,3 +422,55 @@ def _cell(value: Any) -> str:
         return f"{value:%Y-%m-%d %H:%M:%S}"
     return str(value).replace("|", "\\|")
 
+
+
+FUNDING_INTERVAL = dt.timedelta(hours=8)
+FUNDING_TOLERANCE = dt.timedelta(minutes=1)  # reported times jitter by ms; anything later is off the grid
+FUNDING_RATE_BOUND = 0.03  # |rate| per interval above 3% is implausible (Binance caps USD-M well below)
+
+
+@dataclass
+class FundingAudit:
+    """Settlements expected on the 8-hour grid of a window, which are missing or off the grid,
+    and rates outside plausible bounds."""
+
+    expected: int
+    missing: list[dt.datetime]  # 8-hour marks with no settlement within the tolerance
+    off_grid: list[dt.datetime]  # settlements not within the tolerance after a mark
+    implausible: int  # rows with |rate| > bound or a mark price <= 0
+    implausible_samples: list[dict[str, Any]]
+
+
+def audit_funding(
+    warehouse: Warehouse, venue: str, symbol: str, start: dt.datetime, end: dt.datetime,
+    first_window_end: dt.datetime, current_window_start: dt.datetime, now: dt.datetime,
+) -> FundingAudit:
+    """The funding settlements of [start, end) against the 8-hour grid. As for bars: marks before
+    the first stored settlement of the listing partition are not expected, nor, in the partition
+    in progress, marks after the newest stored one."""
+    rows = warehouse.query(
+        "SELECT funding_time, funding_rate, mark_price FROM market_data.funding_rates "
+        "WHERE venue = ? AND symbol = ? AND funding_time >= ? AND funding_time < ? ORDER BY funding_time",
+        [venue, symbol, start, end],
+    )
+    times: list[dt.datetime] = rows["funding_time"].to_list()
+    expected_from = min(times[0], first_window_end) if times else first_window_end
+    until = min(end, now)
+    if end > current_window_start:
+        newest = times[-1] if times else current_window_start
+        until = min(until, max(newest + FUNDING_TOLERANCE, current_window_start))
+    step = int(FUNDING_INTERVAL.total_seconds())
+    lower = int(max(start, expected_from - FUNDING_TOLERANCE).timestamp())
+    marks = [dt.datetime.fromtimestamp(t, dt.UTC) for t in range(-(-lower // step) * step, int(until.timestamp()), step)]
+    matched: set[dt.datetime] = set()
+    off_grid = []
+    for t in times:
+        mark = dt.datetime.fromtimestamp(int(t.timestamp()) // step * step, dt.UTC)
+        if t - mark < FUNDING_TOLERANCE:
+            matched.add(mark)
+        else:
+            off_grid.append(t)
+    bad = rows.filter((pl.col("funding_rate").abs() > FUNDING_RATE_BOUND) | (pl.col("mark_price") <= 0))
+    return FundingAudit(
+        len(marks), [m for m in marks if m not in matched], off_grid, bad.height, bad.head(SAMPLES).to_dicts()
+    )

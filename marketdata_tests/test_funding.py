@@ -8,6 +8,7 @@ import datetime as dt
 
 import dagster as dg
 import httpx
+import polars as pl
 import pytest
 
 from marketdata_assets.definitions import build_definitions
@@ -88,6 +89,10 @@ def test_the_funding_asset_stores_every_settlement_once_and_a_rerun_changes_noth
         first = open_warehouse(settings.warehouse_url).query(query)
         assert first.height == (31 + 29) * 3 and set(first["source"]) == {"archive"}
         assert 0 < (first["funding_time"][0] - utc(2024, 1, 1)).total_seconds() < 0.031  # exact, not rounded
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert checks["funding_cadence"].passed and checks["funding_rate_plausible"].passed
+        assert checks["funding_cadence"].metadata["expected_settlements"].value == (31 + 29) * 3
+        assert checks["funding_cadence"].metadata["window"].value == "[2024-01-01 00:00, 2024-03-01 00:00) UTC"
         run_range(settings, BTC_FUNDING, "2024-01-01", "2024-02-01", instance)
         again = open_warehouse(settings.warehouse_url).query(query)
         assert again.drop("ingested_at").equals(first.drop("ingested_at"))
@@ -113,3 +118,26 @@ def test_datasets_narrow_a_perp_to_its_klines(tmp_path, settings):
     ], start_date="2024-01-01")
     keys = {spec.key.to_user_string() for spec in build_definitions(with_settings(settings, catalog_path=catalog)).resolve_all_asset_specs()}
     assert keys == {"binance_perp/klines_1h/BTCUSDT", "binance_perp/klines_1h/ETHUSDT", "binance_perp/funding/ETHUSDT"}
+
+
+def test_funding_checks_name_a_missing_settlement_one_off_the_grid_and_an_implausible_rate(tmp_path, any_warehouse_url, emulator):
+    from marketdata_assets.defs.checks import funding_check_results
+    from marketdata_assets.schemas import FUNDING_RATES
+
+    async def fetch():
+        async with BinanceFundingClient(emulator.url) as rest:
+            return await rest.fetch("BTCUSDT", utc(2024, 1, 1), utc(2024, 2, 1))
+
+    frame = asyncio.run(fetch())
+    warehouse = open_warehouse(any_warehouse_url)
+    odd = frame.head(1).with_columns(
+        funding_time=pl.lit(utc(2024, 1, 20, 3, 30)), funding_rate=pl.lit(0.2))  # off the grid, and 20%
+    warehouse.upsert(FUNDING_RATES, pl.concat([frame.filter(pl.col("funding_time").dt.day() != 10), odd]))
+    cadence, plausible = funding_check_results(
+        warehouse, BTC_FUNDING, "binance", "BTCUSDT", utc(2024, 1, 1), utc(2024, 2, 1),
+        first_window_end=utc(2019, 10, 1), current_window_start=utc(2026, 11, 1), now=utc(2026, 11, 21))
+    values = {k: v.value for k, v in cadence.metadata.items()}
+    assert not cadence.passed and (values["expected_settlements"], values["missing_settlements"], values["off_grid"]) == (93, 3, 1)
+    assert values["first_missing"] == "2024-01-10 00:00, 2024-01-10 08:00, 2024-01-10 16:00"
+    assert not plausible.passed and plausible.metadata["implausible_rows"].value == 1
+    assert "2024-01-20 03:30:00" in plausible.metadata["samples"].value

@@ -14,11 +14,13 @@ import warnings
 import dagster as dg
 
 from marketdata_assets.audit import (
+    FUNDING_RATE_BOUND,
     SAMPLES,
     GapAudit,
     OhlcAudit,
     Series,
     UnclosedAudit,
+    audit_funding,
     audit_gaps,
     audit_ohlc,
     audit_unclosed,
@@ -143,6 +145,56 @@ def _no_unclosed_bars(unclosed: UnclosedAudit, key: dg.AssetKey, window: dg.Meta
             "unclosed_samples": dg.MetadataValue.md(samples_table(unclosed.samples)),
         },
     )
+
+
+FUNDING_CADENCE = "funding_cadence"
+FUNDING_RATE_PLAUSIBLE = "funding_rate_plausible"
+FUNDING_CHECKS = (FUNDING_CADENCE, FUNDING_RATE_PLAUSIBLE)
+
+
+def funding_check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            FUNDING_CADENCE, asset=key,
+            description="A settlement at every 8-hour mark of the window (within a minute: real times "
+                        "jitter by milliseconds), and none off the grid.",
+        ),
+        dg.AssetCheckSpec(
+            FUNDING_RATE_PLAUSIBLE, asset=key,
+            description=f"Every rate within ±{FUNDING_RATE_BOUND:.0%} per interval and every mark price above 0.",
+        ),
+    ]
+
+
+def funding_check_results(
+    warehouse: Warehouse, key: dg.AssetKey, venue: str, symbol: str, start: dt.datetime, end: dt.datetime,
+    first_window_end: dt.datetime, current_window_start: dt.datetime, now: dt.datetime | None = None,
+) -> list[dg.AssetCheckResult]:
+    """Both funding checks over [start, end); the metadata names the window."""
+    audit = audit_funding(warehouse, venue, symbol, start, end, first_window_end, current_window_start,
+                          now or dt.datetime.now(dt.UTC))
+    window = dg.MetadataValue.text(_window_text(start, end))
+    missing = ", ".join(f"{m:%Y-%m-%d %H:%M}" for m in audit.missing[:SAMPLES]) or "none"
+    return [
+        dg.AssetCheckResult(
+            asset_key=key, check_name=FUNDING_CADENCE,
+            passed=not audit.missing and not audit.off_grid, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{len(audit.missing)} of {audit.expected} settlements missing, {len(audit.off_grid)} off the grid",
+            metadata={
+                "window": window, "expected_settlements": audit.expected, "missing_settlements": len(audit.missing),
+                "first_missing": dg.MetadataValue.text(missing), "off_grid": len(audit.off_grid),
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=key, check_name=FUNDING_RATE_PLAUSIBLE,
+            passed=audit.implausible == 0, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{audit.implausible} settlements outside the plausible bounds",
+            metadata={
+                "window": window, "implausible_rows": audit.implausible,
+                "samples": dg.MetadataValue.md(samples_table(audit.implausible_samples)),
+            },
+        ),
+    ]
 
 
 def run_klines_checks(

@@ -4,7 +4,8 @@
 import dagster as dg
 
 from marketdata_assets.catalog import Instrument
-from marketdata_assets.defs.klines import klines_partitions, klines_pool
+from marketdata_assets.defs.checks import funding_check_results, funding_check_specs
+from marketdata_assets.defs.klines import klines_partitions, klines_pool, partition_bounds
 from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
 from marketdata_assets.ingest import ingest_funding
 
@@ -17,10 +18,13 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
     """The asset `<venue>_perp/funding/<SYMBOL>`: every funding settlement, in
     market_data.funding_rates; the klines' monthly partitions (a month of 8-hour funding is 93 rows)."""
     assert instrument.start_date is not None  # the catalog fills it in
+    key = funding_asset_key(instrument)
+    partitions = klines_partitions(instrument.start_date)
 
     @dg.asset(
-        key=funding_asset_key(instrument),
-        partitions_def=klines_partitions(instrument.start_date),
+        key=key,
+        partitions_def=partitions,
+        check_specs=funding_check_specs(key),
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=instrument.key_prefix,
         kinds={instrument.venue, warehouse_kind},
@@ -36,7 +40,8 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource
     ) -> dg.MaterializeResult:
         window = context.partition_time_window
-        report = ingest_funding(binance.funding_source(), warehouse.open(), instrument.symbol, window.start, window.end)
+        store = warehouse.open()
+        report = ingest_funding(binance.funding_source(), store, instrument.symbol, window.start, window.end)
         context.log.info(
             f"{instrument.describe()} funding [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
             f"{report.rows_written} settlements, {report.rows_by_source['archive']} from the archive"
@@ -45,7 +50,10 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
         def moment(value) -> dg.MetadataValue:
             return dg.MetadataValue.text(value.isoformat() if value else "none")
 
-        return dg.MaterializeResult(metadata={
+        checks = funding_check_results(
+            store, key, instrument.venue, instrument.symbol, window.start, window.end, *partition_bounds(partitions)
+        )
+        return dg.MaterializeResult(check_results=checks, metadata={
             "rows_written": report.rows_written,
             "first_funding_time": moment(report.first),
             "last_funding_time": moment(report.last),

@@ -59,17 +59,25 @@ def _metadata(report: KlinesIngestReport, start: dt.datetime, end: dt.datetime) 
     }
 
 
-def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWindowPartitionsDefinition) -> Series:
-    """The audit's view of one klines asset: its series and the partitions that bound it."""
+def partition_bounds(partitions: dg.TimeWindowPartitionsDefinition) -> tuple[dt.datetime, dt.datetime]:
+    """(end of the first partition, which holds the listing; start of the one in progress)."""
     last_key = partitions.get_last_partition_key()
     assert last_key is not None  # the start date is never in the future (catalog)
+    first = partitions.get_first_partition_window()
+    assert first is not None
+    return first.end, partitions.time_window_for_partition_key(last_key).start
+
+
+def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWindowPartitionsDefinition) -> Series:
+    """The audit's view of one klines asset: its series and the partitions that bound it."""
+    first_window_end, current_window_start = partition_bounds(partitions)
     return Series(
         venue=instrument.venue,
         market=instrument.market,
         symbol=instrument.symbol,
         timeframe=tf.name,
-        first_window_end=partitions.get_first_partition_window().end,  # type: ignore[union-attr]
-        current_window_start=partitions.time_window_for_partition_key(last_key).start,
+        first_window_end=first_window_end,
+        current_window_start=current_window_start,
     )
 
 
