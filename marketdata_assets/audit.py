@@ -92,11 +92,11 @@ class GapAudit:
 
     @property
     def missing_bars(self) -> int:
-        return _count(self.missing, self.tf_millis)
+        return count_bars(self.missing, self.tf_millis)
 
     @property
     def unexplained_bars(self) -> int:
-        return _count(self.unexplained, self.tf_millis)
+        return count_bars(self.unexplained, self.tf_millis)
 
     @staticmethod
     def longest(intervals: Sequence[Interval]) -> Interval | None:
@@ -107,7 +107,8 @@ def _bars(start: dt.datetime, end: dt.datetime, tf_millis: int) -> int:
     return max(0, int((end - start).total_seconds() * 1000) // tf_millis)
 
 
-def _count(intervals: Iterable[Interval], tf_millis: int) -> int:
+def count_bars(intervals: Iterable[Interval], tf_millis: int) -> int:
+    """Bars of `tf_millis` in the half-open `intervals`."""
     return sum(_bars(a, b, tf_millis) for a, b in intervals)
 
 
@@ -141,7 +142,8 @@ def _where(
     return (" AND ".join(conditions) or "TRUE"), params
 
 
-_SERIES = ["venue", "market", "symbol", "timeframe"]
+SERIES_COLUMNS = ["venue", "market", "symbol", "timeframe"]
+_TF_MS = {name: tf.millis for name, tf in TIMEFRAMES.items()}
 _DAY_S = 86_400
 _EPOCH = "CAST(extract(epoch FROM open_time) AS DOUBLE PRECISION)"  # PostgreSQL's is numeric
 
@@ -173,29 +175,28 @@ def stored_klines(
     )
     if days.is_empty():
         return found
-    tf_ms = {name: tf.millis for name, tf in TIMEFRAMES.items()}
     days = (
         days.with_columns(
             pl.col("day").cast(pl.Int64),
             pl.col("n").cast(pl.Int64),
             (pl.col("first") * 1000).round().cast(pl.Int64),
             (pl.col("last") * 1000).round().cast(pl.Int64),
-            pl.col("timeframe").replace_strict(tf_ms, return_dtype=pl.Int64).alias("tf_ms"),
+            pl.col("timeframe").replace_strict(_TF_MS, return_dtype=pl.Int64).alias("tf_ms"),
         )
-        .sort([*_SERIES, "day"])
-        .with_columns(pl.col("last").shift(1).over(_SERIES).alias("previous_last"))
+        .sort([*SERIES_COLUMNS, "day"])
+        .with_columns(pl.col("last").shift(1).over(SERIES_COLUMNS).alias("previous_last"))
     )
     between = days.filter(pl.col("first") - pl.col("previous_last") > pl.col("tf_ms"))
     holes: dict[tuple[str, str, str, str], list[tuple[int, int]]] = {}
     for venue, market, symbol, tf, lo, hi in between.select(
-        *_SERIES, (pl.col("previous_last") + pl.col("tf_ms")).alias("lo"), "first"
+        *SERIES_COLUMNS, (pl.col("previous_last") + pl.col("tf_ms")).alias("lo"), "first"
     ).iter_rows():
         holes.setdefault((venue, market, symbol, tf), []).append((lo, hi))
     inside = days.filter(pl.col("n") < (pl.col("last") - pl.col("first")) // pl.col("tf_ms") + 1)
     if inside.height:
         for venue, market, symbol, tf, lo, hi in _holes_inside_days(warehouse, inside, series, start, end).iter_rows():
             holes.setdefault((venue, market, symbol, tf), []).append((lo, hi))
-    per_series = days.group_by(_SERIES).agg(
+    per_series = days.group_by(SERIES_COLUMNS).agg(
         pl.col("n").sum(), pl.col("first").min(), pl.col("last").max(), pl.col("day"), pl.col("n").alias("day_rows")
     )
     for venue, market, symbol, tf, rows, first, last, day_list, day_rows in per_series.iter_rows():
@@ -225,19 +226,18 @@ def _holes_inside_days(
             f"JOIN (VALUES {values}) AS d(venue, market, symbol, timeframe, day) "
             "ON k.venue = d.venue AND k.market = d.market AND k.symbol = d.symbol AND k.timeframe = d.timeframe "
             f"AND floor({epoch} / {_DAY_S}) = d.day WHERE {where}",
-            [v for row in chunk.select(*_SERIES, "day").iter_rows() for v in row] + params,
+            [v for row in chunk.select(*SERIES_COLUMNS, "day").iter_rows() for v in row] + params,
         ))
-    tf_ms = {name: tf.millis for name, tf in TIMEFRAMES.items()}
-    bar_day = [*_SERIES, "day"]
+    bar_day = [*SERIES_COLUMNS, "day"]
     return (
         pl.concat(parts)
         .with_columns((pl.col("t") * 1000).round().cast(pl.Int64),
-                      pl.col("timeframe").replace_strict(tf_ms, return_dtype=pl.Int64).alias("tf_ms"))
+                      pl.col("timeframe").replace_strict(_TF_MS, return_dtype=pl.Int64).alias("tf_ms"))
         .with_columns((pl.col("t") // (_DAY_S * 1000)).alias("day"))
         .sort([*bar_day, "t"])
         .with_columns(pl.col("t").shift(-1).over(bar_day).alias("next"))
         .filter(pl.col("next") - pl.col("t") > pl.col("tf_ms"))
-        .select(*_SERIES, (pl.col("t") + pl.col("tf_ms")).alias("lo"), pl.col("next").alias("hi"))
+        .select(*SERIES_COLUMNS, (pl.col("t") + pl.col("tf_ms")).alias("lo"), pl.col("next").alias("hi"))
     )
 
 
@@ -346,7 +346,7 @@ def audit_gaps(
     known = [(_ceil(g.start, tf), _floor(g.end, tf)) for g in why.known]
     known = [(a, b) for a, b in known if a < b]
     unexplained = subtract_intervals(audit.missing, known)
-    audit.known_bars = audit.missing_bars - _count(unexplained, tf.millis)
+    audit.known_bars = audit.missing_bars - count_bars(unexplained, tf.millis)
     rejected = sorted(t for t in why.rejected if any(a <= t < b for a, b in unexplained))
     audit.rejected_bars = len(rejected)
     audit.unexplained = subtract_intervals(unexplained, [(t, t + step) for t in rejected])

@@ -232,7 +232,7 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
         click.echo(f"checked {item.key.to_user_string()} again over {first}...{last}: {states}")
     instance.dispose()
     failed = [v for v in verdicts if v.error]
-    empty_bars = sum(int((b - a).total_seconds() * 1000) // v.tf_millis for v in verdicts for a, b in v.empty)
+    empty_bars = sum(v.empty_bars for v in verdicts)
     click.echo(
         f"{len(verdicts)} gaps fetched again: {sum(v.stored for v in verdicts)} bars stored, "
         f"{empty_bars} bars verified empty, {sum(v.rejected for v in verdicts)} rejected, {len(failed)} failed"

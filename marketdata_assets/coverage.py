@@ -23,6 +23,7 @@ from dagster._core.storage.partition_status_cache import get_and_update_asset_st
 
 from marketdata_assets.audit import (
     Explanations,
+    SERIES_COLUMNS,
     GapAudit,
     Series,
     Stored,
@@ -171,9 +172,6 @@ def _check_outcomes(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> di
     return outcomes
 
 
-_SERIES_COLUMNS = ("venue", "market", "symbol", "timeframe")
-
-
 def _partition_statuses(instance: dg.DagsterInstance, assets: list[KlinesAsset]) -> list:
     """Dagster's cached partition status of each asset, brought up to date as the UI does."""
     loading = _Loading(instance)
@@ -199,7 +197,7 @@ def klines_coverage(
             stored = stored_klines(warehouse, series)
             why = explanations(warehouse, series)
             rejected = Counter(
-                tuple(row) for row in rejected_not_stored(warehouse, series).select(*_SERIES_COLUMNS).iter_rows()
+                tuple(row) for row in rejected_not_stored(warehouse, series).select(SERIES_COLUMNS).iter_rows()
             )
         return stored, why, rejected
 

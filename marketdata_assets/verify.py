@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from marketdata_assets.audit import Interval, subtract_intervals, describe_interval
+from marketdata_assets.audit import Interval, count_bars, describe_interval, subtract_intervals
 from marketdata_assets.coverage import AssetCoverage
 from marketdata_assets.schemas import KLINES, KNOWN_GAPS, REJECTED_ROWS
 from marketdata_assets.sources.binance import BinanceKlinesClient
@@ -37,11 +37,15 @@ class GapVerdict:
     empty: list[Interval] = field(default_factory=list)  # recorded as verified empty
     error: str | None = None
 
+    @property
+    def empty_bars(self) -> int:
+        return count_bars(self.empty, self.tf_millis)
+
     def describe(self) -> str:
         where = f"{self.asset} {describe_interval(self.gap, self.tf_millis)}"
         if self.error:
             return f"{where}: could not be fetched: {self.error}"
-        empty_bars = sum(int((b - a).total_seconds() * 1000) // self.tf_millis for a, b in self.empty)
+        empty_bars = self.empty_bars
         found = []
         if self.stored:
             found.append(f"{self.stored} bars fetched and stored")
