@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from marketdata_assets.maintenance import seed_maintenance
+from marketdata_assets.schemas import LONG_SHORT_METRICS
 from marketdata_assets.timeframes import TIMEFRAMES, Timeframe, timeframe
 from marketdata_assets.validation import KLINE_BREAKS_A_RULE, broken_rules
 from marketdata_assets.warehouse import Warehouse
@@ -474,3 +475,71 @@ def audit_funding(
     return FundingAudit(
         len(marks), [m for m in marks if m not in matched], off_grid, bad.height, bad.head(SAMPLES).to_dicts()
     )
+
+
+SNAPSHOT_INTERVAL = dt.timedelta(minutes=5)
+# What makes a stored futures statistic impossible, per table (SQL over its columns).
+SNAPSHOT_RULES = {
+    "open_interest": "open_interest < 0 OR open_interest_value < 0",
+    "long_short_ratios": "ratio <= 0 OR long_value < 0 OR short_value < 0",
+}
+
+
+@dataclass
+class SnapshotAudit:
+    """One 5-minute series of a window (open interest, or one long/short metric): the snapshots
+    expected, the gaps among them, and the stored rows that break the table's rule."""
+
+    series: str  # 'open_interest' or the long/short metric
+    expected: int
+    stored: int
+    gaps: list[Interval]
+    invalid: int
+    invalid_samples: list[dict[str, Any]]
+
+    @property
+    def missing(self) -> int:
+        return sum(int((b - a) / SNAPSHOT_INTERVAL) for a, b in self.gaps)
+
+
+def audit_snapshots(
+    warehouse: Warehouse, table: str, venue: str, symbol: str, start: dt.datetime, end: dt.datetime,
+    first_window_end: dt.datetime, current_window_start: dt.datetime, now: dt.datetime,
+) -> list[SnapshotAudit]:
+    """Each series of `table` (open_interest, or long_short_ratios by metric) over [start, end)
+    against the 5-minute grid. As for bars: snapshots before the first stored one of the listing
+    partition are not expected, nor, in the partition in progress, those after the newest stored."""
+    metric = "metric" if table == "long_short_ratios" else "'open_interest'"
+    rows = warehouse.query(
+        f"SELECT {metric} AS series, snapshot_time, ({SNAPSHOT_RULES[table]}) AS broken FROM market_data.{table} "
+        "WHERE venue = ? AND symbol = ? AND snapshot_time >= ? AND snapshot_time < ? ORDER BY 1, 2",
+        [venue, symbol, start, end],
+    )
+    names = ["open_interest"] if table == "open_interest" else list(LONG_SHORT_METRICS)
+    audits = []
+    step = int(SNAPSHOT_INTERVAL.total_seconds())
+    for name in names:
+        series = rows.filter(pl.col("series") == name)
+        times: list[dt.datetime] = series["snapshot_time"].to_list()
+        expected_from = min(times[0], first_window_end) if times else first_window_end
+        until = min(end, now - SNAPSHOT_INTERVAL)  # the newest snapshot may not be published yet
+        if end > current_window_start:
+            newest = times[-1] + SNAPSHOT_INTERVAL if times else current_window_start
+            until = min(until, max(newest, current_window_start))
+        lower = max(start, expected_from)
+        first_mark = -(-int(lower.timestamp()) // step) * step
+        marks = max(0, -(-(int(until.timestamp()) - first_mark) // step))
+        stamps = sorted({int(t.timestamp()) for t in times if t >= lower and t < until and int(t.timestamp()) % step == 0})
+        gaps, cursor = [], first_mark
+        for stamp in stamps + [first_mark + marks * step]:
+            if stamp > cursor:
+                gaps.append((dt.datetime.fromtimestamp(cursor, dt.UTC), dt.datetime.fromtimestamp(stamp, dt.UTC)))
+            cursor = stamp + step
+        broken = rows.filter((pl.col("series") == name) & pl.col("broken"))
+        samples = warehouse.query(
+            f"SELECT * FROM market_data.{table} WHERE venue = ? AND symbol = ? AND snapshot_time >= ? "
+            f"AND snapshot_time < ? AND {metric} = ? AND ({SNAPSHOT_RULES[table]}) ORDER BY snapshot_time LIMIT {SAMPLES}",
+            [venue, symbol, start, end, name],
+        ).drop("ingested_at").to_dicts() if broken.height else []
+        audits.append(SnapshotAudit(name, marks, len(stamps), gaps, broken.height, samples))
+    return audits

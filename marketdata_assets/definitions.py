@@ -6,6 +6,7 @@ import dagster as dg
 
 from marketdata_assets.catalog import load_catalog
 from marketdata_assets.defs.funding import build_funding_asset
+from marketdata_assets.defs.futures_statistics import STATISTICS_DATASETS, build_statistics_asset
 from marketdata_assets.defs.klines import build_klines_asset
 from marketdata_assets.defs.resources import resources_from
 from marketdata_assets.settings import Settings
@@ -25,6 +26,12 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         build_funding_asset(instrument, warehouse_kind)
         for instrument in catalog.instruments
         if instrument.market == "perp" and instrument.has_dataset("funding")
+    ] + [
+        build_statistics_asset(instrument, dataset, warehouse_kind)
+        for instrument in catalog.instruments
+        if instrument.market == "perp" and instrument.venue == "binance"
+        for dataset in STATISTICS_DATASETS
+        if instrument.has_dataset(dataset)
     ]
     return dg.Definitions(
         assets=assets,

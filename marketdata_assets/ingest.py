@@ -19,7 +19,9 @@ import polars as pl
 
 from marketdata_assets.schemas import FUNDING_RATES, KLINES, REJECTED_ROWS
 from marketdata_assets.sources.binance_funding import BinanceFundingSource
-from marketdata_assets.sources.binance_klines import BinanceKlinesSource, PieceFailure
+from marketdata_assets.sources.binance_klines import BinanceKlinesSource
+from marketdata_assets.sources.binance_metrics import TABLES, BinanceMetricsSource, Dataset
+from marketdata_assets.sources.errors import PieceFailure
 from marketdata_assets.sources.http import RequestStats
 from marketdata_assets.validation import rejected_frame
 from marketdata_assets.warehouse import Warehouse
@@ -149,4 +151,37 @@ def ingest_funding(
     return FundingIngestReport(
         written, times.min() if written else None, times.max() if written else None,  # type: ignore[arg-type]
         dict(source.rows_by_source), source.rest.stats.requests,
+    )
+
+
+@dataclass
+class MetricsIngestReport:
+    rows_written: int
+    first: dt.datetime | None
+    last: dt.datetime | None
+    rows_by_source: dict[str, int]
+    archive_files: int
+    requests: int
+    failures: list[PieceFailure]  # days no source could give
+    before_listing: list[dt.date]  # leading days of the listing window that no file holds
+
+
+def ingest_metrics(
+    source: BinanceMetricsSource, warehouse: Warehouse, dataset: Dataset, symbol: str, start: dt.datetime,
+    end: dt.datetime, listing_window_end: dt.datetime | None = None,
+) -> MetricsIngestReport:
+    """Fetch and store the 5-minute open interest or long/short rows of [start, end) (UTC), in one
+    transaction; days that could not be read are in the report's `failures`, the rest is stored."""
+
+    async def fetch():
+        async with source:
+            return await source.fetch(dataset, symbol, start, end, listing_window_end)
+
+    fetched = asyncio.run(fetch())
+    written = warehouse.upsert(TABLES[dataset], fetched.frame)
+    times = fetched.frame["snapshot_time"]
+    return MetricsIngestReport(
+        written, times.min() if written else None, times.max() if written else None,  # type: ignore[arg-type]
+        dict(fetched.rows_by_source), fetched.archive_files, source.rest.stats.requests,
+        fetched.failures, fetched.before_listing,
     )

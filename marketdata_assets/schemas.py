@@ -19,6 +19,8 @@ class TableSpec:
     name: str
     schema: pl.Schema
     primary_key: tuple[str, ...]  # the time column last: writers probe overlap by its range
+    # Columns only some sources fill: a row from a source without them keeps the stored values.
+    kept_when_null: tuple[str, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -33,8 +35,15 @@ class TableSpec:
 
     @property
     def on_conflict_update(self) -> str:
-        """SQL: on a primary-key collision, the incoming row's values replace the stored ones."""
-        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in self.primary_key)
+        """SQL: on a primary-key collision, the incoming row's values replace the stored ones (but a
+        NULL in a `kept_when_null` column, which keeps what is stored)."""
+
+        def update(column: str) -> str:
+            if column in self.kept_when_null:
+                return f"{column} = COALESCE(excluded.{column}, {self.name}.{column})"
+            return f"{column} = excluded.{column}"
+
+        updates = ", ".join(update(c) for c in self.columns if c not in self.primary_key)
         return f"ON CONFLICT ({', '.join(self.primary_key)}) DO UPDATE SET {updates}"
 
 
@@ -114,10 +123,54 @@ FUNDING_RATES = TableSpec(
             "symbol": pl.String,
             "funding_time": UTC_TIME,  # exact, as reported: a few ms after the 8-hour mark
             "funding_rate": pl.Float64,  # per funding interval, e.g. 0.0001 = 0.01%
-            "mark_price": pl.Float64,  # null where the source has none (Binance's archive)
+            "mark_price": pl.Float64,  # null where the source has none (Binance's archive, OKX, Bybit)
             "source": pl.String,  # 'rest' | 'archive'
             "ingested_at": UTC_TIME,
         }
     ),
     primary_key=("venue", "symbol", "funding_time"),
+    kept_when_null=("mark_price",),  # REST's mark price outlives a later re-read from the archive
+)
+
+
+# Open interest of perpetual futures: one snapshot every 5 minutes.
+OPEN_INTEREST = TableSpec(
+    name="open_interest",
+    schema=pl.Schema(
+        {
+            "venue": pl.String,
+            "symbol": pl.String,
+            "snapshot_time": UTC_TIME,  # on the 5-minute grid
+            "open_interest": pl.Float64,  # contracts, in the base asset
+            "open_interest_value": pl.Float64,  # in the quote asset
+            "source": pl.String,  # 'rest' | 'archive'
+            "ingested_at": UTC_TIME,
+        }
+    ),
+    primary_key=("venue", "symbol", "snapshot_time"),
+)
+
+# Positioning of perpetual futures traders, one row per 5-minute snapshot and metric:
+#   global_account       longs / shorts among all accounts     long/short_value: account shares
+#   top_trader_account   the same among the top traders         account shares
+#   top_trader_position  top traders' long / short positions    position shares
+#   taker_volume         taker buy / sell volume                 buy and sell volume (base asset)
+LONG_SHORT_METRICS = ("global_account", "top_trader_account", "top_trader_position", "taker_volume")
+LONG_SHORT_RATIOS = TableSpec(
+    name="long_short_ratios",
+    schema=pl.Schema(
+        {
+            "venue": pl.String,
+            "symbol": pl.String,
+            "metric": pl.String,  # one of LONG_SHORT_METRICS
+            "snapshot_time": UTC_TIME,  # on the 5-minute grid
+            "ratio": pl.Float64,  # long / short (taker_volume: buy / sell)
+            "long_value": pl.Float64,  # null where the source has none (Binance's archive)
+            "short_value": pl.Float64,
+            "source": pl.String,  # 'rest' | 'archive'
+            "ingested_at": UTC_TIME,
+        }
+    ),
+    primary_key=("venue", "symbol", "metric", "snapshot_time"),
+    kept_when_null=("long_value", "short_value"),  # REST's detail outlives a re-read from the archive
 )

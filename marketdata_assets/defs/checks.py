@@ -15,6 +15,7 @@ import dagster as dg
 
 from marketdata_assets.audit import (
     FUNDING_RATE_BOUND,
+    SNAPSHOT_INTERVAL,
     SAMPLES,
     GapAudit,
     OhlcAudit,
@@ -23,6 +24,7 @@ from marketdata_assets.audit import (
     audit_funding,
     audit_gaps,
     audit_ohlc,
+    audit_snapshots,
     audit_unclosed,
     describe_interval,
     explanations,
@@ -193,6 +195,61 @@ def funding_check_results(
                 "window": window, "implausible_rows": audit.implausible,
                 "samples": dg.MetadataValue.md(samples_table(audit.implausible_samples)),
             },
+        ),
+    ]
+
+
+# The checks of the futures statistics assets, by dataset: (cadence check, value check, table).
+SNAPSHOT_CHECKS = {
+    "open_interest": ("open_interest_cadence", "open_interest_non_negative", "open_interest"),
+    "long_short": ("long_short_cadence", "ratios_positive", "long_short_ratios"),
+}
+
+
+def snapshot_check_specs(key: dg.AssetKey, dataset: str) -> list[dg.AssetCheckSpec]:
+    cadence, values, _ = SNAPSHOT_CHECKS[dataset]
+    series = "open interest" if dataset == "open_interest" else "each of the four long/short metrics"
+    rule = (
+        "open interest and its value ≥ 0" if dataset == "open_interest"
+        else "every ratio > 0, and its long and short parts (where REST gave them) ≥ 0"
+    )
+    return [
+        dg.AssetCheckSpec(cadence, asset=key, description=f"A snapshot of {series} every 5 minutes of the window, no gaps."),
+        dg.AssetCheckSpec(values, asset=key, description=f"No stored row breaks the rule: {rule}."),
+    ]
+
+
+def snapshot_check_results(
+    warehouse: Warehouse, key: dg.AssetKey, dataset: str, venue: str, symbol: str, start: dt.datetime, end: dt.datetime,
+    first_window_end: dt.datetime, current_window_start: dt.datetime, now: dt.datetime | None = None,
+) -> list[dg.AssetCheckResult]:
+    """Both checks of an open-interest or long/short asset over [start, end); metadata names the window."""
+    cadence, values, table = SNAPSHOT_CHECKS[dataset]
+    audits = audit_snapshots(warehouse, table, venue, symbol, start, end, first_window_end, current_window_start,
+                             now or dt.datetime.now(dt.UTC))
+    window = dg.MetadataValue.text(_window_text(start, end))
+    missing, expected = sum(a.missing for a in audits), sum(a.expected for a in audits)
+    gaps = [(a.series, gap) for a in audits for gap in a.gaps]
+    lines = [
+        f"- {series}: [{a:%Y-%m-%d %H:%M}, {b:%Y-%m-%d %H:%M}) UTC, {(b - a) // SNAPSHOT_INTERVAL} snapshots"
+        for series, (a, b) in gaps[:SAMPLES]
+    ]
+    invalid = sum(a.invalid for a in audits)
+    samples = [row for a in audits for row in a.invalid_samples][:SAMPLES]
+    return [
+        dg.AssetCheckResult(
+            asset_key=key, check_name=cadence, passed=missing == 0, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{missing} of {expected} 5-minute snapshots missing, in {len(gaps)} gaps",
+            metadata={
+                "window": window, "expected_snapshots": expected, "missing_snapshots": missing, "gaps": len(gaps),
+                "first_gaps": dg.MetadataValue.md("\n".join(lines) or "none"),
+                **{f"stored_{a.series}": a.stored for a in audits},
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=key, check_name=values, passed=invalid == 0, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{invalid} stored rows break the rule",
+            metadata={"window": window, "invalid_rows": invalid, "samples": dg.MetadataValue.md(samples_table(samples))},
         ),
     ]
 

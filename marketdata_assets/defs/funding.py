@@ -5,7 +5,8 @@ import dagster as dg
 
 from marketdata_assets.catalog import Instrument
 from marketdata_assets.defs.checks import funding_check_results, funding_check_specs
-from marketdata_assets.defs.klines import klines_partitions, klines_pool, partition_bounds
+from marketdata_assets.defs.klines import klines_partitions
+from marketdata_assets.defs.partitions import partition_bounds, venue_pool
 from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
 from marketdata_assets.ingest import ingest_funding
 
@@ -28,7 +29,7 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=instrument.key_prefix,
         kinds={instrument.venue, warehouse_kind},
-        pool=klines_pool(instrument, warehouse_kind),
+        pool=venue_pool(instrument, warehouse_kind),
         description=(
             f"Funding settlements of {instrument.describe()} (exact times, a few ms after the 8-hour "
             "marks), in market_data.funding_rates: the archive's monthly files for past months "

@@ -10,9 +10,9 @@ import dagster as dg
 from marketdata_assets.audit import Series
 from marketdata_assets.catalog import Instrument
 from marketdata_assets.defs.checks import klines_check_results, klines_check_specs
+from marketdata_assets.defs.partitions import partial_outcome, partition_bounds, venue_pool
 from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
 from marketdata_assets.ingest import KlinesIngestReport, ingest_klines
-from marketdata_assets.sources.binance_klines import PieceFailure
 from marketdata_assets.timeframes import Timeframe, timeframe
 
 # Monthly windows for every timeframe. Dagster records every partition of a range run, ~25 ms
@@ -59,15 +59,6 @@ def _metadata(report: KlinesIngestReport, start: dt.datetime, end: dt.datetime) 
     }
 
 
-def partition_bounds(partitions: dg.TimeWindowPartitionsDefinition) -> tuple[dt.datetime, dt.datetime]:
-    """(end of the first partition, which holds the listing; start of the one in progress)."""
-    last_key = partitions.get_last_partition_key()
-    assert last_key is not None  # the start date is never in the future (catalog)
-    first = partitions.get_first_partition_window()
-    assert first is not None
-    return first.end, partitions.time_window_for_partition_key(last_key).start
-
-
 def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWindowPartitionsDefinition) -> Series:
     """The audit's view of one klines asset: its series and the partitions that bound it."""
     first_window_end, current_window_start = partition_bounds(partitions)
@@ -79,28 +70,6 @@ def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWind
         first_window_end=first_window_end,
         current_window_start=current_window_start,
     )
-
-
-def klines_pool(instrument: Instrument, warehouse_kind: str) -> str:
-    """The Dagster pool an asset's runs take a slot of: its venue and market, so runs share a
-    venue's rate limit instead of racing for it; with DuckDB one writer for all (one process at
-    a time may write the file, and a single writer also paces every venue)."""
-    return instrument.key_prefix if warehouse_kind == "postgres" else "duckdb_writer"
-
-
-class KlinesWindowsFailed(Exception):
-    """Some windows of a range run could not be read; the others were stored and recorded."""
-
-
-def _failed_partitions(
-    partitions: dg.TimeWindowPartitionsDefinition, keys: list[str], failures: list[PieceFailure]
-) -> set[str]:
-    failed = set()
-    for partition_key in keys:
-        window = partitions.time_window_for_partition_key(partition_key)
-        if any(f.start < window.end and window.start < f.end for f in failures):
-            failed.add(partition_key)
-    return failed
 
 
 def build_klines_asset(
@@ -137,7 +106,7 @@ def build_klines_asset(
         can_subset=True,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=klines_pool(instrument, warehouse_kind),
+        pool=venue_pool(instrument, warehouse_kind),
     )
     def klines(context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource):
         window = context.partition_time_window
@@ -169,27 +138,11 @@ def build_klines_asset(
             )
             return
         # Some windows could not be read: record the partitions that did land, then fail.
-        failed = _failed_partitions(partitions, context.partition_keys, report.failures)
-        for partition_key in context.partition_keys:
-            if partition_key not in failed:
-                landed = partitions.time_window_for_partition_key(partition_key)
-                yield dg.AssetMaterialization(
-                    asset_key=key,
-                    partition=partition_key,
-                    metadata={
-                        "window": dg.MetadataValue.text(f"[{landed.start.isoformat()}, {landed.end.isoformat()})"),
-                        "run_rows_written": dg.MetadataValue.int(report.rows_written),
-                        "note": dg.MetadataValue.text(
-                            f"stored; {len(failed)} other partitions of this run failed"
-                        ),
-                    },
-                )
-        yield from results
-        raise KlinesWindowsFailed(
-            f"{instrument.describe()} {tf.name}: {len(report.failures)} windows could not be read, "
-            f"so partitions {', '.join(sorted(failed))} are not materialized; the other "
-            f"{len(context.partition_keys) - len(failed)} are:\n"
-            + "\n".join(f"- {failure.describe()}" for failure in report.failures)
+        landed, error = partial_outcome(
+            context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} {tf.name}"
         )
+        yield from landed
+        yield from results
+        raise error
 
     return klines

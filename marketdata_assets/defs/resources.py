@@ -8,6 +8,7 @@ from marketdata_assets.sources.binance import BinanceKlinesClient, Market
 from marketdata_assets.sources.binance_archive import BinanceArchiveClient
 from marketdata_assets.sources.binance_funding import BinanceFundingClient, BinanceFundingSource
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource, SourceMode
+from marketdata_assets.sources.binance_metrics import BinanceMetricsSource, BinanceStatsClient
 from marketdata_assets.warehouse import Warehouse, open_warehouse
 
 
@@ -44,6 +45,11 @@ class BinanceResource(dg.ConfigurableResource):
             BinanceFundingClient(self.futures_url, weight_limit=self.futures_weight_limit),
             BinanceArchiveClient(self.archive_url),
         )
+
+    def metrics_source(self) -> BinanceMetricsSource:
+        """USD-M open interest and long/short ratios: REST for its last 30 days, the archive's
+        daily metrics files before."""
+        return BinanceMetricsSource(BinanceStatsClient(self.futures_url), BinanceArchiveClient(self.archive_url))
 
     def klines_client(self, market: Market) -> BinanceKlinesClient:
         if market == "spot":

@@ -1,8 +1,10 @@
-"""Binance's bulk archive (data.binance.vision), as it serves kline files.
+"""Binance's bulk archive (data.binance.vision), as it serves kline, funding and metrics files.
 
 The same synthetic candles as the REST emulator, laid out as
 `/data/{spot|futures/um}/{monthly|daily}/klines/SYM/TF/SYM-TF-YYYY-MM[-DD].zip` with a
-`.CHECKSUM` beside each (`<sha256>  <zip name>`). Spot CSVs have no header and switch to
+`.CHECKSUM` beside each (`<sha256>  <zip name>`); funding months under
+`/data/futures/um/monthly/fundingRate/` and daily futures statistics (5-minute rows, from
+`archive_metrics_from`) under `/data/futures/um/daily/metrics/`. Spot CSVs have no header and switch to
 microsecond times from 2025-01-01; futures CSVs write numbers without trailing zeros and gain a
 header row from `archive_futures_header_from`. A month's file appears once the month is over, a
 day's once the day is over. Missing keys get S3's 404 XML. Faults: files answered 404, and zips
@@ -30,7 +32,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from marketdata_assets.emulator.binance import INTERVALS_MS
-from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, CandleBlock, synthetic_funding
+from marketdata_assets.emulator.candles import (
+    FUNDING_INTERVAL_MS,
+    STATS_INTERVAL_MS,
+    CandleBlock,
+    synthetic_funding,
+    synthetic_stats,
+)
 from marketdata_assets.emulator.config import EmulatorConfig
 from marketdata_assets.emulator.scenario import FailureBudget
 
@@ -40,6 +48,11 @@ _PATH = re.compile(
     r"(?P<interval>[0-9a-z]+)/(?P<name>[^/]+)$"
 )
 _FUNDING_PATH = re.compile(r"^futures/um/monthly/fundingRate/(?P<symbol>[A-Z0-9]+)/(?P<name>[^/]+)$")
+_METRICS_PATH = re.compile(r"^futures/um/daily/metrics/(?P<symbol>[A-Z0-9]+)/(?P<name>[^/]+)$")
+METRICS_HEADER = (
+    "create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
+    "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio"
+)
 _FUTURES_HEADER = (
     "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
     "taker_buy_quote_volume,ignore"
@@ -109,6 +122,28 @@ def funding_csv(requested: _Requested, listed_ms: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+METRICS = "metrics"  # stands in for the interval of a metrics file
+
+
+def metrics_csv(requested: _Requested, listed_ms: int) -> bytes:
+    """A day of futures statistics as the archive writes it: a header, then one row every 5
+    minutes (`YYYY-MM-DD HH:MM:SS` UTC), the same numbers REST serves."""
+    first = max(int(requested.start.timestamp() * 1000), -(-listed_ms // STATS_INTERVAL_MS) * STATS_INTERVAL_MS)
+    times = np.arange(first, int(requested.end.timestamp() * 1000), STATS_INTERVAL_MS, dtype=np.int64)
+    block = synthetic_stats(requested.symbol, times)
+    columns = zip(
+        times.tolist(), block.open_interest.tolist(), block.open_interest_value.tolist(),
+        block.top_trader_account[0].tolist(), block.top_trader_position[0].tolist(),
+        block.global_account[0].tolist(), block.taker_volume[0].tolist(), strict=True,
+    )
+    lines = [METRICS_HEADER] + [
+        f"{dt.datetime.fromtimestamp(t / 1000, dt.UTC):%Y-%m-%d %H:%M:%S},{requested.symbol},{oi:.8f},{value:.8f},"
+        f"{top_account},{top_position},{accounts},{taker}"
+        for t, oi, value, top_account, top_position, accounts, taker in columns
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def _zipped(name: str, csv: bytes) -> tuple[bytes, str]:
     """A zip holding one CSV of the zip's base name, and its sha256 hex digest."""
     buffer = io.BytesIO()
@@ -150,6 +185,9 @@ class BinanceArchiveEmulator:
         funding = _FUNDING_PATH.match(path)
         if funding:
             return self._parse_funding(funding["symbol"], funding["name"])
+        metrics = _METRICS_PATH.match(path)
+        if metrics:
+            return self._parse_metrics(metrics["symbol"], metrics["name"])
         match = _PATH.match(path)
         if not match:
             return None
@@ -194,6 +232,22 @@ class BinanceArchiveEmulator:
             return None
         return _Requested("perp", symbol, FUNDING, start, end, zip_name), checksum
 
+    def _parse_metrics(self, symbol: str, name: str) -> tuple[_Requested, bool] | None:
+        checksum = name.endswith(".zip.CHECKSUM")
+        zip_name = name.removesuffix(".CHECKSUM")
+        period = zip_name.removeprefix(f"{symbol}-metrics-").removesuffix(".zip")
+        try:
+            day = dt.datetime.strptime(period, "%Y-%m-%d").date()
+        except ValueError:
+            return None
+        if zip_name != f"{symbol}-metrics-{period}.zip" or len(period) != 10 or day < self.config.archive_metrics_from:
+            return None
+        start, end = _utc(day), _utc(day + dt.timedelta(days=1))
+        listed = self.config.listings.get(("perp", symbol))
+        if listed is None or end.timestamp() * 1000 <= listed or end.timestamp() + self.config.archive_publish_delay_s > self.clock():
+            return None
+        return _Requested("perp", symbol, METRICS, start, end, zip_name), checksum
+
     def file(self, requested: _Requested) -> tuple[bytes, str]:
         """The zip's bytes and sha256 hex digest, built once."""
         key = (requested.market, requested.symbol, requested.interval, requested.name)
@@ -219,6 +273,8 @@ class BinanceArchiveEmulator:
     def _build(self, requested: _Requested) -> tuple[bytes, str]:
         if requested.interval == FUNDING:
             return _zipped(requested.name, funding_csv(requested, self.config.listings[("perp", requested.symbol)]))
+        if requested.interval == METRICS:
+            return _zipped(requested.name, metrics_csv(requested, self.config.listings[("perp", requested.symbol)]))
         interval = INTERVALS_MS[requested.interval]
         listed = self.config.listings[(requested.market, requested.symbol)]
         # The bar that holds the first trade is the first bar, as REST has it.

@@ -22,7 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, CandleBlock, synthetic_funding
+from marketdata_assets.emulator.candles import (
+    FUNDING_INTERVAL_MS,
+    CandleBlock,
+    synthetic_funding,
+    synthetic_stats,
+)
 from marketdata_assets.emulator.config import EmulatorConfig
 from marketdata_assets.emulator.scenario import FailureBudget
 
@@ -85,6 +90,39 @@ class WeightLedger:
             self.backoff_until = (minute + 1) * 60
             return 429, self.backoff_until - now
         return 200, 0.0
+
+
+@dataclass
+class RequestLedger:
+    """Requests per IP counted in fixed windows (the futures statistics: 1,000 per 5 minutes)."""
+
+    limit: int
+    window_s: int
+    window: int = -1
+    used: int = 0
+    answers: Counter[int] = field(default_factory=Counter)
+
+    def charge(self, now: float) -> float:
+        """Count a request; 0 to serve it, else the seconds until the window ends (answer 429)."""
+        window = int(now // self.window_s)
+        if window != self.window:
+            self.window, self.used = window, 0
+        if self.used >= self.limit:
+            return (window + 1) * self.window_s - now
+        self.used += 1
+        return 0.0
+
+
+# `/futures/data/<endpoint>`: which statistic each serves.
+STATS_ENDPOINTS = {
+    "openInterestHist": "open_interest",
+    "globalLongShortAccountRatio": "global_account",
+    "topLongShortAccountRatio": "top_trader_account",
+    "topLongShortPositionRatio": "top_trader_position",
+    "takerlongshortRatio": "taker_volume",
+}
+STATS_PERIODS_MS = {name: INTERVALS_MS[name] for name in ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")}
+STATS_RETENTION_MS = 30 * 86_400_000
 
 
 class BinanceError(Exception):
@@ -215,12 +253,14 @@ class BinanceEmulator:
             "spot": WeightLedger(config.spot_weight_limit, config),
             "perp": WeightLedger(config.futures_weight_limit, config),
         }
+        self.stats_ledger = RequestLedger(config.stats_request_limit, 300)
         self._random = random.Random(config.faults.seed)
 
     def routes(self) -> list[Route]:
         routes = [
             Route("/api/v3/exchangeInfo", self._exchange_info_endpoint()),
             Route("/fapi/v1/fundingRate", self._funding_endpoint()),
+            *(Route(f"/futures/data/{name}", self._stats_endpoint(name)) for name in STATS_ENDPOINTS),
         ]
         for api in (SPOT_API, FUTURES_API):
             routes += [
@@ -375,6 +415,76 @@ class BinanceEmulator:
         rows = rows[:limit] if start is not None else rows[-limit:]
         return orjson.dumps(rows)
 
+    def _stats_endpoint(self, endpoint_name: str):
+        """A USD-M futures statistic (`/futures/data/...`): ascending rows on the period's marks,
+        only the last 30 days (an older startTime is refused), `limit` 1..500 (default 30), 1,000
+        requests per 5 minutes per IP."""
+        statistic = STATS_ENDPOINTS[endpoint_name]
+
+        async def endpoint(request: Request) -> Response:
+            ledger = self.stats_ledger
+            wait = ledger.charge(self.clock())
+            if wait:
+                ledger.answers[429] += 1
+                body = _error_body(-1003, f"Too many requests; current limit is {ledger.limit} requests per 5 MINUTE.")
+                return Response(body, status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                                media_type="application/json")
+            try:
+                status, body = 200, self._stats_body(statistic, request)
+            except BinanceError as exc:
+                status, body = exc.status, _error_body(exc.code, exc.msg)
+            ledger.answers[status] += 1
+            return Response(body, status_code=status, media_type="application/json")
+
+        return endpoint
+
+    def _stats_body(self, statistic: str, request: Request) -> bytes:
+        symbol = _required(request, "symbol")
+        period_name = _required(request, "period")
+        start, end = _int_param(request, "startTime"), _int_param(request, "endTime")
+        limit = _int_param(request, "limit") or 30
+        listed = self.config.listings.get(("perp", symbol))
+        if listed is None:
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        if period_name not in STATS_PERIODS_MS:
+            raise BinanceError(400, -1130, "Data sent for parameter 'period' is not valid.")
+        if not 1 <= limit <= 500:
+            raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        if start is not None and end is not None and start > end:
+            raise BinanceError(400, -1023, "Start time is greater than end time.")
+        now_ms = int(self.clock() * 1000)
+        kept_from = now_ms - STATS_RETENTION_MS
+        if start is not None and start < kept_from:
+            raise BinanceError(400, -1130, "parameter 'startTime' is invalid.")
+        period = STATS_PERIODS_MS[period_name]
+        first = -(-max(listed, kept_from, start or 0) // period) * period
+        last = min(now_ms, end if end is not None else now_ms) // period * period
+        if start is not None:
+            times = np.arange(first, min(last, first + (limit - 1) * period) + 1, period, dtype=np.int64)
+        else:
+            times = np.arange(max(first, last - (limit - 1) * period), last + 1, period, dtype=np.int64)
+        block = synthetic_stats(symbol, times)
+        stamps = [str(t) if self.config.stats_timestamp_as_string else t for t in times.tolist()]
+        if statistic == "open_interest":
+            rows = [
+                {"symbol": symbol, "sumOpenInterest": f"{oi:.8f}", "sumOpenInterestValue": f"{value:.8f}", "timestamp": t}
+                for oi, value, t in zip(block.open_interest.tolist(), block.open_interest_value.tolist(), stamps, strict=True)
+            ]
+        elif statistic == "taker_volume":
+            ratio, buy, sell = block.taker_volume
+            rows = [
+                {"buySellRatio": f"{r:.4f}", "buyVol": f"{b:.4f}", "sellVol": f"{v:.4f}", "timestamp": t}
+                for r, b, v, t in zip(ratio.tolist(), buy.tolist(), sell.tolist(), stamps, strict=True)
+            ]
+        else:
+            ratio, long, short = getattr(block, statistic)
+            rows = [
+                {"symbol": symbol, "longShortRatio": f"{r:.4f}", "longAccount": f"{a:.4f}",
+                 "shortAccount": f"{b:.4f}", "timestamp": t}
+                for r, a, b, t in zip(ratio.tolist(), long.tolist(), short.tolist(), stamps, strict=True)
+            ]
+        return orjson.dumps(rows)
+
     def _klines_endpoint(self, api: KlinesApi):
         async def endpoint(request: Request) -> Response:
             try:
@@ -430,7 +540,13 @@ class BinanceEmulator:
         return interval, open_times, kline_rows_json(bars, interval)
 
     def stats(self) -> dict:
-        return {
+        futures_data = {
+            "futures_data": {
+                "request_limit_5m": self.stats_ledger.limit,
+                "answers": {str(k): v for k, v in sorted(self.stats_ledger.answers.items())},
+            }
+        }
+        return futures_data | {
             market: {
                 "weight_limit": ledger.limit,
                 "used_this_minute": ledger.used,

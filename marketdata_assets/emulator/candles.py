@@ -119,3 +119,51 @@ def synthetic_funding(symbol: str, marks_ms: np.ndarray) -> FundingBlock:
     base = _BASE_PRICE.get(symbol[:3], 100.0)
     phase = float(_seed("perp", symbol, "60000") % np.uint64(1000)) / 1000.0 * 2 * np.pi
     return FundingBlock(marks_ms + jitter, rate, np.round(_mid_price(marks_ms, base, phase), 8))
+
+
+STATS_INTERVAL_MS = 5 * 60_000
+
+
+@dataclass(frozen=True)
+class StatsBlock:
+    """Binance's futures statistics at 5-minute marks (ms): open interest and the four long/short
+    metrics, rounded as the wire carries them, so REST and the archive's metrics files agree."""
+
+    time: np.ndarray
+    open_interest: np.ndarray  # base asset
+    open_interest_value: np.ndarray  # quote asset
+    # (ratio, long share, short share) of accounts, top-trader accounts, top-trader positions
+    global_account: tuple[np.ndarray, np.ndarray, np.ndarray]
+    top_trader_account: tuple[np.ndarray, np.ndarray, np.ndarray]
+    top_trader_position: tuple[np.ndarray, np.ndarray, np.ndarray]
+    taker_volume: tuple[np.ndarray, np.ndarray, np.ndarray]  # (buy/sell ratio, buy volume, sell volume)
+
+
+def synthetic_stats(symbol: str, times_ms: np.ndarray) -> StatsBlock:
+    """The statistics at `times_ms` (5-minute marks)."""
+    times_ms = np.asarray(times_ms, dtype=np.int64)
+    seed = _seed("stats", symbol)
+    index = times_ms // STATS_INTERVAL_MS
+    u = [_uniform(index, seed, salt) for salt in range(6)]
+    base = _BASE_PRICE.get(symbol[:3], 100.0)
+    phase = float(_seed("perp", symbol, "60000") % np.uint64(1000)) / 1000.0 * 2 * np.pi
+    price = _mid_price(times_ms, base, phase)
+    days = times_ms.astype(np.float64) / _DAY_MS
+    contracts = np.round(2.4e9 / base * (1 + 0.3 * np.sin(2 * np.pi * days / 90)) * (1 + 0.01 * u[0]), 3)
+
+    def shares(u_long: np.ndarray, centre: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        long = np.round(centre + 0.2 * (u_long - 0.5), 4)
+        short = np.round(1 - long, 4)
+        return np.round(long / short, 4), long, short
+
+    buy = np.round(50 + 500 * u[4], 3)
+    sell = np.round(50 + 500 * u[5], 3)
+    return StatsBlock(
+        time=times_ms,
+        open_interest=contracts,
+        open_interest_value=np.round(contracts * price, 8),
+        global_account=shares(u[1], 0.6),
+        top_trader_account=shares(u[2], 0.55),
+        top_trader_position=shares(u[3], 0.5),
+        taker_volume=(np.round(buy / sell, 4), buy, sell),
+    )

@@ -61,6 +61,12 @@ class EmulatorConfig:
     archive_spot_microseconds_from: dt.date = dt.date(2025, 1, 1)
     archive_futures_header_from: dt.date = dt.date(2022, 1, 1)
     archive_publish_delay_s: float = 0.0  # a file appears this long after its period ends
+    # The archive's futures metrics files start about here (earlier days: 404).
+    archive_metrics_from: dt.date = dt.date(2021, 12, 1)
+    # Futures statistics: requests per 5 minutes per IP, and whether `timestamp` is sent as a
+    # string (as Binance's docs show it) rather than a number (as real answers carry it).
+    stats_request_limit: int = 1000
+    stats_timestamp_as_string: bool = False
     # The exchange's history: outages (the documented ones by default), wrong candles, and
     # windows whose first fetches fail.
     scenario: Scenario = field(default_factory=Scenario)

@@ -23,7 +23,7 @@ from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import (
     Clock,
-    MinuteWeightBudget,
+    WeightBudget,
     PacedHttp,
     RequestStats,
     Sleep,
@@ -200,7 +200,7 @@ class BinanceKlinesClient(UpstreamClient):
         self._http = PacedHttp(
             self.endpoint.source,
             base_url,
-            MinuteWeightBudget.for_host(
+            WeightBudget.for_host(
                 base_url + self.endpoint.path, weight_limit or self.endpoint.weight_limit, clock, sleep
             ),
             used_weight_header=USED_WEIGHT_HEADER,

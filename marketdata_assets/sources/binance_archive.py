@@ -117,13 +117,39 @@ class FundingFile:
         return start, next_month(start)
 
 
+@dataclass(frozen=True)
+class MetricsFile:
+    """One day of a USD-M perpetual's futures statistics (open interest, long/short ratios) in
+    the archive: a row every 5 minutes."""
+
+    symbol: str
+    day: dt.date
+
+    @property
+    def name(self) -> str:
+        return f"{self.symbol}-metrics-{self.day:%Y-%m-%d}.zip"
+
+    @property
+    def path(self) -> str:
+        return f"/data/futures/um/daily/metrics/{self.symbol}/{self.name}"
+
+    @property
+    def window(self) -> tuple[dt.datetime, dt.datetime]:
+        start = dt.datetime.combine(self.day, dt.time(), dt.UTC)
+        return start, start + dt.timedelta(days=1)
+
+
+# Any file of the archive: a zip at `path`, named `name`, with a `.CHECKSUM` beside it.
+AnyArchiveFile = ArchiveFile | FundingFile | MetricsFile
+
+
 def next_month(moment: dt.datetime) -> dt.datetime:
     """The first instant of the month after `moment`'s."""
     first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return (first + dt.timedelta(days=32)).replace(day=1)
 
 
-def parse_checksum(text: bytes, file: ArchiveFile | FundingFile) -> str:
+def parse_checksum(text: bytes, file: AnyArchiveFile) -> str:
     """The sha256 hex digest from a `.CHECKSUM` (`<hex>  <zip name>`); MalformedResponse otherwise."""
     parts = text.decode("ascii", errors="replace").split()
     if len(parts) != 2 or len(parts[0]) != 64 or parts[1].lstrip("*") != file.name:
@@ -139,7 +165,7 @@ def parse_checksum(text: bytes, file: ArchiveFile | FundingFile) -> str:
     return parts[0].lower()
 
 
-def read_zipped_csv(content: bytes, file: ArchiveFile | FundingFile) -> bytes:
+def read_zipped_csv(content: bytes, file: AnyArchiveFile) -> bytes:
     """The one CSV inside a verified archive zip, inflated in memory (ISA-L: ~2x zlib's speed)."""
     expected = file.name.removesuffix(".zip") + ".csv"
     try:
@@ -310,11 +336,11 @@ class BinanceArchiveClient(UpstreamClient):
             self.rejected.append(rejected)
         return frame
 
-    async def verified(self, file: ArchiveFile | FundingFile) -> bytes | None:
+    async def verified(self, file: AnyArchiveFile) -> bytes | None:
         """A file's zip bytes, checked against its `.CHECKSUM`; None if the archive lacks either."""
         return await self._verified_content(file)
 
-    async def _verified_content(self, file: ArchiveFile | FundingFile) -> bytes | None:
+    async def _verified_content(self, file: AnyArchiveFile) -> bytes | None:
         digests: list[tuple[str, str]] = []
         for _ in range(2):
             content, checksum = await asyncio.gather(

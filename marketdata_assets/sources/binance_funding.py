@@ -25,7 +25,7 @@ from marketdata_assets.sources.binance_archive import (
     read_zipped_csv,
 )
 from marketdata_assets.sources.errors import MalformedResponse
-from marketdata_assets.sources.http import Clock, MinuteWeightBudget, PacedHttp, Sleep, UpstreamClient
+from marketdata_assets.sources.http import Clock, WeightBudget, PacedHttp, Sleep, UpstreamClient
 
 FUNDING_PATH = "/fapi/v1/fundingRate"
 PAGE_LIMIT = 1000
@@ -106,7 +106,7 @@ class BinanceFundingClient(UpstreamClient):
         self._http = PacedHttp(
             SOURCE,
             base_url,
-            MinuteWeightBudget.for_host(base_url + FUNDING_PATH, weight_limit, clock, sleep),
+            WeightBudget.for_host(base_url + FUNDING_PATH, weight_limit, clock, sleep),
             used_weight_header=USED_WEIGHT_HEADER,
             error_detail=binance_error_detail,
             max_concurrency=1,  # pages follow one another: each starts after the last row of the one before

@@ -34,25 +34,13 @@ from marketdata_assets.sources.binance_archive import (
     BinanceArchiveClient,
     next_month,
 )
-from marketdata_assets.sources.errors import UpstreamBanned, UpstreamError, UpstreamRejected
+from marketdata_assets.sources.errors import PieceFailure, UpstreamBanned, UpstreamError, UpstreamRejected
 from marketdata_assets.sources.http import Clock
 from marketdata_assets.timeframes import Timeframe, timeframe
 
 SourceMode = Literal["auto", "archive", "rest"]
 SOURCE_MODES: tuple[str, ...] = get_args(SourceMode)
 _DAY = dt.timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class PieceFailure:
-    """A part of a window that could not be read, and why."""
-
-    start: dt.datetime
-    end: dt.datetime
-    error: UpstreamError
-
-    def describe(self) -> str:
-        return f"[{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M}) UTC: {self.error}"
 
 
 # Answers every other piece would get as well: carrying on would only repeat them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 
 class UpstreamError(Exception):
@@ -41,3 +42,19 @@ class UpstreamUnavailable(UpstreamError):
 
 class MalformedResponse(UpstreamError):
     """The upstream answered, but the answer breaks its documented format or our request."""
+
+
+class NoSourceHolds(UpstreamError):
+    """No upstream holds a window any more (or yet): REST keeps too little, the archive lacks it."""
+
+
+@dataclass(frozen=True)
+class PieceFailure:
+    """A part of a window that could not be read, and why."""
+
+    start: dt.datetime
+    end: dt.datetime
+    error: UpstreamError
+
+    def describe(self) -> str:
+        return f"[{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M}) UTC: {self.error}"

@@ -49,69 +49,72 @@ class RequestStats:
         }
 
 
-class MinuteWeightBudget:
-    """A per-IP request-weight budget that resets at every UTC clock minute, as Binance counts it.
+class WeightBudget:
+    """A per-IP request-weight budget that resets at every fixed window of the UTC clock: a
+    minute as Binance counts weight (the default), or 5 minutes, or 2 seconds, as other limits go.
 
     Weight is reserved when a request is sent, so in-flight requests count. The server's own count
     (`X-MBX-USED-WEIGHT-1M`, which includes other clients on this IP) wins when it is higher.
     """
 
-    # The server's minute may start a little after ours (clock offset, transit): open the new
-    # window late by this much. The whole budget still fits in the rest of the minute.
+    # The server's window may start a little after ours (clock offset, transit): open the new
+    # window late by this much (at most a tenth of the window). The whole budget still fits.
     BOUNDARY_GUARD_S = 0.5
-    _shared: dict[tuple[str, int, Clock, Sleep], MinuteWeightBudget] = {}
+    _shared: dict[tuple[str, int, float, Clock, Sleep], WeightBudget] = {}
 
-    def __init__(self, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep):
+    def __init__(self, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep, window_s: float = 60.0):
         if limit < 1:
             raise ValueError(f"weight limit must be positive, got {limit}")
         self.limit = limit
+        self.window_s = window_s
+        self._guard = min(self.BOUNDARY_GUARD_S, window_s / 10)
         self._clock = clock
         self._sleep = sleep
-        self._minute = -1
+        self._window = -1
         self._used = 0
         self._paused_until = 0.0
 
     def _roll(self, now: float) -> int:
-        minute = int(now // 60)
-        if minute != self._minute:
-            self._minute, self._used = minute, 0
-        return minute
+        window = int(now // self.window_s)
+        if window != self._window:
+            self._window, self._used = window, 0
+        return window
 
     async def acquire(self, weight: int, stats: RequestStats) -> int:
-        """Wait until `weight` fits in the current minute, reserve it, return that minute."""
+        """Wait until `weight` fits in the current window, reserve it, return that window."""
         if weight > self.limit:
             raise ValueError(f"one request of weight {weight} exceeds the budget {self.limit}")
         while True:
             now = self._clock()
             wake = self._paused_until
             if now >= wake:
-                minute = self._roll(now)
-                if now - minute * 60 < self.BOUNDARY_GUARD_S and self._used == 0:
-                    wake = minute * 60 + self.BOUNDARY_GUARD_S
+                window = self._roll(now)
+                if now - window * self.window_s < self._guard and self._used == 0:
+                    wake = window * self.window_s + self._guard
                 elif self._used + weight <= self.limit:
                     self._used += weight
-                    return minute
+                    return window
                 else:
-                    wake = (minute + 1) * 60 + self.BOUNDARY_GUARD_S
+                    wake = (window + 1) * self.window_s + self._guard
             delay = max(wake - now, 0.001)
             stats.paced_seconds += delay
             await self._sleep(delay)
 
-    def observe(self, sent_minute: int, used: int) -> None:
-        """Take the server's used weight, reported on a response to a request sent in `sent_minute`."""
-        # A response that crossed a minute boundary reports the old minute's count: skip it.
-        if sent_minute == self._minute == int(self._clock() // 60) and used > self._used:
+    def observe(self, sent_window: int, used: int) -> None:
+        """Take the server's used weight, reported on a response to a request sent in `sent_window`."""
+        # A response that crossed a window boundary reports the old window's count: skip it.
+        if sent_window == self._window == int(self._clock() // self.window_s) and used > self._used:
             self._used = used
 
     @classmethod
     def for_host(
-        cls, base_url: str, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep
-    ) -> MinuteWeightBudget:
+        cls, base_url: str, limit: int, clock: Clock = time.time, sleep: Sleep = asyncio.sleep, window_s: float = 60.0
+    ) -> WeightBudget:
         """The one budget of this process for `base_url`: the server counts weight per IP, so
         every client in the process (one per asset step) must draw on the same budget."""
-        key = (base_url.rstrip("/"), limit, clock, sleep)
+        key = (base_url.rstrip("/"), limit, window_s, clock, sleep)
         if key not in cls._shared:
-            cls._shared[key] = cls(limit, clock, sleep)
+            cls._shared[key] = cls(limit, clock, sleep, window_s)
         return cls._shared[key]
 
     def pause(self, seconds: float) -> None:
@@ -125,6 +128,19 @@ class MinuteWeightBudget:
 ErrorDetail = Callable[[httpx.Response], tuple[str, int | None]]
 
 
+@dataclass(frozen=True)
+class EnvelopeError:
+    """An error a vendor reports inside a 200 answer's body (OKX's `code`, Bybit's `retCode`)."""
+
+    code: int
+    message: str
+    throttled: bool = False  # "too many requests": wait and try again, as after a 429
+
+
+# Reads a decoded 200 body: the error it carries, or None when it carries data.
+EnvelopeCheck = Callable[[Any], EnvelopeError | None]
+
+
 def _plain_error_detail(response: httpx.Response) -> tuple[str, int | None]:
     return response.text[:200] or response.reason_phrase, None
 
@@ -133,11 +149,13 @@ class PacedHttp:
     """GET JSON or files from one upstream host, paced by a weight budget (None: unmetered, as
     file hosts are), with bounded retries.
 
-    - 429: wait `Retry-After` (the whole client pauses), then try again;
-    - 418: raise `UpstreamBanned` naming when the ban ends;
+    - 429 (or an envelope saying "too many requests"): wait `Retry-After` (the whole client
+      pauses; `default_retry_after_s` without the header), then try again;
+    - 418 (`ban_statuses`): raise `UpstreamBanned` naming when the ban ends;
     - 5xx, timeouts, dropped connections and unparseable bodies: retried up to `max_attempts`
       times with exponential backoff and jitter, then `UpstreamUnavailable`;
-    - other 4xx: `UpstreamRejected` with the vendor's error code and message.
+    - other 4xx, or an error in a 200 answer's envelope (`envelope_check`): `UpstreamRejected`
+      with the vendor's error code and message.
     """
 
     MAX_THROTTLED = 10
@@ -146,7 +164,7 @@ class PacedHttp:
         self,
         source: str,
         base_url: str,
-        budget: MinuteWeightBudget | None,
+        budget: WeightBudget | None,
         *,
         used_weight_header: str | None = None,
         error_detail: ErrorDetail = _plain_error_detail,
@@ -156,8 +174,16 @@ class PacedHttp:
         backoff_cap_s: float = 20.0,
         timeout_s: float = 30.0,
         sleep: Sleep = asyncio.sleep,
+        envelope_check: EnvelopeCheck | None = None,
+        default_retry_after_s: float = 60.0,
+        ban_statuses: tuple[int, ...] = (418,),
+        default_ban_s: float = 120.0,
     ):
         self.source = source
+        self._envelope_check = envelope_check
+        self._default_retry_after = default_retry_after_s
+        self._ban_statuses = ban_statuses
+        self._default_ban = default_ban_s
         self.base_url = base_url.rstrip("/")
         self.budget = budget
         self.stats = RequestStats()
@@ -231,21 +257,12 @@ class PacedHttp:
             self._observe_weight(minute, response)
             status = response.status_code
             if status == 429:
-                self.stats.throttled += 1
                 throttled += 1
-                if throttled > self.MAX_THROTTLED:
-                    raise UpstreamUnavailable(
-                        self.source, f"{request} answered HTTP 429 {throttled} times in a row"
-                    )
-                retry_after = _retry_after(response, default=60.0)
-                if self.budget:
-                    self.budget.pause(retry_after)
-                else:
-                    await self._sleep(retry_after)
+                await self._back_off(request, throttled, _retry_after(response, self._default_retry_after))
                 attempt -= 1  # not a failed attempt: the budget decides when to go again
                 continue
-            if status == 418:
-                retry_after = _retry_after(response, default=120.0)
+            if status in self._ban_statuses:
+                retry_after = _retry_after(response, default=self._default_ban)
                 until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=retry_after)
                 detail, _ = self._error_detail(response)
                 raise UpstreamBanned(self.source, request, until, detail)
@@ -258,9 +275,28 @@ class PacedHttp:
                 detail, code = self._error_detail(response)
                 raise UpstreamRejected(self.source, request, status, detail, code)
             try:
-                return decode(response)
+                decoded = decode(response)
             except _Undecodable as exc:
                 await self._retry_or_give_up(request, attempt, str(exc))
+                continue
+            verdict = self._envelope_check(decoded[0]) if self._envelope_check else None
+            if verdict is None:
+                return decoded
+            if not verdict.throttled:
+                raise UpstreamRejected(self.source, request, status, f"code {verdict.code}: {verdict.message}", verdict.code)
+            throttled += 1
+            await self._back_off(request, throttled, _retry_after(response, self._default_retry_after))
+            attempt -= 1
+
+    async def _back_off(self, request: str, throttled: int, retry_after: float) -> None:
+        """Told to slow down `throttled` times in a row: pause the budget (or this request)."""
+        self.stats.throttled += 1
+        if throttled > self.MAX_THROTTLED:
+            raise UpstreamUnavailable(self.source, f"{request} was told to slow down {throttled} times in a row")
+        if self.budget:
+            self.budget.pause(retry_after)
+        else:
+            await self._sleep(retry_after)
 
     def _observe_weight(self, minute: int, response: httpx.Response) -> None:
         if self._used_header is None:

@@ -1,0 +1,61 @@
+"""What every partitioned dataset asset shares: the pool its runs queue in, the bounds of its
+partitions, and how a range run records the partitions that landed when others could not be read."""
+
+import datetime as dt
+
+import dagster as dg
+
+from marketdata_assets.catalog import Instrument
+from marketdata_assets.sources.errors import PieceFailure
+
+
+def venue_pool(instrument: Instrument, warehouse_kind: str) -> str:
+    """The Dagster pool an asset's runs take a slot of: its venue and market, so runs share a
+    venue's rate limit instead of racing for it; with DuckDB one writer for all (one process at
+    a time may write the file, and a single writer also paces every venue)."""
+    return instrument.key_prefix if warehouse_kind == "postgres" else "duckdb_writer"
+
+
+def partition_bounds(partitions: dg.TimeWindowPartitionsDefinition) -> tuple[dt.datetime, dt.datetime]:
+    """(end of the first partition, which holds the listing; start of the one in progress)."""
+    last_key = partitions.get_last_partition_key()
+    assert last_key is not None  # the start date is never in the future (catalog)
+    first = partitions.get_first_partition_window()
+    assert first is not None
+    return first.end, partitions.time_window_for_partition_key(last_key).start
+
+
+class WindowsFailed(Exception):
+    """Some windows of a range run could not be read; the others were stored and recorded."""
+
+
+def partial_outcome(
+    context: dg.AssetExecutionContext, key: dg.AssetKey, partitions: dg.TimeWindowPartitionsDefinition,
+    failures: list[PieceFailure], rows_written: int, what: str,
+) -> tuple[list[dg.AssetMaterialization], WindowsFailed]:
+    """For a run some of whose windows failed: a materialization of each partition that fully
+    landed, and the error (naming every failed window) to raise once they and the checks are out."""
+    failed = set()
+    for partition_key in context.partition_keys:
+        window = partitions.time_window_for_partition_key(partition_key)
+        if any(f.start < window.end and window.start < f.end for f in failures):
+            failed.add(partition_key)
+    landed = []
+    for partition_key in context.partition_keys:
+        if partition_key not in failed:
+            window = partitions.time_window_for_partition_key(partition_key)
+            landed.append(dg.AssetMaterialization(
+                asset_key=key,
+                partition=partition_key,
+                metadata={
+                    "window": dg.MetadataValue.text(f"[{window.start.isoformat()}, {window.end.isoformat()})"),
+                    "run_rows_written": dg.MetadataValue.int(rows_written),
+                    "note": dg.MetadataValue.text(f"stored; {len(failed)} other partitions of this run failed"),
+                },
+            ))
+    error = WindowsFailed(
+        f"{what}: {len(failures)} windows could not be read, so partitions {', '.join(sorted(failed))} are not "
+        f"materialized; the other {len(context.partition_keys) - len(failed)} are:\n"
+        + "\n".join(f"- {failure.describe()}" for failure in failures)
+    )
+    return landed, error
