@@ -15,8 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from marketdata_assets.timeframes import TIMEFRAMES
 
 PACKAGED_CATALOG = "catalog.yaml"
-SUPPORTED_VENUES = ("binance",)
 PERP_DATASETS = ("klines", "funding", "open_interest", "long_short")
+# What each venue and market can keep so far. OKX and Bybit: funding only (their klines,
+# open interest and positioning are not fetched yet).
+VENUE_DATASETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "binance": {"spot": ("klines",), "perp": PERP_DATASETS},
+    "okx": {"perp": ("funding",)},
+    "bybit": {"perp": ("funding",)},
+}
+SUPPORTED_VENUES = tuple(VENUE_DATASETS)
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]*$")
 
 
@@ -32,7 +39,7 @@ class Instrument(BaseModel):
     venue: str
     market: Literal["spot", "perp"]
     symbol: str
-    timeframes: tuple[str, ...] = Field(min_length=1)
+    timeframes: tuple[str, ...] = ()  # required when klines are kept
     start_date: dt.date | None = None
     datasets: tuple[str, ...] | None = None
     # Where klines come from: archive files where they exist, else REST (auto); only one of them.
@@ -76,17 +83,29 @@ class Instrument(BaseModel):
         return start
 
     @model_validator(mode="after")
-    def _datasets_fit_market(self) -> Instrument:
-        if self.datasets is None:
-            return self
-        allowed = PERP_DATASETS if self.market == "perp" else ("klines",)
-        for name in self.datasets:
+    def _datasets_fit_venue_and_market(self) -> Instrument:
+        allowed = self.supported_datasets
+        if not allowed:
+            markets = ", ".join(VENUE_DATASETS[self.venue])
+            raise ValueError(f"market: {self.venue} has no {self.market} datasets yet (supported: {markets})")
+        for name in self.datasets or ():
             if name not in allowed:
                 raise ValueError(
-                    f"datasets: {name!r} is not a dataset of a {self.market} instrument "
+                    f"datasets: {name!r} is not a dataset of a {self.venue} {self.market} instrument "
                     f"(allowed: {', '.join(allowed)})"
                 )
+        if self.has_dataset("klines") and not self.timeframes:
+            raise ValueError("timeframes: is required to keep klines (or narrow `datasets` to leave klines out)")
+        if self.timeframes and not self.has_dataset("klines"):
+            reason = "its datasets leave klines out" if "klines" in allowed else f"{self.venue} klines are not supported yet"
+            raise ValueError(f"timeframes: given, but {reason}")
+        if self.venue == "okx" and self.market == "perp" and not self.symbol.endswith("-SWAP"):
+            raise ValueError(f"symbol: {self.symbol!r} is not an OKX perpetual instrument id (like BTC-USDT-SWAP)")
         return self
+
+    @property
+    def supported_datasets(self) -> tuple[str, ...]:
+        return VENUE_DATASETS[self.venue].get(self.market, ())
 
     @property
     def slug(self) -> str:
@@ -98,9 +117,9 @@ class Instrument(BaseModel):
         return f"{self.venue}_{self.market}"
 
     def has_dataset(self, name: str) -> bool:
-        if self.datasets is None:
-            return name == "klines" or self.market == "perp"
-        return name in self.datasets
+        """Whether this instrument keeps `name`: every dataset its venue and market support,
+        unless `datasets` narrows them."""
+        return name in (self.supported_datasets if self.datasets is None else self.datasets)
 
     def describe(self) -> str:
         return f"{self.venue} {self.market} {self.symbol}"

@@ -13,12 +13,11 @@ import asyncio
 import datetime as dt
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
 from marketdata_assets.schemas import FUNDING_RATES, KLINES, REJECTED_ROWS
-from marketdata_assets.sources.binance_funding import BinanceFundingSource
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource
 from marketdata_assets.sources.binance_metrics import TABLES, BinanceMetricsSource, Dataset
 from marketdata_assets.sources.errors import PieceFailure
@@ -126,6 +125,22 @@ def ingest_klines(
     return report
 
 
+class FundingSource(Protocol):
+    """Funding settlements of one venue: Binance's archive and REST, OKX's or Bybit's REST."""
+
+    rows_by_source: dict[str, int]
+    failures: list[PieceFailure]  # parts of a window the venue no longer holds
+
+    @property
+    def requests(self) -> int: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def fetch(self, symbol: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame: ...
+
+
 @dataclass
 class FundingIngestReport:
     rows_written: int
@@ -133,13 +148,14 @@ class FundingIngestReport:
     last: dt.datetime | None
     rows_by_source: dict[str, int]
     requests: int
+    failures: list[PieceFailure]
 
 
 def ingest_funding(
-    source: BinanceFundingSource, warehouse: Warehouse, symbol: str, start: dt.datetime, end: dt.datetime
+    source: FundingSource, warehouse: Warehouse, symbol: str, start: dt.datetime, end: dt.datetime
 ) -> FundingIngestReport:
-    """Fetch and store every funding settlement in [start, end) (UTC), in one transaction: a
-    month holds 93 of them."""
+    """Fetch and store every funding settlement in [start, end) (UTC) the venue holds, in one
+    transaction (a month holds 93 of them); what it no longer holds is in `failures`."""
 
     async def fetch() -> pl.DataFrame:
         async with source:
@@ -150,7 +166,7 @@ def ingest_funding(
     times = frame["funding_time"]
     return FundingIngestReport(
         written, times.min() if written else None, times.max() if written else None,  # type: ignore[arg-type]
-        dict(source.rows_by_source), source.rest.stats.requests,
+        dict(source.rows_by_source), source.requests, list(source.failures),
     )
 
 

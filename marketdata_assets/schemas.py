@@ -5,6 +5,7 @@ Every source returns frames in these schemas, the warehouse stores them and the 
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import polars as pl
@@ -131,6 +132,23 @@ FUNDING_RATES = TableSpec(
     primary_key=("venue", "symbol", "funding_time"),
     kept_when_null=("mark_price",),  # REST's mark price outlives a later re-read from the archive
 )
+
+
+def funding_frame(
+    venue: str, symbol: str, times_ms: list[int], rates: list[float], marks: list[float | None] | None = None,
+    source: str = "rest",
+) -> pl.DataFrame:
+    """FUNDING_RATES rows from exact ms times, rates and (where the venue gives them) mark prices."""
+    count = len(times_ms)
+    return pl.DataFrame({
+        "venue": [venue] * count,
+        "symbol": [symbol] * count,
+        "funding_time": pl.Series(times_ms, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
+        "funding_rate": pl.Series(rates, dtype=pl.Float64),
+        "mark_price": pl.Series(marks if marks is not None else [None] * count, dtype=pl.Float64),
+        "source": [source] * count,
+        "ingested_at": [dt.datetime.now(dt.UTC)] * count,
+    }).cast(FUNDING_RATES.schema)  # type: ignore[arg-type]
 
 
 # Open interest of perpetual futures: one snapshot every 5 minutes.

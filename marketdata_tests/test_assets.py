@@ -85,7 +85,10 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
     assert sorted(specs) == sorted(
         [f"binance_{market}/klines_{tf}/{symbol}"
          for market in ("perp", "spot") for tf in ("1h", "1m") for symbol in ("BTCUSDT", "ETHUSDT")]
-        + ["binance_perp/funding/BTCUSDT", "binance_perp/funding/ETHUSDT"]
+        + [f"binance_perp/{dataset}/{symbol}" for dataset in ("funding", "open_interest", "long_short")
+           for symbol in ("BTCUSDT", "ETHUSDT")]
+        + ["okx_perp/funding/BTC_USDT_SWAP", "okx_perp/funding/ETH_USDT_SWAP",
+           "bybit_perp/funding/BTCUSDT", "bybit_perp/funding/ETHUSDT"]
     )
     btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
     assert btc_perp_1m.group_name == "binance_perp"

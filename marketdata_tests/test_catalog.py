@@ -13,16 +13,22 @@ from marketdata_assets.catalog import CatalogError, load_catalog
 from marketdata_tests.conftest import write_catalog
 
 
-def test_packaged_catalog_has_btc_and_eth_spot_and_perp_at_their_listing_dates():
+def test_packaged_catalog_has_btc_and_eth_spot_and_perps_on_three_venues_at_their_listing_dates():
     catalog = load_catalog()
-    got = {(i.market, i.symbol): (i.start_date, i.timeframes) for i in catalog.instruments}
+    got = {(i.venue, i.market, i.symbol): (i.start_date, i.timeframes) for i in catalog.instruments}
     assert got == {
-        ("spot", "BTCUSDT"): (dt.date(2017, 8, 17), ("1m", "1h")),
-        ("spot", "ETHUSDT"): (dt.date(2017, 8, 17), ("1m", "1h")),
-        ("perp", "BTCUSDT"): (dt.date(2019, 9, 8), ("1m", "1h")),
-        ("perp", "ETHUSDT"): (dt.date(2019, 11, 27), ("1m", "1h")),
+        ("binance", "spot", "BTCUSDT"): (dt.date(2017, 8, 17), ("1m", "1h")),
+        ("binance", "spot", "ETHUSDT"): (dt.date(2017, 8, 17), ("1m", "1h")),
+        ("binance", "perp", "BTCUSDT"): (dt.date(2019, 9, 8), ("1m", "1h")),
+        ("binance", "perp", "ETHUSDT"): (dt.date(2019, 11, 27), ("1m", "1h")),
+        ("okx", "perp", "BTC-USDT-SWAP"): (dt.date(2019, 12, 10), ()),
+        ("okx", "perp", "ETH-USDT-SWAP"): (dt.date(2019, 12, 10), ()),
+        ("bybit", "perp", "BTCUSDT"): (dt.date(2020, 3, 25), ()),
+        ("bybit", "perp", "ETHUSDT"): (dt.date(2020, 10, 22), ()),
     }
-    assert all(i.venue == "binance" for i in catalog.instruments)
+    perps = [i for i in catalog.instruments if i.market == "perp"]
+    assert all(i.has_dataset("funding") for i in perps)
+    assert [i.venue for i in perps if i.has_dataset("open_interest") and i.has_dataset("long_short")] == ["binance"] * 2
 
 
 def test_instrument_without_start_date_takes_the_catalog_start(tmp_path: Path):
@@ -52,7 +58,15 @@ GOOD = {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes":
         ({**GOOD, "symbol": "btc/usdt"},
          "field 'symbol': 'btc/usdt' is not a venue-native symbol"),
         ({k: v for k, v in GOOD.items() if k != "timeframes"},
-         "instruments[0] (binance perp BTCUSDT), field 'timeframes': is required"),
+         "instruments[0] (binance perp BTCUSDT): timeframes: is required to keep klines"),
+        ({"venue": "okx", "market": "perp", "symbol": "BTC-USDT-SWAP", "timeframes": ["1m"]},
+         "instruments[0] (okx perp BTC-USDT-SWAP): timeframes: given, but okx klines are not supported yet"),
+        ({"venue": "okx", "market": "perp", "symbol": "BTC-USDT"},
+         "symbol: 'BTC-USDT' is not an OKX perpetual instrument id (like BTC-USDT-SWAP)"),
+        ({"venue": "bybit", "market": "spot", "symbol": "BTCUSDT"},
+         "instruments[0] (bybit spot BTCUSDT): market: bybit has no spot datasets yet (supported: perp)"),
+        ({"venue": "bybit", "market": "perp", "symbol": "BTCUSDT", "datasets": ["open_interest"]},
+         "datasets: 'open_interest' is not a dataset of a bybit perp instrument (allowed: funding)"),
         ({**GOOD, "start_date": "2020-02-30"},
          "field 'start_date': Input should be a valid date"),
         ({**GOOD, "start_date": "2999-01-01"},
@@ -60,7 +74,7 @@ GOOD = {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes":
         ({**GOOD, "timefrmes": ["1h"]},
          "instruments[0] (binance perp BTCUSDT), field 'timefrmes': unknown field"),
         ({**GOOD, "datasets": ["funding", "orderbook"]},
-         "'orderbook' is not a dataset of a perp instrument"),
+         "'orderbook' is not a dataset of a binance perp instrument"),
         ({**GOOD, "timeframes": ["1m", "1m"]}, "timeframes are listed twice"),
         ({**GOOD, "source": "s3"},
          "instruments[0] (binance perp BTCUSDT), field 'source': Input should be 'auto', 'archive' or 'rest'"),

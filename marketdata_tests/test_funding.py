@@ -117,7 +117,8 @@ def test_datasets_narrow_a_perp_to_its_klines(tmp_path, settings):
         {"venue": "binance", "market": "perp", "symbol": "ETHUSDT", "timeframes": ["1h"]},
     ], start_date="2024-01-01")
     keys = {spec.key.to_user_string() for spec in build_definitions(with_settings(settings, catalog_path=catalog)).resolve_all_asset_specs()}
-    assert keys == {"binance_perp/klines_1h/BTCUSDT", "binance_perp/klines_1h/ETHUSDT", "binance_perp/funding/ETHUSDT"}
+    assert keys == {"binance_perp/klines_1h/BTCUSDT", "binance_perp/klines_1h/ETHUSDT", "binance_perp/funding/ETHUSDT",
+                    "binance_perp/open_interest/ETHUSDT", "binance_perp/long_short/ETHUSDT"}
 
 
 def test_funding_checks_name_a_missing_settlement_one_off_the_grid_and_an_implausible_rate(tmp_path, any_warehouse_url, emulator):

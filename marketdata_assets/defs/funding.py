@@ -1,14 +1,21 @@
-"""The funding asset factory: one time-partitioned asset per perpetual instrument."""
-
+"""The funding asset factory: one time-partitioned asset per perpetual instrument, on any venue."""
 
 import dagster as dg
 
 from marketdata_assets.catalog import Instrument
 from marketdata_assets.defs.checks import funding_check_results, funding_check_specs
 from marketdata_assets.defs.klines import klines_partitions
-from marketdata_assets.defs.partitions import partition_bounds, venue_pool
-from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
+from marketdata_assets.defs.partitions import partial_outcome, partition_bounds, venue_pool
 from marketdata_assets.ingest import ingest_funding
+
+# Where each venue's settlements come from, and how far back they reach (the asset says so).
+_SOURCES = {
+    "binance": "the archive's monthly fundingRate files for past months (no mark price), REST for the rest; "
+               "the whole history since the listing",
+    "okx": "OKX's REST funding history (no mark price). OKX keeps only about three months: older windows "
+           "fail, naming the oldest settlement OKX still serves, rather than pretend to be covered",
+    "bybit": "Bybit's REST funding history (no mark price), the whole history since the listing",
+}
 
 
 def funding_asset_key(instrument: Instrument) -> dg.AssetKey:
@@ -30,22 +37,22 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
         group_name=instrument.key_prefix,
         kinds={instrument.venue, warehouse_kind},
         pool=venue_pool(instrument, warehouse_kind),
+        required_resource_keys={"warehouse", instrument.venue},
         description=(
-            f"Funding settlements of {instrument.describe()} (exact times, a few ms after the 8-hour "
-            "marks), in market_data.funding_rates: the archive's monthly files for past months "
-            "(no mark price), REST for the rest."
+            f"Funding settlements of {instrument.describe()} at their exact reported times, in "
+            f"market_data.funding_rates: {_SOURCES[instrument.venue]}."
         ),
         metadata={"venue": instrument.venue, "symbol": instrument.symbol, "table": "market_data.funding_rates"},
     )
-    def funding(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource
-    ) -> dg.MaterializeResult:
+    def funding(context: dg.AssetExecutionContext):
         window = context.partition_time_window
-        store = warehouse.open()
-        report = ingest_funding(binance.funding_source(), store, instrument.symbol, window.start, window.end)
+        store = context.resources.warehouse.open()
+        source = getattr(context.resources, instrument.venue).funding_source()
+        report = ingest_funding(source, store, instrument.symbol, window.start, window.end)
         context.log.info(
             f"{instrument.describe()} funding [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
-            f"{report.rows_written} settlements, {report.rows_by_source['archive']} from the archive"
+            f"{report.rows_written} settlements, {report.rows_by_source['archive']} from the archive, "
+            f"{report.requests} REST requests"
         )
 
         def moment(value) -> dg.MetadataValue:
@@ -54,7 +61,14 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
         checks = funding_check_results(
             store, key, instrument.venue, instrument.symbol, window.start, window.end, *partition_bounds(partitions)
         )
-        return dg.MaterializeResult(check_results=checks, metadata={
+        if report.failures:
+            landed, error = partial_outcome(
+                context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} funding"
+            )
+            yield from landed
+            yield from checks
+            raise error
+        yield dg.MaterializeResult(check_results=checks, metadata={
             "rows_written": report.rows_written,
             "first_funding_time": moment(report.first),
             "last_funding_time": moment(report.last),

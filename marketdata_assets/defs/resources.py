@@ -9,6 +9,8 @@ from marketdata_assets.sources.binance_archive import BinanceArchiveClient
 from marketdata_assets.sources.binance_funding import BinanceFundingClient, BinanceFundingSource
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource, SourceMode
 from marketdata_assets.sources.binance_metrics import BinanceMetricsSource, BinanceStatsClient
+from marketdata_assets.sources.bybit import BybitFundingSource
+from marketdata_assets.sources.okx import OkxFundingSource
 from marketdata_assets.warehouse import Warehouse, open_warehouse
 
 
@@ -63,6 +65,24 @@ class BinanceResource(dg.ConfigurableResource):
         )
 
 
+class OkxResource(dg.ConfigurableResource):
+    """OKX's public REST API."""
+
+    url: str
+
+    def funding_source(self) -> OkxFundingSource:
+        return OkxFundingSource(self.url)
+
+
+class BybitResource(dg.ConfigurableResource):
+    """Bybit's public REST API."""
+
+    url: str
+
+    def funding_source(self) -> BybitFundingSource:
+        return BybitFundingSource(self.url)
+
+
 def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(url=settings.warehouse_url),
@@ -75,4 +95,6 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             futures_weight_limit=settings.binance_futures_weight_limit,
             max_concurrency=settings.binance_max_concurrency,
         ),
+        "okx": OkxResource(url=settings.okx_url),
+        "bybit": BybitResource(url=settings.bybit_url),
     }

@@ -109,12 +109,13 @@ class FundingBlock:
     mark_price: np.ndarray
 
 
-def synthetic_funding(symbol: str, marks_ms: np.ndarray) -> FundingBlock:
-    """The settlements at the 8-hour marks `marks_ms`: each reported 1-30 ms late, as Binance's are."""
+def synthetic_funding(symbol: str, marks_ms: np.ndarray, venue: str = "binance") -> FundingBlock:
+    """The settlements at the 8-hour marks `marks_ms`: Binance reports each 1-30 ms late; OKX and
+    Bybit report the mark itself."""
     marks_ms = np.asarray(marks_ms, dtype=np.int64)
-    seed = _seed("funding", symbol)
+    seed = _seed("funding", symbol) if venue == "binance" else _seed("funding", venue, symbol)
     index = marks_ms // FUNDING_INTERVAL_MS
-    jitter = 1 + np.floor(_uniform(index, seed, 0) * 30).astype(np.int64)
+    jitter = 1 + np.floor(_uniform(index, seed, 0) * 30).astype(np.int64) if venue == "binance" else 0
     rate = np.round(0.0001 + 0.0006 * (_uniform(index, seed, 1) - 0.35), 8)
     base = _BASE_PRICE.get(symbol[:3], 100.0)
     phase = float(_seed("perp", symbol, "60000") % np.uint64(1000)) / 1000.0 * 2 * np.pi

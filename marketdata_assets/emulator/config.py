@@ -27,6 +27,17 @@ BINANCE_LISTINGS: dict[tuple[str, str], int] = {
 }
 
 
+# First funding settlement of each perpetual on OKX and Bybit (UTC, approximate launch days).
+OKX_LISTINGS: dict[str, int] = {
+    "BTC-USDT-SWAP": _utc_ms("2019-12-10 08:00"),
+    "ETH-USDT-SWAP": _utc_ms("2019-12-10 08:00"),
+}
+BYBIT_LISTINGS: dict[str, int] = {
+    "BTCUSDT": _utc_ms("2020-03-25 16:00"),
+    "ETHUSDT": _utc_ms("2020-10-22 08:00"),
+}
+
+
 @dataclass(frozen=True)
 class Faults:
     """Injected misbehaviour on data endpoints; rates are probabilities per request."""
@@ -71,6 +82,17 @@ class EmulatorConfig:
     # windows whose first fetches fail.
     scenario: Scenario = field(default_factory=Scenario)
     listings: Mapping[tuple[str, str], int] = field(default_factory=lambda: dict(BINANCE_LISTINGS))
+    # OKX: perpetuals by instId, about three months of funding kept, 10 requests / 2 s per IP and
+    # instrument on the funding history.
+    okx_listings: Mapping[str, int] = field(default_factory=lambda: dict(OKX_LISTINGS))
+    okx_funding_retention_days: int = 92
+    okx_funding_requests_per_2s: int = 10
+    # Bybit: linear perpetuals by symbol; 600 requests / 5 s per IP, then HTTP 403 and a ban of
+    # `bybit_ban_seconds`; `bybit_requests_per_s` (None: off) answers retCode 10006 beyond it.
+    bybit_listings: Mapping[str, int] = field(default_factory=lambda: dict(BYBIT_LISTINGS))
+    bybit_requests_per_5s: int = 600
+    bybit_ban_seconds: int = 600
+    bybit_requests_per_s: int | None = None
 
     def with_listing(self, market: str, symbol: str, first_open: dt.datetime) -> EmulatorConfig:
         listings = dict(self.listings)

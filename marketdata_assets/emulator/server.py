@@ -15,7 +15,9 @@ from starlette.routing import Route
 
 from marketdata_assets.emulator.archive import BinanceArchiveEmulator
 from marketdata_assets.emulator.binance import BinanceEmulator
+from marketdata_assets.emulator.bybit import BybitEmulator
 from marketdata_assets.emulator.config import EmulatorConfig
+from marketdata_assets.emulator.okx import OkxEmulator
 from marketdata_assets.emulator.scenario import FailureBudget
 
 
@@ -28,14 +30,19 @@ def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] =
     failures = FailureBudget(config.scenario.failing_windows)
     binance = BinanceEmulator(config, failures, clock)
     archive = BinanceArchiveEmulator(config, failures, clock)
+    okx = OkxEmulator(config, clock)
+    bybit = BybitEmulator(config, clock)
 
     async def stats(request: Request) -> Response:
-        body = {"binance": binance.stats(), "binance_archive": archive.stats()}
+        body = {"binance": binance.stats(), "binance_archive": archive.stats(), "okx": okx.stats(), "bybit": bybit.stats()}
         return Response(orjson.dumps(body), media_type="application/json")
 
-    app = Starlette(routes=[*binance.routes(), *archive.routes(), Route("/emulator/stats", stats)])
+    app = Starlette(routes=[
+        *binance.routes(), *archive.routes(), *okx.routes(), *bybit.routes(), Route("/emulator/stats", stats)])
     app.state.binance = binance
     app.state.archive = archive
+    app.state.okx = okx
+    app.state.bybit = bybit
     return app
 
 

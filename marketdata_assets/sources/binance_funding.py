@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from marketdata_assets.schemas import FUNDING_RATES
+from marketdata_assets.schemas import FUNDING_RATES, funding_frame
 from marketdata_assets.sources.binance import USED_WEIGHT_HEADER, binance_error_detail
 from marketdata_assets.sources.binance_archive import (
     ARCHIVE_SOURCE,
@@ -37,21 +37,6 @@ def _ms(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _frame(symbol: str, times: list[int], rates: list[float], marks: list[float | None], source: str) -> pl.DataFrame:
-    count = len(times)
-    return pl.DataFrame(
-        {
-            "venue": ["binance"] * count,
-            "symbol": [symbol] * count,
-            "funding_time": pl.Series(times, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
-            "funding_rate": pl.Series(rates, dtype=pl.Float64),
-            "mark_price": pl.Series(marks, dtype=pl.Float64),
-            "source": [source] * count,
-            "ingested_at": [dt.datetime.now(dt.UTC)] * count,
-        }
-    ).cast(FUNDING_RATES.schema)  # type: ignore[arg-type]
-
-
 def parse_funding_rows(rows: Any, symbol: str) -> pl.DataFrame:
     """`[{"symbol","fundingRate","fundingTime","markPrice"}, …]` to FUNDING_RATES; MalformedResponse
     naming the first bad row otherwise. markPrice is optional (old rows have "")."""
@@ -71,7 +56,7 @@ def parse_funding_rows(rows: Any, symbol: str) -> pl.DataFrame:
             raise MalformedResponse(where, f"row {index} is not a funding row ({exc}): {str(row)[:160]}") from None
     if times != sorted(times) or len(set(times)) != len(times):
         raise MalformedResponse(where, "rows are not in strictly ascending fundingTime order")
-    return _frame(symbol, times, rates, marks, "rest")
+    return funding_frame("binance", symbol, times, rates, marks, "rest")
 
 
 def parse_funding_archive(csv: bytes, file: FundingFile) -> pl.DataFrame:
@@ -92,7 +77,7 @@ def parse_funding_archive(csv: bytes, file: FundingFile) -> pl.DataFrame:
             raise MalformedResponse(ARCHIVE_SOURCE, f"{file.path}: row {index}: calc_time {calc_time} is outside the file's month")
         times.append(calc_time)
         rates.append(rate)
-    return _frame(file.symbol, times, rates, [None] * len(times), "archive")
+    return funding_frame("binance", file.symbol, times, rates, None, "archive")
 
 
 class BinanceFundingClient(UpstreamClient):
@@ -146,6 +131,11 @@ class BinanceFundingSource:
         self.archive = archive
         self._clock = clock
         self.rows_by_source = {"archive": 0, "rest": 0}
+        self.failures: list = []  # the archive and REST together hold every month
+
+    @property
+    def requests(self) -> int:
+        return self.rest.stats.requests
 
     async def __aenter__(self) -> BinanceFundingSource:
         await self.rest.__aenter__()

@@ -1,0 +1,110 @@
+"""Bybit's funding-rate history (`/v5/market/funding/history`), as Bybit serves it.
+
+Wire facts (UPSTREAMS.md): the envelope `{"retCode":0,"retMsg":"OK","result":{"category","list":[…]},
+"retExtInfo":{},"time":…}`; rows `{"symbol","fundingRate","fundingRateTimestamp"}` (strings, ms),
+newest first; `limit` 1..200 (default 200); `startTime` without `endTime` is an error (10001),
+as is an unknown symbol or category. Over the IP limit (600 requests / 5 s): HTTP 403 and a ban;
+`bybit_requests_per_s`, when set, answers retCode 10006 "Too many visits!" beyond it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_funding
+from marketdata_assets.emulator.config import EmulatorConfig
+
+
+class BybitError(Exception):
+    def __init__(self, code: int, msg: str):
+        self.code, self.msg = code, msg
+
+
+class BybitEmulator:
+    def __init__(self, config: EmulatorConfig, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self._five_seconds = (-1, 0)
+        self._second = (-1, 0)
+        self.banned_until = 0.0
+        self.answers: Counter[str] = Counter()
+
+    def routes(self) -> list[Route]:
+        return [Route("/v5/market/funding/history", self._funding_history)]
+
+    def _envelope(self, code: int, msg: str, result: dict, now: float, status: int = 200, headers=None) -> Response:
+        self.answers[str(status) if code == 0 else f"{status}/{code}"] += 1
+        body = orjson.dumps({"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": int(now * 1000)})
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    def _count(self, slot: tuple[int, int], window: int) -> tuple[int, int]:
+        return (window, slot[1] + 1) if slot[0] == window else (window, 1)
+
+    async def _funding_history(self, request: Request) -> Response:
+        now = self.clock()
+        if now < self.banned_until:
+            self.answers["403"] += 1
+            return Response("access too frequent", status_code=403, media_type="text/plain")
+        self._five_seconds = self._count(self._five_seconds, int(now // 5))
+        if self._five_seconds[1] > self.config.bybit_requests_per_5s:
+            self.banned_until = now + self.config.bybit_ban_seconds
+            self.answers["403"] += 1
+            return Response("access too frequent", status_code=403, media_type="text/plain")
+        self._second = self._count(self._second, int(now))
+        per_second = self.config.bybit_requests_per_s
+        if per_second is not None and self._second[1] > per_second:
+            reset = str((int(now) + 1) * 1000)
+            return self._envelope(10006, "Too many visits!", {}, now, headers={
+                "X-Bapi-Limit": str(per_second), "X-Bapi-Limit-Status": "0", "X-Bapi-Limit-Reset-Timestamp": reset})
+        try:
+            return self._envelope(0, "OK", self._funding_result(request, now), now)
+        except BybitError as exc:
+            return self._envelope(exc.code, exc.msg, {}, now)
+
+    def _funding_result(self, request: Request, now: float) -> dict:
+        params = request.query_params
+        category, symbol = params.get("category", ""), params.get("symbol", "")
+        if category not in ("linear", "inverse"):
+            raise BybitError(10001, "params error: category only support linear or inverse")
+        listed = self.config.bybit_listings.get(symbol)
+        if listed is None:
+            raise BybitError(10001, "params error: symbol invalid")
+
+        def number(name: str) -> int | None:
+            raw = params.get(name)
+            if raw in (None, ""):
+                return None
+            if not raw.isdigit():
+                raise BybitError(10001, f"params error: {name} invalid")
+            return int(raw)
+
+        start, end, limit = number("startTime"), number("endTime"), number("limit") or 200
+        if start is not None and end is None:
+            raise BybitError(10001, "params error: endTime is required when startTime is passed")
+        if not 1 <= limit <= 200:
+            raise BybitError(10001, "params error: limit must be between 1 and 200")
+        if start is not None and end is not None and start > end:
+            raise BybitError(10001, "params error: startTime must be less than endTime")
+        interval = FUNDING_INTERVAL_MS
+        now_ms = int(now * 1000)
+        newest = min(now_ms, end if end is not None else now_ms) // interval * interval
+        oldest = -(-max(listed, start or 0) // interval) * interval
+        if newest < oldest:
+            return {"category": category, "list": []}
+        marks = np.arange(newest, max(oldest, newest - (limit - 1) * interval) - 1, -interval, dtype=np.int64)
+        block = synthetic_funding(symbol, marks, venue="bybit")
+        rows = [
+            {"symbol": symbol, "fundingRate": f"{rate:.8f}".rstrip("0").rstrip("."), "fundingRateTimestamp": str(t)}
+            for t, rate in zip(block.funding_time.tolist(), block.funding_rate.tolist(), strict=True)
+        ]
+        return {"category": category, "list": rows}
+
+    def stats(self) -> dict:
+        return {"answers": dict(sorted(self.answers.items()))}

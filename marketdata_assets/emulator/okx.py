@@ -1,0 +1,102 @@
+"""OKX's public funding-rate history (`/api/v5/public/funding-rate-history`), as OKX serves it.
+
+Wire facts (UPSTREAMS.md): the envelope `{"code":"0","msg":"","data":[…]}` with every value a
+string and times in ms; rows newest first, `after` = older than, `before` = newer than, `limit`
+1..400 (default 400); only about three months kept. Errors: 51001 "instrument doesn't exist"
+with HTTP 200, 51000 parameter errors with 400, 50011 Too Many Requests with 429 beyond 10
+requests per 2 s (per IP and instrument).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_funding
+from marketdata_assets.emulator.config import EmulatorConfig
+
+_DAY_MS = 86_400_000
+
+
+class OkxError(Exception):
+    def __init__(self, status: int, code: str, msg: str):
+        self.status, self.code, self.msg = status, code, msg
+
+
+def _envelope(data: list, code: str = "0", msg: str = "") -> bytes:
+    return orjson.dumps({"code": code, "msg": msg, "data": data})
+
+
+def _ms_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise OkxError(400, "51000", f"Parameter {name} error")
+    return int(raw)
+
+
+class OkxEmulator:
+    def __init__(self, config: EmulatorConfig, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self._window: dict[str, tuple[int, int]] = {}  # instId -> (2-second window, requests in it)
+        self.answers: Counter[str] = Counter()
+
+    def routes(self) -> list[Route]:
+        return [Route("/api/v5/public/funding-rate-history", self._funding_history)]
+
+    def _respond(self, status: int, body: bytes) -> Response:
+        self.answers[str(status)] += 1
+        return Response(body, status_code=status, media_type="application/json")
+
+    async def _funding_history(self, request: Request) -> Response:
+        inst_id = request.query_params.get("instId", "")
+        window = int(self.clock() // 2)
+        seen_window, used = self._window.get(inst_id, (window, 0))
+        used = used + 1 if seen_window == window else 1
+        self._window[inst_id] = (window, used)
+        if used > self.config.okx_funding_requests_per_2s:
+            return self._respond(429, _envelope([], "50011", "Too Many Requests"))
+        try:
+            return self._respond(200, self._funding_body(request, inst_id))
+        except OkxError as exc:
+            return self._respond(exc.status, _envelope([], exc.code, exc.msg))
+
+    def _funding_body(self, request: Request, inst_id: str) -> bytes:
+        if not inst_id:
+            raise OkxError(400, "50014", "Parameter instId can not be empty.")
+        listed = self.config.okx_listings.get(inst_id)
+        if listed is None:
+            raise OkxError(200, "51001", "Instrument ID does not exist.")  # HTTP 200, as OKX answers it
+        after, before = _ms_param(request, "after"), _ms_param(request, "before")
+        limit = _ms_param(request, "limit") or 400
+        if not 1 <= limit <= 400:
+            raise OkxError(400, "51000", "Parameter limit error")
+        now_ms = int(self.clock() * 1000)
+        kept_from = max(listed, now_ms - self.config.okx_funding_retention_days * _DAY_MS)
+        interval = FUNDING_INTERVAL_MS
+        first = -(-kept_from // interval) * interval
+        newest = now_ms // interval * interval
+        if after is not None:
+            newest = min(newest, (after - 1) // interval * interval)
+        oldest = first if before is None else max(first, (before // interval + 1) * interval)
+        if newest < oldest:
+            return _envelope([])
+        marks = np.arange(newest, max(oldest, newest - (limit - 1) * interval) - 1, -interval, dtype=np.int64)
+        block = synthetic_funding(inst_id, marks, venue="okx")
+        rows = [
+            {"fundingRate": f"{rate:.8f}".rstrip("0").rstrip("."), "fundingTime": str(t), "instId": inst_id,
+             "instType": "SWAP", "method": "current_period", "realizedRate": f"{rate:.8f}".rstrip("0").rstrip(".")}
+            for t, rate in zip(block.funding_time.tolist(), block.funding_rate.tolist(), strict=True)
+        ]
+        return _envelope(rows)
+
+    def stats(self) -> dict:
+        return {"answers": dict(sorted(self.answers.items()))}

@@ -1,0 +1,101 @@
+"""Bybit: linear-perpetual funding rates from `/v5/market/funding/history`, as frames in
+`schemas.FUNDING_RATES` (no mark price: Bybit's history has none).
+
+Bybit answers newest first, at most 200 rows, inside `startTime`..`endTime`; `startTime` alone
+is an error, so every request sends both and pages backwards by moving `endTime`. Every answer
+is an envelope `{"retCode","retMsg","result":{"list":[…]}}`: retCode 10006 means slow down,
+10001 a bad parameter (an unknown symbol too); HTTP 403 is an IP ban (about 10 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+import polars as pl
+
+from marketdata_assets.schemas import FUNDING_RATES, funding_frame
+from marketdata_assets.sources.errors import MalformedResponse, PieceFailure
+from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
+
+SOURCE = "bybit funding"
+FUNDING_PATH = "/v5/market/funding/history"
+PAGE_LIMIT = 200
+# Bybit allows 600 requests / 5 s per IP across its API: take half, leave the rest to others.
+REQUESTS_PER_5S = 300
+
+
+def bybit_envelope_error(body: Any) -> EnvelopeError | None:
+    if not isinstance(body, dict) or "retCode" not in body:
+        return EnvelopeError(-1, f"not a Bybit envelope: {str(body)[:160]}")
+    code = body["retCode"]
+    if code == 0:
+        return None
+    return EnvelopeError(int(code), str(body.get("retMsg", "")), throttled=code == 10006)
+
+
+def parse_bybit_funding(body: Any, symbol: str) -> pl.DataFrame:
+    """A Bybit funding-history envelope to FUNDING_RATES rows, ascending (Bybit sends newest first)."""
+    where = f"{SOURCE} {symbol}"
+    result = body.get("result") if isinstance(body, dict) else None
+    rows = result.get("list") if isinstance(result, dict) else None
+    if not isinstance(rows, list):
+        raise MalformedResponse(where, f"expected {{\"result\": {{\"list\": [...]}}}}, got {str(body)[:160]}")
+    times, rates = [], []
+    for index, row in enumerate(rows):
+        try:
+            if row["symbol"] != symbol:
+                raise ValueError(f"symbol {row['symbol']!r}")
+            times.append(int(row["fundingRateTimestamp"]))
+            rates.append(float(row["fundingRate"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedResponse(where, f"row {index} is not a funding row ({exc}): {str(row)[:160]}") from None
+    if any(b >= a for a, b in zip(times, times[1:], strict=False)):
+        raise MalformedResponse(where, "rows are not newest first, each once")
+    return funding_frame("bybit", symbol, times[::-1], rates[::-1])
+
+
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class BybitFundingSource(UpstreamClient):
+    """Bybit funding settlements of one window (linear perpetuals), paged backwards."""
+
+    def __init__(
+        self, base_url: str, *, max_attempts: int = 5, backoff_base_s: float = 0.5,
+        clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
+    ):
+        self.rejected = []
+        self.failures: list[PieceFailure] = []  # Bybit keeps the whole history: none so far
+        self.rows_by_source = {"archive": 0, "rest": 0}
+        self._http = PacedHttp(
+            SOURCE, base_url, WeightBudget.for_host(base_url, REQUESTS_PER_5S, clock, sleep, 5.0),
+            envelope_check=bybit_envelope_error, default_retry_after_s=1.0, ban_statuses=(403,), default_ban_s=600.0,
+            max_concurrency=1, max_attempts=max_attempts, backoff_base_s=backoff_base_s, sleep=sleep,
+        )
+
+    @property
+    def requests(self) -> int:
+        return self.stats.requests
+
+    async def fetch(self, symbol: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+        """Settlements with funding_time in [start, end), ascending."""
+        parts, upper = [], _ms(end) - 1
+        while upper >= _ms(start):
+            params = {"category": "linear", "symbol": symbol, "startTime": _ms(start), "endTime": upper, "limit": PAGE_LIMIT}
+            body, _ = await self._http.get_json(FUNDING_PATH, params, 1)
+            page = parse_bybit_funding(body, symbol)
+            if page.height:
+                first, last = _ms(page["funding_time"][0]), _ms(page["funding_time"][-1])
+                if first < _ms(start) or last > upper:
+                    raise MalformedResponse(f"{SOURCE} {symbol}", f"asked for [{_ms(start)}, {upper}] ms, got {first} to {last}")
+                parts.append(page)
+            if page.height < PAGE_LIMIT:
+                break
+            upper = first - 1
+        frame = pl.concat(parts[::-1]) if parts else FUNDING_RATES.empty_frame()
+        self.rows_by_source["rest"] += frame.height
+        return frame
