@@ -382,7 +382,7 @@ def child_report(url: str) -> dict:
             began = time.perf_counter()
             instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
             items = klines_coverage(instance, warehouse, assets, cadence="daily")
-            text = render(items, "table")
+            text = render(items, [], "table")
             instance.dispose()
             seconds.append(time.perf_counter() - began)
         rows = sum(item.stored.rows for item in items)

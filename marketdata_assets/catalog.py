@@ -96,9 +96,8 @@ class Instrument(BaseModel):
                 )
         if self.has_dataset("klines") and not self.timeframes:
             raise ValueError("timeframes: is required to keep klines (or narrow `datasets` to leave klines out)")
-        if self.timeframes and not self.has_dataset("klines"):
-            reason = "its datasets leave klines out" if "klines" in allowed else f"{self.venue} klines are not supported yet"
-            raise ValueError(f"timeframes: given, but {reason}")
+        if self.timeframes and "klines" not in allowed:  # (narrowed out by `datasets`, they wait unused)
+            raise ValueError(f"timeframes: given, but {self.venue} klines are not supported yet")
         if self.venue == "okx" and self.market == "perp" and not self.symbol.endswith("-SWAP"):
             raise ValueError(f"symbol: {self.symbol!r} is not an OKX perpetual instrument id (like BTC-USDT-SWAP)")
         return self

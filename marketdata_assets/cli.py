@@ -112,27 +112,31 @@ def summary(symbol: str | None) -> None:
     settings = Settings.from_env()
     try:
         warehouse = open_warehouse(settings.warehouse_url)
-        frame = warehouse.query(
-            "SELECT venue, market, symbol, timeframe, count(*) AS rows, "
-            "min(open_time) AS first_open_time, max(open_time) AS last_open_time "
-            "FROM market_data.klines WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) "
-            "GROUP BY venue, market, symbol, timeframe ORDER BY venue, market, symbol, timeframe",
-            [symbol, symbol],
-        )
+        frame = warehouse.query(_SUMMARY_SQL, [symbol, symbol] * 4)
     except WarehouseError as exc:
         click.echo(f"marketdata summary: {exc}", err=True)
         sys.exit(2)
     if frame.is_empty():
-        click.echo(f"no klines stored in {settings.warehouse_url}")
+        click.echo(f"nothing stored in {settings.warehouse_url}")
         return
-    header = f"{'series':<34} {'rows':>10}  {'first open (UTC)':<19}  {'last open (UTC)':<19}"
-    click.echo(header)
+    click.echo(f"{'series':<40} {'rows':>10}  {'first (UTC)':<19}  {'last (UTC)':<19}")
     for row in frame.iter_rows(named=True):
-        series = f"{row['venue']}_{row['market']}/klines_{row['timeframe']}/{row['symbol']}"
         click.echo(
-            f"{series:<34} {row['rows']:>10}  {row['first_open_time']:%Y-%m-%d %H:%M}     "
-            f"{row['last_open_time']:%Y-%m-%d %H:%M}"
+            f"{row['series']:<40} {row['rows']:>10}  {row['first_time']:%Y-%m-%d %H:%M}     {row['last_time']:%Y-%m-%d %H:%M}"
         )
+
+
+# Each stored series under its asset key, with its rows and first and last times.
+_SUMMARY_SQL = " UNION ALL ".join(
+    f"SELECT {series} AS series, count(*) AS rows, min({time}) AS first_time, max({time}) AS last_time "
+    f"FROM market_data.{table} WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) GROUP BY 1"
+    for table, series, time in (
+        ("klines", "venue || '_' || market || '/klines_' || timeframe || '/' || replace(symbol, '-', '_')", "open_time"),
+        ("funding_rates", "venue || '_perp/funding/' || replace(symbol, '-', '_')", "funding_time"),
+        ("open_interest", "venue || '_perp/open_interest/' || replace(symbol, '-', '_')", "snapshot_time"),
+        ("long_short_ratios", "venue || '_perp/long_short/' || replace(symbol, '-', '_')", "snapshot_time"),
+    )
+) + " ORDER BY 1"
 
 
 def _fail(command: str, message: str) -> None:
@@ -141,13 +145,14 @@ def _fail(command: str, message: str) -> None:
     sys.exit(2)
 
 
-def _coverage(command: str, symbols: tuple[str, ...]):
-    """(settings, warehouse, coverage of every klines asset of `symbols`) for report and verify."""
+def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "klines"):
+    """(settings, warehouse, instance, klines coverage, funding/open-interest/long-short coverage)
+    of the assets of `symbols` and `dataset` (None: every dataset), for report and verify."""
     import dagster as dg
     from dagster._core.errors import DagsterHomeNotSetError
 
     from marketdata_assets.catalog import CatalogError, load_catalog
-    from marketdata_assets.coverage import klines_assets, klines_coverage
+    from marketdata_assets.coverage import derivative_assets, derivatives_coverage, klines_assets, klines_coverage
     from marketdata_assets.warehouse import WarehouseError, open_warehouse
 
     try:
@@ -156,26 +161,28 @@ def _coverage(command: str, symbols: tuple[str, ...]):
         warehouse = open_warehouse(settings.warehouse_url)
     except (CatalogError, WarehouseError, ValueError) as exc:
         _fail(command, str(exc))
-    assets = klines_assets(catalog, symbols)
-    unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in assets})
+    assets = klines_assets(catalog, symbols) if dataset in (None, "klines") else []
+    others = derivative_assets(catalog, symbols, [dataset] if dataset else []) if dataset != "klines" else []
+    unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in [*assets, *others]})
     if unknown:
-        _fail(command, f"no klines asset for symbol {', '.join(unknown)} in the catalog")
+        _fail(command, f"no {dataset or 'dataset'} asset for symbol {', '.join(unknown)} in the catalog")
     try:
         instance = dg.DagsterInstance.get()
     except DagsterHomeNotSetError:
         _fail(command, "DAGSTER_HOME is not set: partition status and check results live in the Dagster "
                        "instance that `dagster asset materialize` and `dagster dev` use; point DAGSTER_HOME at it")
     try:
-        return settings, warehouse, instance, klines_coverage(instance, warehouse, assets)
+        return (settings, warehouse, instance, klines_coverage(instance, warehouse, assets),
+                derivatives_coverage(instance, warehouse, others))
     except WarehouseError as exc:
         _fail(command, str(exc))
 
 
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--dataset", type=click.Choice(["klines"]), help="Only this dataset.")
+@click.option("--dataset", type=click.Choice(["klines", "funding", "open_interest", "long_short"]), help="Only this dataset.")
 @click.option("--symbol", "symbols", multiple=True, help="Only this symbol (repeatable).")
-@click.option("--fail-on-gaps", is_flag=True, help="Exit 1 if any asset has unexplained gaps (for CI).")
+@click.option("--fail-on-gaps", is_flag=True, help="Exit 1 if any asset has unexplained gaps or missing rows (for CI).")
 def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool) -> None:
     """Coverage audit: one row per asset, from Dagster's partition status and the warehouse.
 
@@ -184,10 +191,10 @@ def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps
     """
     from marketdata_assets.report import render
 
-    _, _, instance, items = _coverage("report", symbols)
+    _, _, instance, items, others = _coverage("report", symbols, dataset)
     instance.dispose()
-    click.echo(render(items, fmt))
-    if fail_on_gaps and any(item.gaps.unexplained for item in items):
+    click.echo(render(items, others, fmt))
+    if fail_on_gaps and (any(item.gaps.unexplained for item in items) or any(item.missing for item in others)):
         sys.exit(1)
 
 
@@ -208,7 +215,7 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
     from marketdata_assets.defs.resources import resources_from
     from marketdata_assets.verify import verify_gaps
 
-    settings, warehouse, instance, items = _coverage("gaps verify", symbols)
+    settings, warehouse, instance, items, _ = _coverage("gaps verify", symbols)
     pending = [item for item in items if item.gaps.unexplained]
     if not pending:
         instance.dispose()

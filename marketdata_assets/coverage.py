@@ -1,5 +1,6 @@
-"""Coverage of every klines asset: Dagster's partition status and latest check results, beside
-what the warehouse holds, and where the two disagree. `marketdata report` prints it and
+"""Coverage of every klines asset (and, more briefly, of every funding, open-interest and
+long/short asset): Dagster's partition status and latest check results, beside what the
+warehouse holds, and where the two disagree. `marketdata report` prints it and
 `marketdata gaps verify` works through its unexplained gaps.
 
 Gaps are counted inside the partitions Dagster records as materialized: a partition never
@@ -22,19 +23,24 @@ from dagster._core.storage.event_log.base import AssetRecord
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from marketdata_assets.audit import (
+    FUNDING_INTERVAL,
+    SAMPLES,
     Explanations,
     SERIES_COLUMNS,
     GapAudit,
     Series,
     Stored,
+    audit_funding,
     audit_gaps,
+    audit_snapshots,
     explanations,
     rejected_not_stored,
     stored_klines,
 )
 from marketdata_assets.catalog import Catalog, Instrument
-from marketdata_assets.defs.checks import KLINES_CHECKS
+from marketdata_assets.defs.checks import FUNDING_CHECKS, KLINES_CHECKS, SNAPSHOT_CHECKS
 from marketdata_assets.defs.klines import KLINES_CADENCE, klines_asset_key, klines_partitions, klines_series
+from marketdata_assets.defs.partitions import partition_bounds
 from marketdata_assets.sources.binance_archive import next_month
 from marketdata_assets.timeframes import timeframe
 from marketdata_assets.warehouse import Warehouse
@@ -153,8 +159,11 @@ def _key(day: int) -> str:
     return (_EPOCH_DATE + dt.timedelta(days=day)).isoformat()  # Dagster's daily and monthly key format
 
 
-def _check_outcomes(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> dict[dg.AssetCheckKey, CheckOutcome]:
-    check_keys = [dg.AssetCheckKey(key, name) for key in keys for name in KLINES_CHECKS]
+def _check_outcomes(
+    instance: dg.DagsterInstance, keys: list[dg.AssetKey], names: dict[dg.AssetKey, tuple[str, ...]] | None = None,
+) -> dict[dg.AssetCheckKey, CheckOutcome]:
+    """The latest evaluation of each check of `keys` (`names` per key; the klines checks by default)."""
+    check_keys = [dg.AssetCheckKey(key, name) for key in keys for name in (names or {}).get(key, KLINES_CHECKS)]
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
     outcomes = {}
     for check_key in check_keys:
@@ -237,3 +246,114 @@ def klines_coverage(
             unrecorded_with_rows=[_key(day) for day in sorted(with_rows - recorded)],
         ))
     return report
+
+
+# Funding, open interest and long/short: what each dataset's asset is checked by, and its table.
+DERIVATIVE_CHECKS = {
+    "funding": FUNDING_CHECKS,
+    **{dataset: names[:2] for dataset, names in SNAPSHOT_CHECKS.items()},
+}
+_DERIVATIVE_TABLES = {
+    "funding": ("funding_rates", "funding_time"),
+    "open_interest": ("open_interest", "snapshot_time"),
+    "long_short": ("long_short_ratios", "snapshot_time"),
+}
+
+
+@dataclass(frozen=True)
+class DerivativeAsset:
+    key: dg.AssetKey
+    dataset: str  # funding | open_interest | long_short
+    instrument: Instrument
+    partitions: dg.TimeWindowPartitionsDefinition
+
+
+@dataclass
+class DerivativeCoverage:
+    """A funding, open-interest or long/short asset: rows stored, partitions, and the settlements
+    or 5-minute snapshots missing inside its materialized partitions."""
+
+    asset: DerivativeAsset
+    rows: int
+    first: dt.datetime | None
+    last: dt.datetime | None
+    partitions_total: int
+    materialized: int
+    failed: list[str]
+    expected: int  # settlements or snapshots due in the materialized partitions
+    missing_windows: list[tuple[dt.datetime, dt.datetime]]  # first ones
+    missing: int
+    checks: list[CheckOutcome]
+
+
+def derivative_assets(catalog: Catalog, symbols: Iterable[str] = (), datasets: Iterable[str] = ()) -> list[DerivativeAsset]:
+    """Every funding, open-interest and long/short asset of the catalog (of `symbols`, `datasets`)."""
+    from marketdata_assets.defs.funding import funding_asset_key
+    from marketdata_assets.defs.futures_statistics import statistics_asset_key, statistics_partitions
+
+    wanted, chosen = set(symbols), set(datasets) or set(DERIVATIVE_CHECKS)
+    assets = []
+    for instrument in catalog.instruments:
+        if instrument.market != "perp" or (wanted and instrument.symbol not in wanted):
+            continue
+        assert instrument.start_date is not None
+        for dataset in ("funding", "open_interest", "long_short"):
+            if dataset not in chosen or not instrument.has_dataset(dataset):
+                continue
+            if dataset == "funding":
+                key, partitions = funding_asset_key(instrument), klines_partitions(instrument.start_date)
+            else:
+                key, partitions = statistics_asset_key(instrument, dataset), statistics_partitions(instrument)
+            assets.append(DerivativeAsset(key, dataset, instrument, partitions))
+    return assets
+
+
+def derivatives_coverage(
+    instance: dg.DagsterInstance, warehouse: Warehouse, assets: list[DerivativeAsset], now: dt.datetime | None = None,
+) -> list[DerivativeCoverage]:
+    """Coverage of `assets`, audited over the partitions Dagster records as materialized."""
+    now = now or dt.datetime.now(dt.UTC)
+    checks = _check_outcomes(
+        instance, [asset.key for asset in assets], {asset.key: DERIVATIVE_CHECKS[asset.dataset] for asset in assets}
+    )
+    statuses = _partition_statuses(instance, assets)  # type: ignore[arg-type]
+    report = []
+    with warehouse.session():
+        for asset, status in zip(assets, statuses, strict=True):
+            table, time_column = _DERIVATIVE_TABLES[asset.dataset]
+            instrument = asset.instrument
+            stored = warehouse.query(
+                f"SELECT count(*) AS n, min({time_column}) AS first, max({time_column}) AS last "
+                f"FROM market_data.{table} WHERE venue = ? AND symbol = ?",
+                [instrument.venue, instrument.symbol],
+            ).row(0)
+            if status is None:
+                materialized_subset = failed_subset = asset.partitions.empty_subset()
+            else:
+                materialized_subset = status.deserialize_materialized_partition_subsets(asset.partitions)
+                failed_subset = status.deserialize_failed_partition_subsets(asset.partitions)
+            windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
+            first_window_end, current_window_start = partition_bounds(asset.partitions)
+            expected, missing_windows, missing = 0, [], 0
+            for start, end in windows:
+                if asset.dataset == "funding":
+                    audit = audit_funding(warehouse, instrument.venue, instrument.symbol, start, end,
+                                          first_window_end, current_window_start, now)
+                    expected += audit.expected
+                    missing += len(audit.missing)
+                    missing_windows += [(mark, mark + FUNDING_INTERVAL) for mark in audit.missing]
+                else:
+                    for series in audit_snapshots(warehouse, table, instrument.venue, instrument.symbol, start, end,
+                                                  first_window_end, current_window_start, now):
+                        expected += series.expected
+                        missing += series.missing
+                        missing_windows += series.gaps
+            report.append(DerivativeCoverage(
+                asset, stored[0], stored[1], stored[2], asset.partitions.get_num_partitions(),
+                len(materialized_subset.get_partition_keys()),
+                sorted(failed_subset.get_partition_keys()), expected, sorted(set(missing_windows))[:SAMPLES], missing,
+                [checks[dg.AssetCheckKey(asset.key, name)] for name in DERIVATIVE_CHECKS[asset.dataset]],
+            ))
+    return report
+
+

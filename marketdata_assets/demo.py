@@ -48,26 +48,34 @@ def start_emulator(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     raise click.ClickException("the emulator did not start")
 
 
+# OKX keeps about three months of funding: the demo asks it only for partitions inside them.
+OKX_KEPT = dt.timedelta(days=90)
+
+
 def partition_ranges(from_date: dt.date, to_date: dt.date, env: dict[str, str]) -> list[tuple[list[str], str, str]]:
-    """(asset keys, first partition key, last partition key) per shared PartitionsDefinition."""
+    """(asset keys, first partition key, last partition key) per shared PartitionsDefinition and venue."""
     from marketdata_assets.definitions import build_definitions
     from marketdata_assets.settings import Settings
 
     definitions = build_definitions(Settings.from_env(env))
-    groups: dict[object, list[str]] = defaultdict(list)
+    groups: dict[tuple[object, str], list[str]] = defaultdict(list)
     for asset in definitions.resolve_all_asset_specs():
-        groups[asset.partitions_def].extend([asset.key.to_user_string()])
+        groups[(asset.partitions_def, str(asset.metadata.get("venue")))].append(asset.key.to_user_string())
     lower = dt.datetime.combine(from_date, dt.time(), dt.UTC)
     upper = dt.datetime.combine(to_date + dt.timedelta(days=1), dt.time(), dt.UTC)
     ranges = []
-    for partitions_def, keys in groups.items():
+    for (partitions_def, venue), keys in groups.items():
+        group_lower = max(lower, dt.datetime.now(dt.UTC) - OKX_KEPT) if venue == "okx" else lower
         chosen = [
             key
             for key in partitions_def.get_partition_keys()  # type: ignore[attr-defined]
-            if _overlaps(partitions_def.time_window_for_partition_key(key), lower, upper)  # type: ignore[attr-defined]
+            if _overlaps(partitions_def.time_window_for_partition_key(key), group_lower, upper)  # type: ignore[attr-defined]
+            and (venue != "okx" or partitions_def.time_window_for_partition_key(key).start >= group_lower)  # type: ignore[attr-defined]
         ]
         if chosen:
             ranges.append((sorted(keys), chosen[0], chosen[-1]))
+        elif venue == "okx":
+            click.echo(f"skipping {', '.join(sorted(keys))}: OKX keeps only about three months of funding")
     return ranges
 
 
@@ -90,8 +98,8 @@ def run_demo(from_date: dt.date | None, to_date: dt.date | None) -> None:
     env.setdefault("MARKETDATA_WAREHOUSE_URL", "duckdb:///.marketdata/warehouse.duckdb")
     emulator, url = start_emulator(env)
     try:
-        for name in ("SPOT", "FUTURES", "ARCHIVE"):
-            env[f"MARKETDATA_BINANCE_{name}_URL"] = url
+        for name in ("BINANCE_SPOT", "BINANCE_FUTURES", "BINANCE_ARCHIVE", "OKX", "BYBIT"):
+            env[f"MARKETDATA_{name}_URL"] = url
         click.echo(f"emulator at {url}; backfilling {from_date} .. {to_date}")
         for keys, first, last in partition_ranges(from_date, to_date, env):
             click.echo(f"\n$ dagster asset materialize --select {','.join(keys)} --partition-range {first}...{last}")

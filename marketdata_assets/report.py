@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from marketdata_assets.audit import describe_interval
-from marketdata_assets.coverage import AssetCoverage
+from marketdata_assets.coverage import AssetCoverage, DerivativeCoverage
 
 FORMATS = ("table", "json", "csv")
 GAPS_SHOWN = 5
@@ -52,32 +52,62 @@ def report_record(item: AssetCoverage) -> dict[str, Any]:
     }
 
 
-def render_json(items: list[AssetCoverage]) -> str:
-    return json.dumps([report_record(item) for item in items], indent=2)
+_UNIT = {"funding": "settlements", "open_interest": "snapshots", "long_short": "snapshots"}
 
 
-def render_csv(items: list[AssetCoverage]) -> str:
+def derivative_record(item: DerivativeCoverage) -> dict[str, Any]:
+    """A funding, open-interest or long/short asset's row, as JSON and CSV give it."""
+    asset = item.asset
+    return {
+        "asset": asset.key.to_user_string(),
+        "dataset": asset.dataset,
+        "venue": asset.instrument.venue,
+        "market": asset.instrument.market,
+        "symbol": asset.instrument.symbol,
+        "first_row": _moment(item.first),
+        "last_row": _moment(item.last),
+        "rows": item.rows,
+        "partitions_materialized": item.materialized,
+        "partitions_total": item.partitions_total,
+        "partitions_failed": len(item.failed),
+        "failed_partitions": item.failed,
+        f"expected_{_UNIT[asset.dataset]}": item.expected,
+        f"missing_{_UNIT[asset.dataset]}": item.missing,
+        "missing_windows": [{"start": _moment(a), "end": _moment(b)} for a, b in item.missing_windows],
+        "checks": {check.name: check.state for check in item.checks},
+        "check_windows": {check.name: check.window for check in item.checks},
+    }
+
+
+def render_json(items: list[AssetCoverage], others: list[DerivativeCoverage] = ()) -> str:  # type: ignore[assignment]
+    return json.dumps([report_record(item) for item in items] + [derivative_record(item) for item in others], indent=2)
+
+
+def render_csv(items: list[AssetCoverage], others: list[DerivativeCoverage] = ()) -> str:  # type: ignore[assignment]
+    """One CSV: the klines columns, then the other datasets' (blank where a row has none)."""
     out = io.StringIO()
-    records = [report_record(item) for item in items]
+    records = [report_record(item) for item in items] + [derivative_record(item) for item in others]
     flat = []
     for record in records:
-        row = {k: v for k, v in record.items() if k not in ("checks", "check_windows", "unexplained_gap_windows")}
+        row = {k: v for k, v in record.items() if k not in ("checks", "check_windows")}
         row["failed_partitions"] = " ".join(record["failed_partitions"])
-        row["disagreements"] = "; ".join(record["disagreements"])
-        row["unexplained_gap_windows"] = " ".join(
-            f"{w['start']}/{w['end']}" for w in record["unexplained_gap_windows"]
-        )
+        if "disagreements" in record:
+            row["disagreements"] = "; ".join(record["disagreements"])
+        for name in ("unexplained_gap_windows", "missing_windows"):
+            if name in record:
+                row[name] = " ".join(f"{w['start']}/{w['end']}" for w in record[name])
         for name, state in record["checks"].items():
             row[f"check_{name}"] = state
         flat.append(row)
     if flat:
-        writer = csv.DictWriter(out, fieldnames=list(flat[0]), lineterminator="\n")
+        fields = list(dict.fromkeys(name for row in flat for name in row))
+        writer = csv.DictWriter(out, fieldnames=fields, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(flat)
     return out.getvalue()
 
 
-def render_table(items: list[AssetCoverage]) -> str:
+def render_table(items: list[AssetCoverage], others: list[DerivativeCoverage] = ()) -> str:  # type: ignore[assignment]
     """One line per asset, then the gaps, failures and disagreements of those that have any."""
     header = (
         f"{'asset':<34} {'first bar':<16}  {'last bar':<16}  {'partitions':>10} {'failed':>6}  "
@@ -107,10 +137,30 @@ def render_table(items: list[AssetCoverage]) -> str:
         for check in item.checks:
             if check.state in ("WARN", "ERROR"):
                 details.append(f"{label}: {check.name} {check.state} over {check.window}: {check.description}")
+    if not items:
+        lines = []  # no klines asset asked for: no klines table
+    if others:
+        lines += [""] if lines else []
+        lines.append(f"{'asset':<36} {'first':<16}  {'last':<16}  {'partitions':>10} {'failed':>6}  {'missing':>22}  checks")
+    for item in others:
+        label = item.asset.key.to_user_string()
+        missing = f"{item.missing} of {item.expected} {_UNIT[item.asset.dataset]}"
+        checks = " ".join(f"{check.name}={check.state}" for check in item.checks)
+        lines.append(
+            f"{label:<36} {_moment(item.first) or '-':<16}  {_moment(item.last) or '-':<16}  "
+            f"{item.materialized:>4}/{item.partitions_total:<5} {len(item.failed):>6}  {missing:>22}  {checks}"
+        )
+        for a, b in item.missing_windows:
+            details.append(f"{label}: missing [{_moment(a)}, {_moment(b)}) UTC")
+        if item.failed:
+            details.append(f"{label}: failed partitions {' '.join(item.failed)}")
+        for check in item.checks:
+            if check.state in ("WARN", "ERROR"):
+                details.append(f"{label}: {check.name} {check.state} over {check.window}: {check.description}")
     if details:
         lines += ["", *details]
     return "\n".join(lines)
 
 
-def render(items: list[AssetCoverage], fmt: str) -> str:
-    return {"table": render_table, "json": render_json, "csv": render_csv}[fmt](items)
+def render(items: list[AssetCoverage], others: list[DerivativeCoverage], fmt: str) -> str:
+    return {"table": render_table, "json": render_json, "csv": render_csv}[fmt](items, others)

@@ -33,6 +33,12 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
             rows, *first_last = lines[f"binance_{market}/klines_1h/{symbol}"]
             assert rows == str((31 + 29) * 24)
             assert first_last == ["2024-01-01", "00:00", "2024-02-29", "23:00"]
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        assert lines[f"binance_perp/funding/{symbol}"][0] == str((31 + 29) * 3)
+        assert lines[f"binance_perp/open_interest/{symbol}"][0] == str((31 + 29) * 288)
+        assert lines[f"binance_perp/long_short/{symbol}"][0] == str((31 + 29) * 288 * 4)
+        assert f"bybit_perp/funding/{symbol} {(31 + 29) * 3} 2024-01-01 00:00 2024-02-29 16:00" in " ".join(out.split())
+    assert "skipping okx_perp/funding/BTC_USDT_SWAP, okx_perp/funding/ETH_USDT_SWAP: OKX keeps only about three months" in out
     assert (tmp_path / ".marketdata" / "warehouse.duckdb").exists()
     assert (tmp_path / ".marketdata" / "dagster" / "dagster.yaml").exists()
 
@@ -47,7 +53,7 @@ def test_summary_of_an_empty_warehouse(tmp_path):
     url = f"duckdb:///{tmp_path / 'w.duckdb'}"
     result = marketdata("summary", cwd=tmp_path, env={"MARKETDATA_WAREHOUSE_URL": url})
     assert result.returncode == 0
-    assert result.stdout.strip() == f"no klines stored in {url}"
+    assert result.stdout.strip() == f"nothing stored in {url}"
 
 
 def test_summary_names_a_bad_warehouse_url(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 
 import dagster as dg
 import httpx
@@ -25,6 +26,7 @@ from marketdata_assets.sources.binance_metrics import (
 )
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamRejected
 from marketdata_assets.warehouse import open_warehouse
+from marketdata_tests.test_cli import marketdata
 from marketdata_tests.conftest import cli_env, utc, with_settings, write_catalog
 from marketdata_tests.test_assets import FAILED, MATERIALIZED, dagster_materialize, run_range, statuses, step_failure
 
@@ -271,3 +273,36 @@ def test_the_rest_client_refuses_to_read_before_rest_retention(emulator):
 
     with pytest.raises(UpstreamRejected, match=r"code -1130: parameter 'startTime' is invalid"):
         asyncio.run(old())
+
+
+def test_the_report_shows_derivative_coverage_failed_months_and_missing_snapshots(tmp_path, settings, dagster_home):
+    faults = ArchiveFaults(missing=("BTCUSDT-metrics-2024-01-10.zip",))
+    catalog = perp_catalog(tmp_path, "2023-12-01")
+    with EmulatorServer(EmulatorConfig(archive_faults=faults)) as emu:
+        settings = with_settings(settings, catalog_path=catalog, binance_futures_url=emu.url, binance_archive_url=emu.url)
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
+        try:
+            run_range(settings, BTC_OI, "2023-12-01", "2024-02-01", instance)
+            run_range(settings, BTC_FUNDING, "2023-12-01", "2024-02-01", instance)
+        finally:
+            instance.dispose()
+    warehouse = open_warehouse(settings.warehouse_url)
+    with warehouse.connect() as con:  # a hole the archive never had: an hour lost from a stored month
+        con.execute("DELETE FROM market_data.open_interest WHERE snapshot_time >= ? AND snapshot_time < ?",
+                    [utc(2024, 2, 5, 6), utc(2024, 2, 5, 7)])
+    env = cli_env(settings, dagster_home, catalog)
+    result = marketdata("report", "--dataset", "open_interest", "--format", "json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["asset"] == "binance_perp/open_interest/BTCUSDT" and record["failed_partitions"] == ["2024-01-01"]
+    assert (record["partitions_materialized"], record["expected_snapshots"], record["missing_snapshots"]) == (2, (31 + 29) * 288, 12)
+    assert record["missing_windows"] == [{"start": "2024-02-05 06:00", "end": "2024-02-05 07:00"}]
+    assert record["checks"] == {"open_interest_cadence": "ERROR", "open_interest_non_negative": "passed"}
+    table = marketdata("report", "--symbol", "BTCUSDT", "--fail-on-gaps", cwd=tmp_path, env=env)
+    assert table.returncode == 1, table.stderr
+    assert "binance_perp/open_interest/BTCUSDT: missing [2024-02-05 06:00, 2024-02-05 07:00) UTC" in table.stdout
+    assert "binance_perp/open_interest/BTCUSDT: failed partitions 2024-01-01" in table.stdout
+    funding_line = next(line for line in table.stdout.splitlines() if line.startswith("binance_perp/funding/BTCUSDT "))
+    assert "3/" in funding_line and "0 of 273 settlements" in funding_line and "funding_cadence=passed" in funding_line
+    bad = marketdata("report", "--dataset", "long_short", "--symbol", "NOPEUSDT", cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "no long_short asset for symbol NOPEUSDT in the catalog" in bad.stderr
