@@ -165,7 +165,7 @@ def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "kli
     others = derivative_assets(catalog, symbols, [dataset] if dataset else []) if dataset != "klines" else []
     unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in [*assets, *others]})
     if unknown:
-        _fail(command, f"no {dataset or 'dataset'} asset for symbol {', '.join(unknown)} in the catalog")
+        _fail(command, f"no {dataset + ' ' if dataset else ''}asset for symbol {', '.join(unknown)} in the catalog")
     try:
         instance = dg.DagsterInstance.get()
     except DagsterHomeNotSetError:

@@ -185,7 +185,7 @@ def test_report_refuses_an_unknown_symbol_and_a_missing_dagster_home(tmp_path, s
     env = cli_env(settings, dagster_home, spot_catalog(tmp_path))
     result = marketdata("report", "--symbol", "DOGEUSDT", cwd=tmp_path, env=env)
     assert result.returncode == 2
-    assert result.stderr.strip() == "marketdata report: no klines asset for symbol DOGEUSDT in the catalog"
+    assert result.stderr.strip() == "marketdata report: no asset for symbol DOGEUSDT in the catalog"
     env.pop("DAGSTER_HOME")
     result = marketdata("gaps", "verify", cwd=tmp_path, env=env)
     assert result.returncode == 2
