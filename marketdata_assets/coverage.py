@@ -181,6 +181,14 @@ def _check_outcomes(
     return outcomes
 
 
+def _subsets(status, partitions: dg.TimeWindowPartitionsDefinition):
+    """(materialized, failed) partition subsets from an asset's cached status (None: never run)."""
+    if status is None:
+        return partitions.empty_subset(), partitions.empty_subset()
+    return (status.deserialize_materialized_partition_subsets(partitions),
+            status.deserialize_failed_partition_subsets(partitions))
+
+
 def _partition_statuses(instance: dg.DagsterInstance, assets: list[KlinesAsset]) -> list:
     """Dagster's cached partition status of each asset, brought up to date as the UI does."""
     loading = _Loading(instance)
@@ -217,11 +225,7 @@ def klines_coverage(
         stored, why, rejected = from_warehouse.result()
     report = []
     for asset, status in zip(assets, statuses, strict=True):
-        if status is None:
-            materialized_subset = failed_subset = asset.partitions.empty_subset()
-        else:
-            materialized_subset = status.deserialize_materialized_partition_subsets(asset.partitions)
-            failed_subset = status.deserialize_failed_partition_subsets(asset.partitions)
+        materialized_subset, failed_subset = _subsets(status, asset.partitions)
         windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
         materialized = list(_partition_days(windows, cadence))
         series_key = asset.series.key
@@ -327,11 +331,7 @@ def derivatives_coverage(
                 f"FROM market_data.{table} WHERE venue = ? AND symbol = ?",
                 [instrument.venue, instrument.symbol],
             ).row(0)
-            if status is None:
-                materialized_subset = failed_subset = asset.partitions.empty_subset()
-            else:
-                materialized_subset = status.deserialize_materialized_partition_subsets(asset.partitions)
-                failed_subset = status.deserialize_failed_partition_subsets(asset.partitions)
+            materialized_subset, failed_subset = _subsets(status, asset.partitions)
             windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
             first_window_end, current_window_start = partition_bounds(asset.partitions)
             expected, missing_windows, missing = 0, [], 0

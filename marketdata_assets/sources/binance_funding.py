@@ -24,7 +24,7 @@ from marketdata_assets.sources.binance_archive import (
     next_month,
     read_zipped_csv,
 )
-from marketdata_assets.sources.errors import MalformedResponse
+from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol
 from marketdata_assets.sources.http import Clock, WeightBudget, PacedHttp, Sleep, UpstreamClient
 
 FUNDING_PATH = "/fapi/v1/fundingRate"
@@ -41,19 +41,13 @@ def parse_funding_rows(rows: Any, symbol: str) -> pl.DataFrame:
     """`[{"symbol","fundingRate","fundingTime","markPrice"}, …]` to FUNDING_RATES; MalformedResponse
     naming the first bad row otherwise. markPrice is optional (old rows have "")."""
     where = f"{SOURCE} {symbol}"
-    if not isinstance(rows, list):
-        raise MalformedResponse(where, f"expected a JSON array of funding rows, got {type(rows).__name__}")
-    times, rates, marks = [], [], []
-    for index, row in enumerate(rows):
-        try:
-            if row["symbol"] != symbol:
-                raise ValueError(f"symbol {row['symbol']!r}")
-            times.append(int(row["fundingTime"]))
-            rates.append(float(row["fundingRate"]))
-            mark = row.get("markPrice")
-            marks.append(float(mark) if mark not in (None, "") else None)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedResponse(where, f"row {index} is not a funding row ({exc}): {str(row)[:160]}") from None
+
+    def read(row: Any) -> tuple:
+        same_symbol(row, "symbol", symbol)
+        mark = row.get("markPrice")
+        return int(row["fundingTime"]), float(row["fundingRate"]), float(mark) if mark not in (None, "") else None
+
+    times, rates, marks = read_columns(rows, where, "funding", read, 3)
     if times != sorted(times) or len(set(times)) != len(times):
         raise MalformedResponse(where, "rows are not in strictly ascending fundingTime order")
     return funding_frame("binance", symbol, times, rates, marks, "rest")

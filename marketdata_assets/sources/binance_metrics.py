@@ -40,6 +40,8 @@ from marketdata_assets.sources.errors import (
     UpstreamBanned,
     UpstreamError,
     UpstreamRejected,
+    read_columns,
+    same_symbol,
 )
 from marketdata_assets.sources.http import Clock, PacedHttp, Sleep, UpstreamClient, WeightBudget
 
@@ -108,18 +110,12 @@ def parse_open_interest_rows(rows: Any, symbol: str) -> pl.DataFrame:
     """`[{"symbol","sumOpenInterest","sumOpenInterestValue","timestamp"}, …]` to OPEN_INTEREST;
     MalformedResponse naming the first bad row otherwise."""
     where = f"{SOURCE} {symbol} open interest"
-    if not isinstance(rows, list):
-        raise MalformedResponse(where, f"expected a JSON array, got {type(rows).__name__}")
-    times, amounts, values = [], [], []
-    for index, row in enumerate(rows):
-        try:
-            if row["symbol"] != symbol:
-                raise ValueError(f"symbol {row['symbol']!r}")
-            times.append(_timestamp(row["timestamp"]))
-            amounts.append(float(row["sumOpenInterest"]))
-            values.append(float(row["sumOpenInterestValue"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedResponse(where, f"row {index} is not an open-interest row ({exc}): {str(row)[:160]}") from None
+
+    def read(row: Any) -> tuple:
+        same_symbol(row, "symbol", symbol)
+        return _timestamp(row["timestamp"]), float(row["sumOpenInterest"]), float(row["sumOpenInterestValue"])
+
+    times, amounts, values = read_columns(rows, where, "open-interest", read, 3)
     _ascending(times, where)
     frame = pl.DataFrame(
         {"venue": "binance", "symbol": symbol, "snapshot_time": times, "open_interest": amounts, "open_interest_value": values},
@@ -133,21 +129,14 @@ def parse_ratio_rows(rows: Any, symbol: str, metric: str) -> pl.DataFrame:
     """A long/short endpoint's rows to LONG_SHORT_RATIOS: `{"longShortRatio","longAccount",
     "shortAccount","timestamp"}`, or for taker_volume `{"buySellRatio","buyVol","sellVol","timestamp"}`."""
     where = f"{SOURCE} {symbol} {metric}"
-    if not isinstance(rows, list):
-        raise MalformedResponse(where, f"expected a JSON array, got {type(rows).__name__}")
     fields = ("buySellRatio", "buyVol", "sellVol") if metric == "taker_volume" else ("longShortRatio", "longAccount", "shortAccount")
-    times, ratios, longs, shorts = [], [], [], []
-    for index, row in enumerate(rows):
-        try:
-            if row.get("symbol", symbol) != symbol:  # the taker rows carry no symbol
-                raise ValueError(f"symbol {row['symbol']!r}")
-            times.append(_timestamp(row["timestamp"]))
-            ratio, long, short = (float(row[name]) for name in fields)
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise MalformedResponse(where, f"row {index} is not a {metric} row ({exc}): {str(row)[:160]}") from None
-        ratios.append(ratio)
-        longs.append(long)
-        shorts.append(short)
+
+    def read(row: Any) -> tuple:
+        if "symbol" in row:  # the taker rows carry none
+            same_symbol(row, "symbol", symbol)
+        return (_timestamp(row["timestamp"]), *(float(row[name]) for name in fields))
+
+    times, ratios, longs, shorts = read_columns(rows, where, metric, read, 4)
     _ascending(times, where)
     frame = pl.DataFrame(
         {"snapshot_time": pl.Series(times, dtype=pl.Int64), "ratio": pl.Series(ratios, dtype=pl.Float64),

@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from marketdata_assets.schemas import FUNDING_RATES, funding_frame
-from marketdata_assets.sources.errors import MalformedResponse, PieceFailure
+from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol, PieceFailure
 from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
 
 SOURCE = "bybit funding"
@@ -43,15 +43,12 @@ def parse_bybit_funding(body: Any, symbol: str) -> pl.DataFrame:
     rows = result.get("list") if isinstance(result, dict) else None
     if not isinstance(rows, list):
         raise MalformedResponse(where, f"expected {{\"result\": {{\"list\": [...]}}}}, got {str(body)[:160]}")
-    times, rates = [], []
-    for index, row in enumerate(rows):
-        try:
-            if row["symbol"] != symbol:
-                raise ValueError(f"symbol {row['symbol']!r}")
-            times.append(int(row["fundingRateTimestamp"]))
-            rates.append(float(row["fundingRate"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedResponse(where, f"row {index} is not a funding row ({exc}): {str(row)[:160]}") from None
+
+    def read(row: Any) -> tuple:
+        same_symbol(row, "symbol", symbol)
+        return int(row["fundingRateTimestamp"]), float(row["fundingRate"])
+
+    times, rates = read_columns(rows, where, "funding", read, 2)
     if any(b >= a for a, b in zip(times, times[1:], strict=False)):
         raise MalformedResponse(where, "rows are not newest first, each once")
     return funding_frame("bybit", symbol, times[::-1], rates[::-1])

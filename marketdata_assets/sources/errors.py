@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class UpstreamError(Exception):
@@ -58,3 +60,24 @@ class PieceFailure:
 
     def describe(self) -> str:
         return f"[{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M}) UTC: {self.error}"
+
+
+def read_columns(rows: Any, where: str, kind: str, read: Callable[[Any], tuple], width: int) -> list[list]:
+    """The `width` columns of `read(row)` over every row of a JSON array; MalformedResponse naming
+    the first row that is not a `kind` row (a missing field, a wrong type, a value `read` refuses
+    with ValueError)."""
+    if not isinstance(rows, list):
+        raise MalformedResponse(where, f"expected a JSON array of {kind} rows, got {type(rows).__name__}")
+    values = []
+    for index, row in enumerate(rows):
+        try:
+            values.append(read(row))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedResponse(where, f"row {index} is not a {kind} row ({exc}): {str(row)[:160]}") from None
+    return [list(column) for column in zip(*values, strict=True)] if values else [[] for _ in range(width)]
+
+
+def same_symbol(row: dict, field: str, symbol: str) -> None:
+    """ValueError if the row is about another symbol than the one asked for (a lying server)."""
+    if row[field] != symbol:
+        raise ValueError(f"{field} {row[field]!r}")

@@ -18,7 +18,7 @@ import httpx
 import polars as pl
 
 from marketdata_assets.schemas import FUNDING_RATES, funding_frame
-from marketdata_assets.sources.errors import MalformedResponse, NoSourceHolds, PieceFailure
+from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol, NoSourceHolds, PieceFailure
 from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
 
 SOURCE = "okx funding"
@@ -54,15 +54,12 @@ def parse_okx_funding(body: Any, inst_id: str) -> pl.DataFrame:
     rows = body.get("data") if isinstance(body, dict) else None
     if not isinstance(rows, list):
         raise MalformedResponse(where, f"expected {{\"code\",\"msg\",\"data\": [...]}}, got {str(body)[:160]}")
-    times, rates = [], []
-    for index, row in enumerate(rows):
-        try:
-            if row["instId"] != inst_id:
-                raise ValueError(f"instId {row['instId']!r}")
-            times.append(int(row["fundingTime"]))
-            rates.append(float(row["fundingRate"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedResponse(where, f"row {index} is not a funding row ({exc}): {str(row)[:160]}") from None
+
+    def read(row: Any) -> tuple:
+        same_symbol(row, "instId", inst_id)
+        return int(row["fundingTime"]), float(row["fundingRate"])
+
+    times, rates = read_columns(rows, where, "funding", read, 2)
     if any(b >= a for a, b in zip(times, times[1:], strict=False)):
         raise MalformedResponse(where, "rows are not newest first, each once")
     return funding_frame("okx", inst_id, times[::-1], rates[::-1])
