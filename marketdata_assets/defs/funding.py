@@ -62,12 +62,10 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
             store, key, instrument.venue, instrument.symbol, window.start, window.end, *partition_bounds(partitions)
         )
         if report.failures:
-            landed, error = partial_outcome(
-                context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} funding"
+            yield from partial_outcome(
+                context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} funding", checks
             )
-            yield from landed
-            yield from checks
-            raise error
+            return
         yield dg.MaterializeResult(check_results=checks, metadata={
             "rows_written": report.rows_written,
             "first_funding_time": moment(report.first),

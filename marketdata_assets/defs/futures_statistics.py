@@ -74,12 +74,10 @@ def build_statistics_asset(instrument: Instrument, dataset: str, warehouse_kind:
             first_window_end, current_window_start,
         )
         if report.failures:
-            landed, error = partial_outcome(
-                context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} {dataset}"
+            yield from partial_outcome(
+                context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} {dataset}", checks
             )
-            yield from landed
-            yield from checks
-            raise error
+            return
 
         def moment(value) -> dg.MetadataValue:
             return dg.MetadataValue.text(value.isoformat() if value else "none")

@@ -138,11 +138,8 @@ def build_klines_asset(
             )
             return
         # Some windows could not be read: record the partitions that did land, then fail.
-        landed, error = partial_outcome(
-            context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} {tf.name}"
+        yield from partial_outcome(
+            context, key, partitions, report.failures, report.rows_written, f"{instrument.describe()} {tf.name}", results
         )
-        yield from landed
-        yield from results
-        raise error
 
     return klines

@@ -2,6 +2,7 @@
 partitions, and how a range run records the partitions that landed when others could not be read."""
 
 import datetime as dt
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -31,20 +32,19 @@ class WindowsFailed(Exception):
 
 def partial_outcome(
     context: dg.AssetExecutionContext, key: dg.AssetKey, partitions: dg.TimeWindowPartitionsDefinition,
-    failures: list[PieceFailure], rows_written: int, what: str,
-) -> tuple[list[dg.AssetMaterialization], WindowsFailed]:
+    failures: list[PieceFailure], rows_written: int, what: str, checks: list[dg.AssetCheckResult],
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckResult]:
     """For a run some of whose windows failed: a materialization of each partition that fully
-    landed, and the error (naming every failed window) to raise once they and the checks are out."""
+    landed, then the check results, then WindowsFailed naming every failed window."""
     failed = set()
     for partition_key in context.partition_keys:
         window = partitions.time_window_for_partition_key(partition_key)
         if any(f.start < window.end and window.start < f.end for f in failures):
             failed.add(partition_key)
-    landed = []
     for partition_key in context.partition_keys:
         if partition_key not in failed:
             window = partitions.time_window_for_partition_key(partition_key)
-            landed.append(dg.AssetMaterialization(
+            yield dg.AssetMaterialization(
                 asset_key=key,
                 partition=partition_key,
                 metadata={
@@ -52,10 +52,10 @@ def partial_outcome(
                     "run_rows_written": dg.MetadataValue.int(rows_written),
                     "note": dg.MetadataValue.text(f"stored; {len(failed)} other partitions of this run failed"),
                 },
-            ))
-    error = WindowsFailed(
+            )
+    yield from checks
+    raise WindowsFailed(
         f"{what}: {len(failures)} windows could not be read, so partitions {', '.join(sorted(failed))} are not "
         f"materialized; the other {len(context.partition_keys) - len(failed)} are:\n"
         + "\n".join(f"- {failure.describe()}" for failure in failures)
     )
-    return landed, error

@@ -184,10 +184,10 @@ class BinanceArchiveEmulator:
         """The file a path names and whether it is the `.CHECKSUM`; None if no such file exists."""
         funding = _FUNDING_PATH.match(path)
         if funding:
-            return self._parse_funding(funding["symbol"], funding["name"])
+            return self._parse_perp_file(funding["symbol"], funding["name"], FUNDING, monthly=True)
         metrics = _METRICS_PATH.match(path)
         if metrics:
-            return self._parse_metrics(metrics["symbol"], metrics["name"])
+            return self._parse_perp_file(metrics["symbol"], metrics["name"], METRICS, monthly=False)
         match = _PATH.match(path)
         if not match:
             return None
@@ -216,37 +216,24 @@ class BinanceArchiveEmulator:
             return None  # not published yet
         return _Requested(market, symbol, interval, start, end, zip_name), checksum
 
-    def _parse_funding(self, symbol: str, name: str) -> tuple[_Requested, bool] | None:
+    def _parse_perp_file(self, symbol: str, name: str, kind: str, monthly: bool) -> tuple[_Requested, bool] | None:
+        """A USD-M funding (monthly) or metrics (daily) file `SYM-<kind>-<period>.zip[.CHECKSUM]`."""
         checksum = name.endswith(".zip.CHECKSUM")
         zip_name = name.removesuffix(".CHECKSUM")
-        period = zip_name.removeprefix(f"{symbol}-fundingRate-").removesuffix(".zip")
+        period = zip_name.removeprefix(f"{symbol}-{kind}-").removesuffix(".zip")
         try:
-            first = dt.datetime.strptime(period, "%Y-%m").date()
+            first = dt.datetime.strptime(period, "%Y-%m" if monthly else "%Y-%m-%d").date()
         except ValueError:
             return None
-        if zip_name != f"{symbol}-fundingRate-{period}.zip" or len(period) != 7:
+        if zip_name != f"{symbol}-{kind}-{period}.zip" or len(period) != (7 if monthly else 10):
             return None
-        start, end = _utc(first), _utc(_month_after(first))
+        if kind == METRICS and first < self.config.archive_metrics_from:
+            return None
+        start, end = _utc(first), _utc(_month_after(first) if monthly else first + dt.timedelta(days=1))
         listed = self.config.listings.get(("perp", symbol))
         if listed is None or end.timestamp() * 1000 <= listed or end.timestamp() + self.config.archive_publish_delay_s > self.clock():
             return None
-        return _Requested("perp", symbol, FUNDING, start, end, zip_name), checksum
-
-    def _parse_metrics(self, symbol: str, name: str) -> tuple[_Requested, bool] | None:
-        checksum = name.endswith(".zip.CHECKSUM")
-        zip_name = name.removesuffix(".CHECKSUM")
-        period = zip_name.removeprefix(f"{symbol}-metrics-").removesuffix(".zip")
-        try:
-            day = dt.datetime.strptime(period, "%Y-%m-%d").date()
-        except ValueError:
-            return None
-        if zip_name != f"{symbol}-metrics-{period}.zip" or len(period) != 10 or day < self.config.archive_metrics_from:
-            return None
-        start, end = _utc(day), _utc(day + dt.timedelta(days=1))
-        listed = self.config.listings.get(("perp", symbol))
-        if listed is None or end.timestamp() * 1000 <= listed or end.timestamp() + self.config.archive_publish_delay_s > self.clock():
-            return None
-        return _Requested("perp", symbol, METRICS, start, end, zip_name), checksum
+        return _Requested("perp", symbol, kind, start, end, zip_name), checksum
 
     def file(self, requested: _Requested) -> tuple[bytes, str]:
         """The zip's bytes and sha256 hex digest, built once."""
