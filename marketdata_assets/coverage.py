@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -181,7 +181,7 @@ def _check_outcomes(
     return outcomes
 
 
-def _subsets(status, partitions: dg.TimeWindowPartitionsDefinition):
+def status_subsets(status, partitions: dg.TimeWindowPartitionsDefinition):
     """(materialized, failed) partition subsets from an asset's cached status (None: never run)."""
     if status is None:
         return partitions.empty_subset(), partitions.empty_subset()
@@ -189,7 +189,7 @@ def _subsets(status, partitions: dg.TimeWindowPartitionsDefinition):
             status.deserialize_failed_partition_subsets(partitions))
 
 
-def _partition_statuses(instance: dg.DagsterInstance, assets: list[KlinesAsset]) -> list:
+def partition_statuses(instance: dg.DagsterInstance, assets: Sequence[KlinesAsset]) -> list:
     """Dagster's cached partition status of each asset, brought up to date as the UI does."""
     loading = _Loading(instance)
     AssetRecord.prepare(loading, [asset.key for asset in assets])
@@ -221,11 +221,11 @@ def klines_coverage(
     with ThreadPoolExecutor(1) as pool:
         from_warehouse = pool.submit(read_warehouse)
         checks = _check_outcomes(instance, [asset.key for asset in assets])
-        statuses = _partition_statuses(instance, assets)
+        statuses = partition_statuses(instance, assets)
         stored, why, rejected = from_warehouse.result()
     report = []
     for asset, status in zip(assets, statuses, strict=True):
-        materialized_subset, failed_subset = _subsets(status, asset.partitions)
+        materialized_subset, failed_subset = status_subsets(status, asset.partitions)
         windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
         materialized = list(_partition_days(windows, cadence))
         series_key = asset.series.key
@@ -320,7 +320,7 @@ def derivatives_coverage(
     checks = _check_outcomes(
         instance, [asset.key for asset in assets], {asset.key: DERIVATIVE_CHECKS[asset.dataset] for asset in assets}
     )
-    statuses = _partition_statuses(instance, assets)  # type: ignore[arg-type]
+    statuses = partition_statuses(instance, assets)  # type: ignore[arg-type]
     report = []
     with warehouse.session():
         for asset, status in zip(assets, statuses, strict=True):
@@ -331,7 +331,7 @@ def derivatives_coverage(
                 f"FROM market_data.{table} WHERE venue = ? AND symbol = ?",
                 [instrument.venue, instrument.symbol],
             ).row(0)
-            materialized_subset, failed_subset = _subsets(status, asset.partitions)
+            materialized_subset, failed_subset = status_subsets(status, asset.partitions)
             windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
             first_window_end, current_window_start = partition_bounds(asset.partitions)
             expected, missing_windows, missing = 0, [], 0

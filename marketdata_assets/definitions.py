@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from marketdata_assets.catalog import load_catalog
+from marketdata_assets.defs.automation import automation
 from marketdata_assets.defs.funding import build_funding_asset
 from marketdata_assets.defs.futures_statistics import STATISTICS_DATASETS, build_statistics_asset
 from marketdata_assets.defs.klines import build_klines_asset
@@ -33,8 +34,12 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         for dataset in STATISTICS_DATASETS
         if instrument.has_dataset(dataset)
     ]
+    jobs, schedules, sensors = automation(assets, settings.schedule_cron)
     return dg.Definitions(
         assets=assets,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
         resources=resources_from(settings),
         # Steps of one run share a venue's rate budget, so a process per step buys no speed and
         # costs ~1.3 s each (DESIGN.md, measured costs).

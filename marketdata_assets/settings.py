@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_WAREHOUSE_URL = "duckdb:///.marketdata/warehouse.duckdb"
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 KLINES_SOURCES = ("auto", "archive", "rest")
 
 ENDPOINT_DEFAULTS = {
@@ -49,6 +50,15 @@ def _choice_setting(env: Mapping[str, str], name: str, default: str, choices: tu
     return raw
 
 
+def _cron_setting(env: Mapping[str, str], name: str) -> str | None:
+    from dagster._utils.schedules import is_valid_cron_string
+
+    raw = env.get(name) or None
+    if raw is not None and not is_valid_cron_string(raw):
+        raise SettingsError(f"{name}={raw!r} is not a cron expression (minute hour day month weekday)")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     warehouse_url: str = DEFAULT_WAREHOUSE_URL
@@ -70,6 +80,10 @@ class Settings:
     binance_max_concurrency: int = 10
     # Where klines come from unless a catalog entry says otherwise: auto | archive | rest.
     klines_source: str = "auto"
+    # The cron of every incremental schedule (UTC), instead of each dataset's own; None: theirs.
+    schedule_cron: str | None = None
+    # The Dagster webserver `marketdata backfill` talks to.
+    dagster_url: str = DEFAULT_DAGSTER_URL
     fred_api_key: str | None = field(default=None, repr=False)
     databento_api_key: str | None = field(default=None, repr=False)
 
@@ -91,6 +105,8 @@ class Settings:
             ),
             binance_max_concurrency=_int_setting(env, "MARKETDATA_BINANCE_MAX_CONCURRENCY", 10),
             klines_source=_choice_setting(env, "MARKETDATA_KLINES_SOURCE", "auto", KLINES_SOURCES),
+            schedule_cron=_cron_setting(env, "MARKETDATA_SCHEDULE_CRON"),
+            dagster_url=(env.get("MARKETDATA_DAGSTER_URL") or DEFAULT_DAGSTER_URL).rstrip("/"),
             fred_api_key=env.get("FRED_API_KEY"),
             databento_api_key=env.get("DATABENTO_API_KEY"),
             **endpoints,

@@ -17,11 +17,14 @@ import pytest
 
 from marketdata_assets.catalog import load_catalog
 from marketdata_assets.coverage import klines_assets, klines_coverage
+from marketdata_assets.definitions import build_definitions
+from marketdata_assets.settings import Settings
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.binance import fetch_klines
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, utc, with_settings
 from marketdata_tests.test_assets import BTC_SPOT_1M, dagster_materialize, run_range, spot_catalog, webserver
+from marketdata_tests.test_automation import repair_tick
 from marketdata_tests.test_cli import marketdata
 
 
@@ -82,7 +85,9 @@ def metadata(execution: dict) -> dict:
     return {e["label"]: e.get("text", e.get("intValue")) for e in execution["evaluation"]["metadataEntries"]}
 
 
-def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_converges(tmp_path, settings, dagster_home):
+def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repair_sensor_converge(
+    tmp_path, settings, dagster_home, capsys,
+):
     scenario = ["--outage", "2024-01-10T00:00/2024-01-10T02:00", "--invalid-bar", "BTCUSDT/1m/2024-01-15T10:00",
                 "--failing-window", "2024-02-10T00:00/2024-02-10T06:00"]
     with emulator_process(*scenario) as url:
@@ -105,6 +110,15 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_converges(tmp
         assert "binance_spot/klines_1m/BTCUSDT: unexplained gap [2024-01-10 00:00, 2024-01-10 02:00) UTC, 120 bars" in table.stdout
         assert "binance_spot/klines_1m/BTCUSDT: failed partitions 2024-02-01" in table.stdout
 
+        # The repair sensor asks for January (its gap) and February (failed) again, in one run.
+        definitions = build_definitions(Settings.from_env(env))
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
+        repair, log = repair_tick(definitions, instance, None, capsys)
+        assert [(r.asset_selection, r.tags["dagster/asset_partition_range_start"],
+                 r.tags["dagster/asset_partition_range_end"], r.job_name) for r in repair.run_requests] == [
+            ([BTC_SPOT_1M], "2024-01-01", "2024-02-01", "klines_from_2024_01")]
+        assert "binance_spot/klines_1m/BTCUSDT 2024-01-01...2024-02-01: gap_count found 1 unexplained gaps; re-run 1 of 3" in log
+
         # 3. gaps verify fetches the outage again: still nothing, so it is recorded as verified
         #    empty, and January is checked again (explained gaps and the rejected row: WARN).
         verify = marketdata("gaps", "verify", cwd=tmp_path, env=env)
@@ -116,9 +130,23 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_converges(tmp
             "ohlc_valid=WARN gap_count=WARN no_unclosed_bars=passed",
             "1 gaps fetched again: 0 bars stored, 120 bars verified empty, 0 rejected, 0 failed",
         ]
+        # The sensor does not re-run windows verified empty; February waits out its backoff.
+        repair, log = repair_tick(definitions, instance, repair.cursor, capsys)
+        assert not repair.run_requests
+        assert "binance_spot/klines_1m/BTCUSDT: the gaps gap_count found over 2024-01-01..2024-02-01 are all " \
+               "verified empty or documented maintenance: not re-run" in log
+        assert "binance_spot/klines_1m/BTCUSDT|2024-01-01: nothing left to repair (1 re-runs requested)" in log
+        assert any(line.startswith("binance_spot/klines_1m/BTCUSDT|2024-02-01: its latest run failed; re-run 2 of 3 "
+                                   "waits until") for line in log)
+
         # 4. The failed partition again: the window's failures are spent now.
         code, output = materialize(env, "2024-02-01...2024-02-01")
         assert code == 0, output[-3000:]
+        repair, log = repair_tick(definitions, instance, repair.cursor, capsys)
+        assert not repair.run_requests
+        assert log == ["binance_spot/klines_1m/BTCUSDT|2024-02-01: gap_count passes now (or its gaps are verified empty)",
+                       "binance_spot/klines_1m/BTCUSDT|2024-02-01: nothing left to repair (1 re-runs requested)"]
+        instance.dispose()
 
         # 5. The audit has converged: no unexplained gap, nothing failed, nothing invented.
         assert marketdata("report", "--fail-on-gaps", cwd=tmp_path, env=env).returncode == 0

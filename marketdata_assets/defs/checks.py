@@ -14,7 +14,9 @@ import warnings
 import dagster as dg
 
 from marketdata_assets.audit import (
+    FUNDING_INTERVAL,
     FUNDING_RATE_BOUND,
+    Interval,
     SNAPSHOT_INTERVAL,
     SAMPLES,
     GapAudit,
@@ -62,8 +64,30 @@ def klines_check_specs(key: dg.AssetKey, partitions_def: dg.PartitionsDefinition
     ]
 
 
+# Every gap check (gap_count, funding_cadence, *_cadence) lists the windows it found missing and
+# could not explain, for the gap-repair sensor to map onto partitions (defs/automation.py).
+UNEXPLAINED_WINDOWS = "unexplained_windows"
+WINDOWS_LISTED = 500
+
+
+def windows_metadata(intervals: list[Interval]) -> dg.MetadataValue:
+    """[[start, end], ...] as ISO-8601 UTC, the first WINDOWS_LISTED of them."""
+    return dg.MetadataValue.json([[a.isoformat(), b.isoformat()] for a, b in intervals[:WINDOWS_LISTED]])
+
+
+_WINDOW_FORMAT = "%Y-%m-%d %H:%M"
+
+
 def _window_text(start: dt.datetime, end: dt.datetime) -> str:
-    return f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC"
+    return f"[{start:{_WINDOW_FORMAT}}, {end:{_WINDOW_FORMAT}}) UTC"
+
+
+def parse_window_text(text: str) -> tuple[dt.datetime, dt.datetime]:
+    """The window a check result's `window` metadata names (the inverse of how checks write it)."""
+    start, end = text.removeprefix("[").removesuffix(") UTC").split(", ")
+    return tuple(  # type: ignore[return-value]
+        dt.datetime.strptime(moment, _WINDOW_FORMAT).replace(tzinfo=dt.UTC) for moment in (start, end)
+    )
 
 
 def klines_check_results(
@@ -129,6 +153,7 @@ def _gap_count(gaps: GapAudit, key: dg.AssetKey, window: dg.MetadataValue) -> dg
             "unexplained_gaps": len(gaps.unexplained),
             "first_gaps": dg.MetadataValue.md("\n".join(lines) or "none"),
             "longest_gap": dg.MetadataValue.text(describe_interval(longest, gaps.tf_millis) if longest else "none"),
+            UNEXPLAINED_WINDOWS: windows_metadata(gaps.unexplained),
         },
     )
 
@@ -185,6 +210,7 @@ def funding_check_results(
             metadata={
                 "window": window, "expected_settlements": audit.expected, "missing_settlements": len(audit.missing),
                 "first_missing": dg.MetadataValue.text(missing), "off_grid": len(audit.off_grid),
+                UNEXPLAINED_WINDOWS: windows_metadata([(m, m + FUNDING_INTERVAL) for m in audit.missing]),
             },
         ),
         dg.AssetCheckResult(
@@ -243,6 +269,7 @@ def snapshot_check_results(
             metadata={
                 "window": window, "expected_snapshots": expected, "missing_snapshots": missing, "gaps": len(gaps),
                 "first_gaps": dg.MetadataValue.md("\n".join(lines) or "none"),
+                UNEXPLAINED_WINDOWS: windows_metadata([gap for _, gap in gaps]),
                 **{f"stored_{a.series}": a.stored for a in audits},
             },
         ),

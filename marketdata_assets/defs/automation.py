@@ -1,0 +1,420 @@
+"""Daily operations: the incremental schedules and the gap-repair sensor, on by default.
+
+**Schedules, not `AutomationCondition.on_cron`.** Our partitions are months, the one in progress
+included, so "the newest closed day" is a re-run of the current month, and after the daemon was
+down across a month's end the closing days of the month before are missing too. `on_cron`
+requests only the latest time window, and no built-in condition knows that a partition was last
+materialized before its window closed. A schedule's evaluation reads exactly that from the
+instance and requests one range run per job, its reasons in the tick log.
+
+One job (and schedule) per dataset and PartitionsDefinition: a run of partition keys needs every
+asset it selects to share one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+from marketdata_assets.coverage import partition_statuses, status_subsets
+from marketdata_assets.defs.checks import FUNDING_CADENCE, GAP_COUNT, SNAPSHOT_CHECKS, UNEXPLAINED_WINDOWS, parse_window_text
+
+# When each dataset's incremental runs (UTC): bars and statistics once their day closed,
+# funding after each 8-hourly settlement. MARKETDATA_SCHEDULE_CRON overrides them all.
+INCREMENTAL_CRONS = {
+    "klines": "10 0 * * *",
+    "funding": "10 0,8,16 * * *",
+    "open_interest": "10 0 * * *",
+    "long_short": "10 0 * * *",
+}
+# The check of each dataset that finds missing rows, and whose windows the repair sensor re-runs.
+GAP_CHECKS = {
+    "klines": GAP_COUNT,
+    "funding": FUNDING_CADENCE,
+    **{dataset: names[0] for dataset, names in SNAPSHOT_CHECKS.items()},
+}
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+TRIGGER_TAG = "marketdata/trigger"
+
+# Repairs: at most this many re-runs of a window, waiting this long after each one, and at most
+# this many runs a tick, so a venue that is down gets a trickle of runs, not a storm.
+REPAIR_ATTEMPTS = 3
+REPAIR_BACKOFF = (dt.timedelta(minutes=15), dt.timedelta(hours=1), dt.timedelta(hours=4))
+REPAIR_RUNS_PER_TICK = 5
+REPAIR_INTERVAL_S = 300
+
+
+def dataset_of(key: dg.AssetKey) -> str:
+    """klines | funding | open_interest | long_short, from `<venue>_<market>/<dataset>/<SYMBOL>`."""
+    return "klines" if key.path[1].startswith("klines_") else key.path[1]
+
+
+@dataclass(frozen=True)
+class IncrementalJob:
+    """The assets of one dataset sharing a PartitionsDefinition: one job, one schedule."""
+
+    dataset: str
+    partitions: dg.TimeWindowPartitionsDefinition
+    keys: tuple[dg.AssetKey, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}_from_{self.partitions.start:%Y_%m}"
+
+    @cached_property
+    def job(self) -> dg.UnresolvedAssetJobDefinition:
+        return dg.define_asset_job(
+            self.name,
+            selection=dg.AssetSelection.assets(*self.keys),
+            description=f"{self.dataset} of {len(self.keys)} assets whose partitions begin {self.partitions.start:%Y-%m}.",
+        )
+
+
+def incremental_jobs(assets: Iterable[dg.AssetsDefinition]) -> list[IncrementalJob]:
+    groups: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
+    partitions_of = {}
+    for asset in assets:
+        partitions = asset.partitions_def
+        assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+        group = (dataset_of(asset.key), partitions.start, partitions.cron_schedule, partitions.end_offset)
+        groups[group].append(asset.key)
+        partitions_of[group] = partitions
+    return [
+        IncrementalJob(group[0], partitions_of[group], tuple(sorted(keys, key=lambda k: k.path)))
+        for group, keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1]))
+    ]
+
+
+@dataclass
+class Plan:
+    """What an evaluation requests, and why, one line per decision."""
+
+    requests: list[dg.RunRequest] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+
+
+def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> float | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    return records[0].timestamp if records else None
+
+
+def stale_partitions(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partitions: dg.TimeWindowPartitionsDefinition, now: dt.datetime,
+) -> tuple[list[str], str]:
+    """The partitions of `key` an incremental at `now` must run, and since when they were missed.
+
+    Missed is everything whose window ends after the newest partition was last materialized (on
+    a fresh instance: after the day before `now`), unless it was materialized after it closed.
+    So a daily run re-reads the month in progress, and after days without runs the months those
+    days fell in are read again, the one that closed meanwhile included.
+    """
+    keys = list(partitions.get_partition_keys(current_time=now))
+    materialized = instance.get_materialized_partitions(key)
+    head = next((k for k in reversed(keys) if k in materialized), None)
+    head_time = _latest_materialization(instance, key, head) if head else None
+    since = (
+        dt.datetime.fromtimestamp(head_time, dt.UTC) if head_time is not None else now - dt.timedelta(days=1)
+    )
+    stale = []
+    for partition in keys:
+        window = partitions.time_window_for_partition_key(partition)
+        if window.end <= since:
+            continue
+        done_at = _latest_materialization(instance, key, partition) if partition in materialized else None
+        if done_at is None or done_at < window.end.timestamp():
+            stale.append(partition)
+    reason = f"last materialized {since:%Y-%m-%d %H:%M} UTC" if head_time is not None else "never materialized"
+    return stale, reason
+
+
+def plan_incremental(
+    instance: dg.DagsterInstance, job: IncrementalJob, now: dt.datetime, tick: str,
+) -> Plan:
+    """One range run per set of assets of `job` that missed the same partitions."""
+    plan = Plan()
+    in_flight = instance.get_runs(dg.RunsFilter(job_name=job.name, statuses=NOT_FINISHED_STATUSES), limit=1)
+    if in_flight:
+        plan.decisions.append(f"{job.name}: run {in_flight[0].run_id} is still {in_flight[0].status.value}; "
+                              "the next tick picks up what it leaves")
+        return plan
+    by_range: dict[tuple[str, str], list[dg.AssetKey]] = defaultdict(list)
+    for key in job.keys:
+        stale, reason = stale_partitions(instance, key, job.partitions, now)
+        if not stale:
+            plan.decisions.append(f"{key.to_user_string()}: up to date ({reason})")
+            continue
+        plan.decisions.append(
+            f"{key.to_user_string()}: {reason}; runs {stale[0]}...{stale[-1]} ({len(stale)} partitions)"
+        )
+        by_range[(stale[0], stale[-1])].append(key)
+    for (first, last), keys in sorted(by_range.items()):
+        plan.requests.append(dg.RunRequest(
+            run_key=f"{tick}:{first}...{last}:{','.join(k.to_user_string() for k in keys)}",
+            asset_selection=keys,
+            tags={RANGE_START: first, RANGE_END: last, TRIGGER_TAG: "incremental"},
+        ))
+    return plan
+
+
+def incremental_schedule(job: IncrementalJob, cron: str | None) -> dg.ScheduleDefinition:
+    cron = cron or INCREMENTAL_CRONS[job.dataset]
+
+    @dg.schedule(
+        name=f"{job.name}_incremental",
+        job=job.job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=(
+            f"Keeps {job.dataset} current ({cron} UTC): re-runs the month in progress and every "
+            "partition missed since the last run, in one range run."
+        ),
+    )
+    def incremental(context: dg.ScheduleEvaluationContext):
+        tick = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).isoformat()
+        plan = plan_incremental(context.instance, job, dt.datetime.now(dt.UTC), tick)
+        for line in plan.decisions:
+            context.log.info(line)
+        return plan.requests or dg.SkipReason("; ".join(plan.decisions))
+
+    return incremental
+
+
+# --- gap repair ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RepairState:
+    """The repair sensor's cursor: the newest gap-check evaluation read per check, the windows
+    (asset|partition) whose latest gap check found unexplained gaps, and the re-runs made of each
+    window with when the next is allowed."""
+
+    checks: dict[str, int] = field(default_factory=dict)
+    gaps: dict[str, str] = field(default_factory=dict)
+    attempts: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_cursor(cls, cursor: str | None) -> RepairState:
+        if not cursor:
+            return cls()
+        raw = json.loads(cursor)
+        return cls(raw["checks"], raw["gaps"], {k: (int(n), float(t)) for k, (n, t) in raw["attempts"].items()})
+
+    def to_cursor(self) -> str:
+        return json.dumps({"checks": self.checks, "gaps": self.gaps, "attempts": self.attempts}, sort_keys=True)
+
+
+def _window_id(key: dg.AssetKey, partition: str) -> str:
+    return f"{key.to_user_string()}|{partition}"
+
+
+def _partitions_in(partitions: dg.TimeWindowPartitionsDefinition, start: dt.datetime, end: dt.datetime) -> list[str]:
+    """Keys of the partitions overlapping [start, end)."""
+    first = partitions.get_partition_key_for_timestamp(start.timestamp())
+    last = partitions.get_partition_key_for_timestamp((end - dt.timedelta(microseconds=1)).timestamp())
+    return list(partitions.get_partition_keys_in_range(dg.PartitionKeyRange(first, last)))
+
+
+def read_gap_checks(
+    instance: dg.DagsterInstance, jobs: Sequence[IncrementalJob], state: RepairState, decisions: list[str],
+) -> None:
+    """Fold every gap-check evaluation recorded since the cursor into `state.gaps`: each
+    partition the evaluation covered is pending if it holds an unexplained window, cleared if not.
+    Verified-empty windows and documented maintenance are explained, so they never become pending."""
+    for job in jobs:
+        for key in job.keys:
+            check_key = dg.AssetCheckKey(key, GAP_CHECKS[job.dataset])
+            seen = state.checks.get(check_key.to_user_string(), 0)
+            records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=200)
+            for record in sorted(records, key=lambda r: r.id):
+                if record.id <= seen:
+                    continue
+                if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+                    run = instance.get_run_by_id(record.run_id)
+                    if run is not None and not run.is_finished:
+                        break  # read it once it is evaluated
+                    seen = record.id
+                    continue
+                seen = record.id
+                evaluation = record.evaluation
+                if evaluation is None or "window" not in evaluation.metadata:
+                    continue
+                start, end = parse_window_text(str(evaluation.metadata["window"].value))
+                raw_windows = evaluation.metadata.get(UNEXPLAINED_WINDOWS)
+                windows = [
+                    (dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b))
+                    for a, b in (raw_windows.value if raw_windows is not None else [])  # type: ignore[union-attr]
+                ]
+                pending = {
+                    partition: sum(1 for a, b in windows if _overlap(job.partitions, partition, a, b))
+                    for partition in _partitions_in(job.partitions, start, end)
+                }
+                for partition, count in pending.items():
+                    window_id = _window_id(key, partition)
+                    if count:
+                        state.gaps[window_id] = f"{check_key.name} found {count} unexplained gaps"
+                    elif state.gaps.pop(window_id, None):
+                        decisions.append(f"{window_id}: {check_key.name} passes now (or its gaps are verified empty)")
+                known = evaluation.metadata.get("known_gap_bars")
+                if known is not None and known.value and not windows:
+                    decisions.append(
+                        f"{key.to_user_string()}: the gaps {check_key.name} found over {start:%Y-%m-%d}..{end:%Y-%m-%d} "
+                        "are all verified empty or documented maintenance: not re-run"
+                    )
+            state.checks[check_key.to_user_string()] = seen
+
+
+def _overlap(partitions: dg.TimeWindowPartitionsDefinition, partition: str, a: dt.datetime, b: dt.datetime) -> bool:
+    window = partitions.time_window_for_partition_key(partition)
+    return a < window.end and window.start < b
+
+
+@dataclass(frozen=True)
+class _Asset:
+    key: dg.AssetKey
+    partitions: dg.TimeWindowPartitionsDefinition
+
+
+def failed_partitions(instance: dg.DagsterInstance, jobs: Sequence[IncrementalJob]) -> dict[str, str]:
+    """window id -> why, for every partition whose latest run failed (Dagster's partition status)."""
+    assets = [_Asset(key, job.partitions) for job in jobs for key in job.keys]
+    failed = {}
+    for asset, status in zip(assets, partition_statuses(instance, assets), strict=True):
+        _, failed_subset = status_subsets(status, asset.partitions)
+        for partition in failed_subset.get_partition_keys():
+            failed[_window_id(asset.key, partition)] = "its latest run failed"
+    return failed
+
+
+def plan_repairs(
+    state: RepairState, failed: dict[str, str], busy: set[str], now: float,
+    job_of: dict[str, IncrementalJob], tick: str,
+) -> Plan:
+    """Re-runs of the windows that failed or hold unexplained gaps: each at most REPAIR_ATTEMPTS
+    times, REPAIR_BACKOFF apart, REPAIR_RUNS_PER_TICK runs a tick (one per asset and run of
+    adjacent partitions). `busy`: assets a run is already materializing. Updates `state`."""
+    plan = Plan()
+    wanted = {**state.gaps, **failed}
+    for window_id in sorted(set(state.attempts) - set(wanted)):
+        attempts, _ = state.attempts.pop(window_id)
+        plan.decisions.append(f"{window_id}: nothing left to repair ({attempts} re-runs requested)")
+    due: dict[str, list[str]] = defaultdict(list)
+    for window_id in sorted(wanted):
+        asset, partition = window_id.rsplit("|", 1)
+        attempts, next_at = state.attempts.get(window_id, (0, 0.0))
+        why = wanted[window_id]
+        if asset in busy:
+            plan.decisions.append(f"{window_id}: {why}; a run of {asset} is in progress, so waiting for it")
+        elif attempts >= REPAIR_ATTEMPTS:
+            plan.decisions.append(
+                f"{window_id}: {why} after {attempts} re-runs; giving up. Fix the cause and run it again "
+                f"(`marketdata backfill`), or record windows the venue has no data for (`marketdata gaps verify`)"
+            )
+        elif now < next_at:
+            plan.decisions.append(
+                f"{window_id}: {why}; re-run {attempts + 1} of {REPAIR_ATTEMPTS} waits until "
+                f"{dt.datetime.fromtimestamp(next_at, dt.UTC):%Y-%m-%d %H:%M} UTC"
+            )
+        else:
+            due[asset].append(partition)
+    launched = 0
+    for asset, partition_keys in sorted(due.items()):
+        job = job_of[asset]
+        for first, last in _runs_of_adjacent(job.partitions, sorted(partition_keys)):
+            span = list(job.partitions.get_partition_keys_in_range(dg.PartitionKeyRange(first, last)))
+            if launched >= REPAIR_RUNS_PER_TICK:
+                plan.decisions.append(
+                    f"{asset} {first}...{last}: due, but {REPAIR_RUNS_PER_TICK} repair runs were requested "
+                    "this tick already; the next tick asks again"
+                )
+                continue
+            launched += 1
+            for partition in span:
+                window_id = _window_id(dg.AssetKey.from_user_string(asset), partition)
+                attempts = state.attempts.get(window_id, (0, 0.0))[0] + 1
+                state.attempts[window_id] = (attempts, now + REPAIR_BACKOFF[attempts - 1].total_seconds())
+            attempt = max(state.attempts[_window_id(dg.AssetKey.from_user_string(asset), p)][0] for p in span)
+            plan.decisions.append(
+                f"{asset} {first}...{last}: {wanted[_window_id(dg.AssetKey.from_user_string(asset), first)]}; "
+                f"re-run {attempt} of {REPAIR_ATTEMPTS}"
+            )
+            plan.requests.append(dg.RunRequest(
+                run_key=f"repair:{asset}:{first}...{last}:{tick}",
+                job_name=job.name,
+                asset_selection=[dg.AssetKey.from_user_string(asset)],
+                tags={RANGE_START: first, RANGE_END: last, TRIGGER_TAG: "gap_repair",
+                      "marketdata/repair_attempt": str(attempt)},
+            ))
+    return plan
+
+
+def _runs_of_adjacent(partitions: dg.TimeWindowPartitionsDefinition, keys: list[str]) -> list[tuple[str, str]]:
+    """(first, last) of each run of adjacent partition keys among `keys` (sorted)."""
+    runs: list[list[str]] = []
+    for key in keys:
+        if runs and partitions.get_next_partition_key(runs[-1][-1]) == key:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return [(run[0], run[-1]) for run in runs]
+
+
+def _busy_assets(instance: dg.DagsterInstance) -> set[str]:
+    runs = instance.get_runs(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES))
+    return {key.to_user_string() for run in runs for key in (run.asset_selection or ())}
+
+
+def gap_repair_sensor(jobs: Sequence[IncrementalJob]) -> dg.SensorDefinition:
+    job_of = {key.to_user_string(): job for job in jobs for key in job.keys}
+
+    @dg.sensor(
+        name="gap_repair",
+        jobs=[job.job for job in jobs],
+        minimum_interval_seconds=REPAIR_INTERVAL_S,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Re-runs the partitions whose latest run failed and those whose gap check found "
+            f"unexplained gaps: at most {REPAIR_ATTEMPTS} times each, waiting "
+            f"{', '.join(str(b) for b in REPAIR_BACKOFF)} between, {REPAIR_RUNS_PER_TICK} runs a tick. "
+            "Windows verified empty are never re-run."
+        ),
+    )
+    def gap_repair(context: dg.SensorEvaluationContext):
+        state = RepairState.from_cursor(context.cursor)
+        decisions: list[str] = []
+        read_gap_checks(context.instance, jobs, state, decisions)
+        plan = plan_repairs(
+            state, failed_partitions(context.instance, jobs), _busy_assets(context.instance), time.time(), job_of,
+            tick=dt.datetime.now(dt.UTC).isoformat(),
+        )
+        for line in decisions + plan.decisions:
+            context.log.info(line)
+        if plan.requests:
+            return dg.SensorResult(run_requests=plan.requests, cursor=state.to_cursor())
+        return dg.SensorResult(
+            skip_reason="; ".join(decisions + plan.decisions) or "no failed partitions and no unexplained gaps",
+            cursor=state.to_cursor(),
+        )
+
+    return gap_repair
+
+
+def automation(assets: Sequence[dg.AssetsDefinition], cron: str | None = None):
+    """(jobs, schedules, sensors) for `assets`: a daily incremental per job, and the repair sensor."""
+    jobs = incremental_jobs(assets)
+    return (
+        [job.job for job in jobs],
+        [incremental_schedule(job, cron) for job in jobs],
+        [gap_repair_sensor(jobs)] if jobs else [],
+    )
