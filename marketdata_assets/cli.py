@@ -248,17 +248,223 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-@main.command()
-@click.option("--from", "from_date", envvar="FROM_DATE", help="First day (YYYY-MM-DD) [90 days ago].")
-@click.option("--to", "to_date", envvar="TO_DATE", help="Last day (YYYY-MM-DD) [yesterday].")
-def demo(from_date: str | None, to_date: str | None) -> None:
-    """Backfill the catalog from a local emulator, then print what is stored."""
-    from marketdata_assets.demo import parse_date, run_demo
+class _BackfillGroup(click.Group):
+    """`marketdata backfill DATASET …` launches; `jobs` and `cancel` are its other commands."""
 
-    run_demo(
-        parse_date("FROM_DATE", from_date) if from_date else None,
-        parse_date("TO_DATE", to_date) if to_date else None,
-    )
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["launch", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_BackfillGroup)
+def backfill() -> None:
+    """Launch, list and cancel backfills on the running Dagster webserver (MARKETDATA_DAGSTER_URL),
+    so they show in its UI and its daemon runs them; or run one here with --local.
+
+    \b
+    marketdata backfill DATASET [--symbols BTCUSDT,ETHUSDT] [--from DATE] [--to DATE|now] [--wait|--local]
+    marketdata backfill jobs [--format table|json]
+    marketdata backfill cancel ID
+    """
+
+
+def _selection(command: str, dataset: str, symbols: tuple[str, ...], from_raw: str | None, to_raw: str | None):
+    """(settings, definitions, selections) of a backfill request, or one line and exit 2."""
+    from marketdata_assets.backfills import BackfillError, dataset_assets, partitions_between, selections, window
+    from marketdata_assets.catalog import CatalogError
+    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.settings import SettingsError
+
+    now = dt.datetime.now(dt.UTC)
+    wanted = [s.strip() for raw in symbols for s in raw.split(",") if s.strip()]
+    try:
+        start, end = window(from_raw, to_raw, now)
+        settings = Settings.from_env()
+        definitions = build_definitions(settings)
+        specs = dataset_assets(definitions, dataset, wanted)
+    except (BackfillError, CatalogError, SettingsError) as exc:
+        _fail(command, str(exc))
+    chosen = selections(specs, lambda spec: partitions_between(spec.partitions_def, start, end, now))  # type: ignore[arg-type]
+    if not chosen:
+        _fail(command, f"no partitions of {dataset} overlap {from_raw or 'the listing'} .. {to_raw or 'now'}")
+    return settings, definitions, chosen
+
+
+def _local_instance(env=None):
+    """The Dagster instance of DAGSTER_HOME, or of .marketdata/dagster (made if missing)."""
+    import os
+    from pathlib import Path
+
+    import dagster as dg
+
+    env = os.environ if env is None else env
+    home = Path(env.get("DAGSTER_HOME") or ".marketdata/dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and Path("dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(Path("dagster.yaml").read_text())
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def _run_here(definitions, chosen, instance, tags=None) -> bool:
+    """Run `chosen` in this process with a progress bar over its partitions; print each outcome."""
+    from marketdata_assets.backfills import run_here
+
+    total = sum(selection.size for selection in chosen)
+    with click.progressbar(length=total, label=f"{total} partitions", show_pos=True, file=sys.stderr) as bar:
+        outcomes = run_here(definitions, chosen, instance, bar.update, tags)
+    for outcome in outcomes:
+        what = f"{outcome.selection.describe()} ({outcome.selection.size} partitions)"
+        if outcome.success:
+            click.echo(f"done   {what} in {outcome.seconds:.1f} s, run {outcome.run_id}")
+        else:
+            click.echo(f"FAILED {what}, run {outcome.run_id}:")
+            for error in outcome.errors:
+                click.echo("  " + error.replace("\n", "\n  "))
+    return all(outcome.success for outcome in outcomes)
+
+
+@backfill.command("launch")
+@click.argument("dataset")
+@click.option("--symbols", multiple=True, help="Only these symbols: comma-separated, or the option repeated.")
+@click.option("--from", "from_raw", metavar="DATE", help="YYYY-MM-DD or 'YYYY-MM-DD HH:MM:SS' UTC [the listing].")
+@click.option("--to", "to_raw", metavar="DATE|now", help="The last day (included), a moment, or now [now].")
+@click.option("--wait", is_flag=True, help="Follow the backfill until it ends; exit 1 unless it succeeded.")
+@click.option("--local", is_flag=True, help="Run it in this process (no webserver), with a progress bar.")
+def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: bool) -> None:
+    """Backfill DATASET (klines, klines_1m, …, funding, open_interest, long_short) over a date range.
+
+    Prints the backfill's id; with --local, each run's outcome instead."""
+    from marketdata_assets.backfills import DagsterApi, DagsterApiError
+
+    settings, definitions, chosen = _selection("backfill", dataset, symbols, from_raw, to_raw)
+    if local:
+        instance = _local_instance()
+        ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata backfill --local"})
+        instance.dispose()
+        sys.exit(0 if ok else 1)
+    api = DagsterApi(settings.dagster_url)
+    title = f"marketdata backfill {dataset}" + (f" {','.join(symbols)}" if symbols else "") + \
+        f" {from_raw or 'listing'}..{to_raw or 'now'}"
+    try:
+        backfill_id = api.launch(chosen, title)
+        click.echo(backfill_id)
+        if not wait:
+            return
+        info = api.wait(backfill_id, lambda i: click.echo(
+            f"{i.status}: {i.done} of {i.total} partitions done, {i.failed} failed, {i.in_progress} in progress",
+            err=True))
+    except DagsterApiError as exc:
+        click.echo(f"marketdata backfill: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(0 if info.status in ("COMPLETED", "COMPLETED_SUCCESS") else 1)
+
+
+@backfill.command("jobs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--limit", default=20, show_default=True, help="The newest this many.")
+def backfill_jobs(fmt: str, limit: int) -> None:
+    """The backfills on the webserver, newest first: id, status, partitions done/failed/total,
+    start time, assets."""
+    import json
+
+    from marketdata_assets.backfills import DagsterApi, DagsterApiError
+
+    try:
+        infos = DagsterApi(Settings.from_env().dagster_url).backfills(limit)
+    except DagsterApiError as exc:
+        click.echo(f"marketdata backfill jobs: {exc}", err=True)
+        sys.exit(1)
+    if fmt == "json":
+        click.echo(json.dumps([info.as_json() for info in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no backfills")
+        return
+    click.echo(f"{'id':<10} {'status':<18} {'done':>6} {'failed':>6} {'total':>6}  {'started (UTC)':<16}  assets")
+    for info in infos:
+        assets = ", ".join(info.assets[:3]) + (f" and {len(info.assets) - 3} more" if len(info.assets) > 3 else "")
+        click.echo(f"{info.id:<10} {info.status:<18} {info.done:>6} {info.failed:>6} {info.total:>6}  "
+                   f"{info.started:%Y-%m-%d %H:%M}  {assets}")
+
+
+@backfill.command("cancel")
+@click.argument("backfill_id")
+def backfill_cancel(backfill_id: str) -> None:
+    """Cancel backfill BACKFILL_ID: no more of its runs start, the ones running are stopped, and
+    windows already written stay in the warehouse."""
+    from marketdata_assets.backfills import FINISHED, DagsterApi, DagsterApiError
+
+    api = DagsterApi(Settings.from_env().dagster_url)
+    try:
+        info = api.backfill(backfill_id)
+        if info is None:
+            _fail("backfill cancel", f"no backfill {backfill_id} on {api.url}")
+        assert info is not None
+        if info.status in FINISHED:
+            click.echo(f"{backfill_id} has ended already: {info.status}")
+            return
+        api.cancel(backfill_id)
+    except DagsterApiError as exc:
+        click.echo(f"marketdata backfill cancel: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"canceling {backfill_id}: no more of its runs start and the running ones are stopped "
+               f"({info.done} of {info.total} partitions done so far stay)")
+
+
+def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
+    """`marketdata seed` with the settings of `env`; True when every run succeeded."""
+    from marketdata_assets.backfills import BackfillError, plan_seed, seed_window, skipped_datasets
+    from marketdata_assets.catalog import CatalogError
+    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.settings import SettingsError
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        start, end = seed_window(from_raw, to_raw, now)
+        definitions = build_definitions(Settings.from_env(env))
+    except (BackfillError, CatalogError, SettingsError) as exc:
+        _fail("seed", str(exc))
+    instance = _local_instance(env)
+    chosen, notes = plan_seed(definitions, instance, start, end, now, skipped_datasets(env))
+    click.echo(f"seeding {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC into {Settings.from_env(env).warehouse_url}")
+    for note in notes:
+        click.echo(note)
+    if not chosen:
+        click.echo("nothing to fetch: every partition is materialized already")
+        instance.dispose()
+        return True
+    ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata seed"})
+    instance.dispose()
+    return ok
+
+
+@main.command()
+@click.option("--from", "from_raw", envvar="FROM_DATE", metavar="DATE", help="First day [a year ago].")
+@click.option("--to", "to_raw", envvar="TO_DATE", metavar="DATE", help="Last day, included [now].")
+def seed(from_raw: str | None, to_raw: str | None) -> None:
+    """Bootstrap: every dataset of the catalog over the last year, in this process.
+
+    SKIP_<DATASET>=1 leaves a dataset out (SKIP_KLINES, SKIP_FUNDING, SKIP_OPEN_INTEREST,
+    SKIP_LONG_SHORT). A re-run fetches only the partitions not materialized yet."""
+    import os
+
+    sys.exit(0 if run_seed(os.environ, from_raw, to_raw) else 1)
+
+
+@main.command()
+@click.option("--from", "from_raw", envvar="FROM_DATE", metavar="DATE", help="First day [a year ago].")
+@click.option("--to", "to_raw", envvar="TO_DATE", metavar="DATE", help="Last day, included [now].")
+def demo(from_raw: str | None, to_raw: str | None) -> None:
+    """`marketdata seed` against a local emulator, then what is stored."""
+    from marketdata_assets.backfills import BackfillError, seed_window
+    from marketdata_assets.demo import run_demo
+
+    try:
+        seed_window(from_raw, to_raw, dt.datetime.now(dt.UTC))
+    except BackfillError as exc:
+        _fail("demo", str(exc))
+    sys.exit(0 if run_demo(from_raw, to_raw) else 1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
     result = marketdata("demo", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "--partition-range 2024-01-01...2024-02-01" in out  # the months holding those days
+    # one range run per PartitionsDefinition, over the months holding those days
+    assert "done   binance_spot/klines_1h/BTCUSDT, binance_spot/klines_1h/ETHUSDT, binance_spot/klines_1m/BTCUSDT, " \
+           "binance_spot/klines_1m/ETHUSDT 2024-01-01...2024-02-01 (8 partitions)" in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("binance_")}
     for market in ("spot", "perp"):
         for symbol in ("BTCUSDT", "ETHUSDT"):
@@ -38,15 +40,26 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
         assert lines[f"binance_perp/open_interest/{symbol}"][0] == str((31 + 29) * 288)
         assert lines[f"binance_perp/long_short/{symbol}"][0] == str((31 + 29) * 288 * 4)
         assert f"bybit_perp/funding/{symbol} {(31 + 29) * 3} 2024-01-01 00:00 2024-02-29 16:00" in " ".join(out.split())
-    assert "skipping okx_perp/funding/BTC_USDT_SWAP, okx_perp/funding/ETH_USDT_SWAP: OKX keeps only about three months" in out
+    assert "okx_perp/funding/BTC_USDT_SWAP: okx keeps about 90 days, so 0 of its 2 partitions are asked for" in out
     assert (tmp_path / ".marketdata" / "warehouse.duckdb").exists()
     assert (tmp_path / ".marketdata" / "dagster" / "dagster.yaml").exists()
+
+    # A second run fetches nothing, and says so; a skipped dataset is named.
+    again = marketdata("demo", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02", "SKIP_FUNDING": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines()[1:5] == [
+        "seeding 2024-01-30 00:00 .. 2024-02-03 00:00 UTC into duckdb:///.marketdata/warehouse.duckdb",
+        "skipping funding (SKIP_FUNDING=1)",
+        "all 24 partitions are materialized already",
+        "nothing to fetch: every partition is materialized already",
+    ]
 
 
 def test_demo_rejects_a_bad_date(tmp_path):
     result = marketdata("demo", "--from", "2024-02-31", cwd=tmp_path)
     assert result.returncode == 2
-    assert "FROM_DATE='2024-02-31' is not a date (YYYY-MM-DD)" in result.stderr
+    assert result.stderr.strip() == "marketdata demo: FROM_DATE '2024-02-31' is not a date: use YYYY-MM-DD, " \
+                                    "'YYYY-MM-DD HH:MM:SS' (UTC) or now"
 
 
 def test_summary_of_an_empty_warehouse(tmp_path):
@@ -60,3 +73,46 @@ def test_summary_names_a_bad_warehouse_url(tmp_path):
     result = marketdata("summary", cwd=tmp_path, env={"MARKETDATA_WAREHOUSE_URL": "mysql://x"})
     assert result.returncode == 2
     assert "MARKETDATA_WAREHOUSE_URL='mysql://x' is not a warehouse URL" in result.stderr
+
+
+def test_backfill_requests_that_cannot_be_read_get_one_line_and_exit_2(tmp_path):
+    for args, message in [
+        (("klines", "--from", "2024-13-01"),
+         "--from '2024-13-01' is not a date: use YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' (UTC) or now"),
+        (("klines", "--from", "2024-03-01", "--to", "2024-02-01 12:00:00"),
+         "--to 2024-02-01 12:00:00 is before --from 2024-03-01"),
+        (("candles",),
+         "unknown dataset 'candles': the catalog has funding, klines, klines_1h, klines_1m, long_short, open_interest"),
+        (("funding", "--symbols", "BTCUSDT,DOGEUSDT"), "no funding asset for symbol DOGEUSDT in the catalog"),
+    ]:
+        result = marketdata("backfill", *args, cwd=tmp_path)
+        assert (result.returncode, result.stderr.strip()) == (2, f"marketdata backfill: {message}"), args
+
+
+def test_backfill_without_a_webserver_says_where_it_looked(tmp_path):
+    result = marketdata("backfill", "jobs", cwd=tmp_path, env={"MARKETDATA_DAGSTER_URL": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("marketdata backfill jobs: no Dagster webserver at http://127.0.0.1:9 (ConnectError): "
+                                    "start one (`make dev`), point MARKETDATA_DAGSTER_URL at yours, or run here with --local")
+
+
+def test_backfill_local_runs_here_with_progress_and_records_the_partitions(tmp_path, settings, dagster_home):
+    import dagster as dg
+
+    from marketdata_assets.warehouse import open_warehouse
+    from marketdata_tests.conftest import cli_env
+    from marketdata_tests.test_assets import BTC_SPOT_1M, MATERIALIZED, spot_catalog
+
+    env = cli_env(settings, dagster_home, spot_catalog(tmp_path))
+    result = marketdata("backfill", "klines", "--symbols", "BTCUSDT", "--from", "2024-01-15", "--to", "2024-02-10",
+                        "--local", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("done   binance_spot/klines_1m/BTCUSDT 2024-01-01...2024-02-01 (2 partitions) in ")
+    assert "2 partitions" in result.stderr  # the progress bar's label
+    bars = open_warehouse(settings.warehouse_url).query("SELECT count(*) AS n FROM market_data.klines")["n"][0]
+    assert bars == (31 + 29) * 1440
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        statuses = instance.get_status_by_partition(
+            BTC_SPOT_1M, ["2024-01-01", "2024-02-01", "2024-03-01"], dg.MonthlyPartitionsDefinition("2024-01-01", end_offset=1)
+        )
+    assert statuses == {"2024-01-01": MATERIALIZED, "2024-02-01": MATERIALIZED, "2024-03-01": None}

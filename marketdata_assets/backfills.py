@@ -1,0 +1,375 @@
+"""Job control for `marketdata backfill` and `marketdata seed`: which partitions of which assets
+a request means, launched as a backfill on the running webserver through Dagster's GraphQL API
+(so it shows in the UI and the daemon runs it), or run in this process with a progress bar."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+import httpx
+from dagster._core.utils import make_new_run_id
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from marketdata_assets.defs.automation import dataset_of
+
+DATASETS = ("klines", "funding", "open_interest", "long_short")
+# OKX keeps about three months of funding: seeding asks it only for partitions inside them.
+RETENTION = {"okx": dt.timedelta(days=90)}
+
+
+class BackfillError(Exception):
+    """The request cannot be read (bad date, unknown dataset or symbol): one line, exit 2."""
+
+
+class DagsterApiError(Exception):
+    """The webserver could not be reached, or refused: one line, exit 1."""
+
+
+def parse_moment(option: str, raw: str, now: dt.datetime, end_of_day: bool = False) -> dt.datetime:
+    """`YYYY-MM-DD` (that day's 00:00 UTC, or the next day's with `end_of_day`: the day is
+    included), `YYYY-MM-DD HH:MM:SS` (UTC) or `now`."""
+    if raw.strip().lower() == "now":
+        return now
+    for layout in ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            moment = dt.datetime.strptime(raw.strip(), layout).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        return moment + dt.timedelta(days=1) if end_of_day and layout == "%Y-%m-%d" else moment
+    raise BackfillError(f"{option} {raw!r} is not a date: use YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' (UTC) or now")
+
+
+def window(from_raw: str | None, to_raw: str | None, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime]:
+    """[start, end) UTC of --from/--to; start None means each asset's first partition."""
+    start = parse_moment("--from", from_raw, now) if from_raw else None
+    end = parse_moment("--to", to_raw, now, end_of_day=True) if to_raw else now
+    if start is not None and end <= start:
+        raise BackfillError(f"--to {to_raw} is before --from {from_raw}")
+    if start is not None and start > now:
+        raise BackfillError(f"--from {from_raw} is in the future")
+    return start, min(end, now)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Assets sharing a PartitionsDefinition, and the partitions [first, last] to run of them."""
+
+    keys: tuple[dg.AssetKey, ...]
+    partitions: dg.TimeWindowPartitionsDefinition
+    first: str
+    last: str
+
+    @property
+    def partition_keys(self) -> list[str]:
+        return list(self.partitions.get_partition_keys_in_range(dg.PartitionKeyRange(self.first, self.last)))
+
+    @property
+    def size(self) -> int:
+        return len(self.keys) * len(self.partition_keys)
+
+    def describe(self) -> str:
+        return f"{', '.join(k.to_user_string() for k in self.keys)} {self.first}...{self.last}"
+
+
+def dataset_assets(definitions: dg.Definitions, dataset: str, symbols: Sequence[str]) -> list[dg.AssetSpec]:
+    """The assets of `dataset` (klines, klines_<tf>, funding, open_interest, long_short) for
+    `symbols` (all when empty)."""
+    specs = list(definitions.resolve_all_asset_specs())
+    known = sorted({dataset_of(s.key) for s in specs} | {s.key.path[1] for s in specs})
+    chosen = [s for s in specs if dataset in (dataset_of(s.key), s.key.path[1])]
+    if not chosen:
+        raise BackfillError(f"unknown dataset {dataset!r}: the catalog has {', '.join(known)}")
+    if symbols:
+        unknown = sorted(set(symbols) - {str(s.metadata.get("symbol")) for s in chosen})
+        if unknown:
+            raise BackfillError(f"no {dataset} asset for symbol {', '.join(unknown)} in the catalog")
+        chosen = [s for s in chosen if s.metadata.get("symbol") in symbols]
+    return chosen
+
+
+def partitions_between(
+    partitions: dg.TimeWindowPartitionsDefinition, start: dt.datetime | None, end: dt.datetime, now: dt.datetime,
+) -> list[str]:
+    """Keys of the partitions overlapping [start, end) (from the first when start is None)."""
+    keys = []
+    for key in partitions.get_partition_keys(current_time=now):
+        span = partitions.time_window_for_partition_key(key)
+        if span.start < end and (start is None or span.end > start):
+            keys.append(key)
+    return keys
+
+
+def selections(
+    specs: Iterable[dg.AssetSpec], wanted: Callable[[dg.AssetSpec], list[str]],
+) -> list[Selection]:
+    """One Selection per run of adjacent wanted partitions shared by assets of one PartitionsDefinition."""
+    groups: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
+    partitions_of = {}
+    for spec in specs:
+        partitions = spec.partitions_def
+        assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+        keys = wanted(spec)
+        for first, last in _adjacent_runs(partitions, keys):
+            group = (partitions.start, partitions.cron_schedule, first, last)
+            groups[group].append(spec.key)
+            partitions_of[group] = partitions
+    return [
+        Selection(tuple(sorted(keys, key=lambda k: k.path)), partitions_of[group], group[2], group[3])
+        for group, keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][2], item[1][0].path))
+    ]
+
+
+def _adjacent_runs(partitions: dg.TimeWindowPartitionsDefinition, keys: list[str]) -> list[tuple[str, str]]:
+    runs: list[list[str]] = []
+    for key in keys:
+        if runs and partitions.get_next_partition_key(runs[-1][-1]) == key:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return [(run[0], run[-1]) for run in runs]
+
+
+# --- the webserver's GraphQL API ------------------------------------------------------------------
+
+_LAUNCH = """mutation ($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
+_BACKFILL_FIELDS = """id status title timestamp assetSelection { path }
+  assetBackfillData { assetBackfillStatuses { ... on AssetPartitionsStatusCounts {
+    numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed } } }"""
+_LIST = """query ($limit: Int) { partitionBackfillsOrError(limit: $limit) {
+  __typename ... on PartitionBackfills { results { %s } } ... on Error { message } } }""" % _BACKFILL_FIELDS
+_ONE = """query ($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  __typename ... on PartitionBackfill { %s } ... on Error { message } } }""" % _BACKFILL_FIELDS
+_CANCEL = """mutation ($id: String!) { cancelPartitionBackfill(backfillId: $id) {
+  __typename ... on CancelBackfillSuccess { backfillId } ... on Error { message } } }"""
+
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+@dataclass
+class BackfillInfo:
+    """One backfill as `marketdata backfill jobs` lists it."""
+
+    id: str
+    status: str
+    assets: list[str]
+    done: int
+    failed: int
+    in_progress: int
+    total: int
+    started: dt.datetime
+    title: str | None = None
+
+    @classmethod
+    def from_graphql(cls, raw: Mapping) -> BackfillInfo:
+        counts = [c for c in (raw.get("assetBackfillData") or {}).get("assetBackfillStatuses", []) if c]
+        return cls(
+            id=raw["id"],
+            status=raw["status"],
+            assets=["/".join(a["path"]) for a in raw.get("assetSelection") or []],
+            done=sum(c["numPartitionsMaterialized"] for c in counts),
+            failed=sum(c["numPartitionsFailed"] for c in counts),
+            in_progress=sum(c["numPartitionsInProgress"] for c in counts),
+            total=sum(c["numPartitionsTargeted"] for c in counts),
+            started=dt.datetime.fromtimestamp(raw["timestamp"], dt.UTC),
+            title=raw.get("title"),
+        )
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id, "status": self.status, "assets": self.assets,
+            "partitions": {"done": self.done, "failed": self.failed, "in_progress": self.in_progress,
+                           "total": self.total},
+            "started": self.started.isoformat(), "title": self.title,
+        }
+
+
+@dataclass
+class DagsterApi:
+    """The Dagster webserver at `url` (e.g. http://127.0.0.1:3000)."""
+
+    url: str
+    timeout_s: float = 60.0
+
+    def _ask(self, query: str, variables: dict, field_name: str) -> dict:
+        try:
+            response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables},
+                                  timeout=self.timeout_s)
+        except httpx.TransportError as exc:
+            raise DagsterApiError(
+                f"no Dagster webserver at {self.url} ({exc.__class__.__name__}): start one (`make dev`), "
+                "point MARKETDATA_DAGSTER_URL at yours, or run here with --local"
+            ) from None
+        if response.status_code != 200:
+            raise DagsterApiError(f"{self.url}/graphql answered HTTP {response.status_code}: {response.text[:300]}")
+        body = response.json()
+        if body.get("errors"):
+            raise DagsterApiError(f"{self.url}/graphql: {body['errors'][0].get('message')}")
+        answer = body["data"][field_name]
+        if "message" in answer and answer.get("__typename", "").endswith("Error"):
+            raise DagsterApiError(f"{answer['__typename']}: {answer['message'].strip().splitlines()[0]}")
+        return answer
+
+    def launch(self, chosen: Sequence[Selection], title: str) -> str:
+        params = {
+            "partitionsByAssets": [
+                {"assetKey": {"path": key.path}, "partitions": {"range": {"start": s.first, "end": s.last}}}
+                for s in chosen for key in s.keys
+            ],
+            "title": title,
+            "tags": [{"key": "marketdata/trigger", "value": "marketdata backfill"}],
+        }
+        return self._ask(_LAUNCH, {"params": params}, "launchPartitionBackfill")["backfillId"]
+
+    def backfills(self, limit: int = 20) -> list[BackfillInfo]:
+        answer = self._ask(_LIST, {"limit": limit}, "partitionBackfillsOrError")
+        return [BackfillInfo.from_graphql(raw) for raw in answer["results"]]
+
+    def backfill(self, backfill_id: str) -> BackfillInfo | None:
+        try:
+            return BackfillInfo.from_graphql(self._ask(_ONE, {"id": backfill_id}, "partitionBackfillOrError"))
+        except DagsterApiError as exc:
+            if "not found" in str(exc).lower() or "BackfillNotFoundError" in str(exc):
+                return None
+            raise
+
+    def cancel(self, backfill_id: str) -> None:
+        self._ask(_CANCEL, {"id": backfill_id}, "cancelPartitionBackfill")
+
+    def wait(self, backfill_id: str, report: Callable[[BackfillInfo], None], poll_s: float = 2.0) -> BackfillInfo:
+        last = None
+        while True:
+            info = self.backfill(backfill_id)
+            assert info is not None
+            state = (info.status, info.done, info.failed, info.in_progress)
+            if state != last:
+                report(info)
+                last = state
+            if info.status in FINISHED:
+                return info
+            time.sleep(poll_s)
+
+
+# --- runs in this process ---------------------------------------------------------------------------
+
+
+@dataclass
+class LocalOutcome:
+    selection: Selection
+    run_id: str
+    success: bool
+    seconds: float
+    errors: list[str] = field(default_factory=list)
+
+
+# The run's events are in the instance (and the UI); the terminal gets warnings, and the outcomes.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_here(
+    definitions: dg.Definitions, chosen: Sequence[Selection], instance: dg.DagsterInstance,
+    progress: Callable[[int], None], tags: Mapping[str, str] | None = None,
+) -> list[LocalOutcome]:
+    """One range run per Selection, in this process, recorded in `instance` as any run is.
+    `progress(n)` hears of each n partitions materialized as they are recorded."""
+    outcomes = []
+    for selection in chosen:
+        job = definitions.resolve_implicit_job_def_def_for_assets(list(selection.keys))
+        assert job is not None
+        run_id = make_new_run_id()
+        finished = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(instance, run_id, progress, finished), daemon=True)
+        watcher.start()
+        began = time.perf_counter()
+        try:
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=list(selection.keys),
+                run_id=run_id,
+                run_config=QUIET,
+                raise_on_error=False,
+                tags={ASSET_PARTITION_RANGE_START_TAG: selection.first, ASSET_PARTITION_RANGE_END_TAG: selection.last,
+                      **(tags or {})},
+            )
+        finally:
+            finished.set()
+            watcher.join()
+        errors = [
+            event.step_failure_data.error.message.strip()
+            for event in result.all_events
+            if event.event_type == dg.DagsterEventType.STEP_FAILURE and event.step_failure_data.error
+        ]
+        outcomes.append(LocalOutcome(selection, run_id, result.success, time.perf_counter() - began, errors))
+    return outcomes
+
+
+def _watch(instance: dg.DagsterInstance, run_id: str, progress: Callable[[int], None], finished: threading.Event):
+    """Report materializations of `run_id` as they are recorded, until `finished`, then the rest."""
+    reported = 0
+    while True:
+        done = finished.wait(0.5)
+        count = len(instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION,
+                                                 limit=100_000).records)
+        if count > reported:
+            progress(count - reported)
+            reported = count
+        if done:
+            return
+
+
+# --- seed ---------------------------------------------------------------------------------------------
+
+SEED_DAYS = 365
+
+
+def seed_window(from_raw: str | None, to_raw: str | None, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) of a seed: FROM_DATE (a year ago by default) to TO_DATE's end (now by default)."""
+    start = parse_moment("FROM_DATE", from_raw, now) if from_raw else now - dt.timedelta(days=SEED_DAYS)
+    end = min(parse_moment("TO_DATE", to_raw, now, end_of_day=True), now) if to_raw else now
+    if end <= start:
+        raise BackfillError(f"TO_DATE {to_raw} is before FROM_DATE {from_raw or f'{start:%Y-%m-%d}'}")
+    return start, end
+
+
+def skipped_datasets(env: Mapping[str, str]) -> list[str]:
+    """Datasets a SKIP_<DATASET>=1 (true, yes) leaves out, e.g. SKIP_FUNDING=1."""
+    return [d for d in DATASETS if env.get(f"SKIP_{d.upper()}", "").strip().lower() in ("1", "true", "yes")]
+
+
+def plan_seed(
+    definitions: dg.Definitions, instance: dg.DagsterInstance, start: dt.datetime, end: dt.datetime,
+    now: dt.datetime, skip: Sequence[str],
+) -> tuple[list[Selection], list[str]]:
+    """The partitions overlapping [start, end) of every dataset not skipped that are not yet
+    materialized, as Selections, and what the plan left out and why, one line each."""
+    notes = [f"skipping {dataset} (SKIP_{dataset.upper()}=1)" for dataset in skip]
+    specs = [s for s in definitions.resolve_all_asset_specs() if dataset_of(s.key) not in skip]
+    wanted: dict[dg.AssetKey, list[str]] = {}
+    already = total = 0
+    for spec in specs:
+        partitions = spec.partitions_def
+        assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+        keys = partitions_between(partitions, start, end, now)
+        kept = RETENTION.get(str(spec.metadata.get("venue")))
+        if kept is not None:
+            reachable = [k for k in keys if partitions.time_window_for_partition_key(k).start >= now - kept]
+            if len(reachable) < len(keys):
+                notes.append(f"{spec.key.to_user_string()}: {spec.metadata.get('venue')} keeps about {kept.days} days, "
+                             f"so {len(reachable)} of its {len(keys)} partitions are asked for")
+            keys = reachable
+        materialized = instance.get_materialized_partitions(spec.key)
+        wanted[spec.key] = [k for k in keys if k not in materialized]
+        already += len(keys) - len(wanted[spec.key])
+        total += len(keys)
+    if already == total:
+        notes.append(f"all {total} partitions are materialized already")
+    elif already:
+        notes.append(f"{already} of {total} partitions are materialized already: fetching only the other "
+                     f"{total - already}")
+    return selections(specs, lambda spec: wanted[spec.key]), notes
