@@ -4,7 +4,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 MARKETDATA_HOME := $(CURDIR)/.marketdata
 
-.PHONY: install test demo dev bench clean
+.PHONY: install test demo seed dev bench clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -14,8 +14,13 @@ install:
 test: install
 	$(UV) run pytest
 
+# `marketdata seed` against the local emulators (FROM_DATE, TO_DATE, SKIP_<DATASET>=1 apply).
 demo: install
 	$(UV) run marketdata demo
+
+# Bootstrap: every dataset of the catalog over the last year, from the settings' endpoints.
+seed: install
+	$(UV) run marketdata seed
 
 # Every speed and memory claim, measured against the emulators; writes bench/RESULTS.md (~8 min).
 bench: install

@@ -16,7 +16,7 @@ import httpx
 from dagster._core.utils import make_new_run_id
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from marketdata_assets.defs.automation import dataset_of
+from marketdata_assets.defs.automation import adjacent_runs, dataset_of
 
 DATASETS = ("klines", "funding", "open_interest", "long_short")
 # OKX keeps about three months of funding: seeding asks it only for partitions inside them.
@@ -115,7 +115,7 @@ def selections(
         partitions = spec.partitions_def
         assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
         keys = wanted(spec)
-        for first, last in _adjacent_runs(partitions, keys):
+        for first, last in adjacent_runs(partitions, keys):
             group = (partitions.start, partitions.cron_schedule, first, last)
             groups[group].append(spec.key)
             partitions_of[group] = partitions
@@ -123,16 +123,6 @@ def selections(
         Selection(tuple(sorted(keys, key=lambda k: k.path)), partitions_of[group], group[2], group[3])
         for group, keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][2], item[1][0].path))
     ]
-
-
-def _adjacent_runs(partitions: dg.TimeWindowPartitionsDefinition, keys: list[str]) -> list[tuple[str, str]]:
-    runs: list[list[str]] = []
-    for key in keys:
-        if runs and partitions.get_next_partition_key(runs[-1][-1]) == key:
-            runs[-1].append(key)
-        else:
-            runs.append([key])
-    return [(run[0], run[-1]) for run in runs]
 
 
 # --- the webserver's GraphQL API ------------------------------------------------------------------

@@ -331,7 +331,7 @@ def plan_repairs(
     launched = 0
     for asset, partition_keys in sorted(due.items()):
         job = job_of[asset]
-        for first, last in _runs_of_adjacent(job.partitions, sorted(partition_keys)):
+        for first, last in adjacent_runs(job.partitions, sorted(partition_keys)):
             span = list(job.partitions.get_partition_keys_in_range(dg.PartitionKeyRange(first, last)))
             if launched >= REPAIR_RUNS_PER_TICK:
                 plan.decisions.append(
@@ -359,7 +359,7 @@ def plan_repairs(
     return plan
 
 
-def _runs_of_adjacent(partitions: dg.TimeWindowPartitionsDefinition, keys: list[str]) -> list[tuple[str, str]]:
+def adjacent_runs(partitions: dg.TimeWindowPartitionsDefinition, keys: list[str]) -> list[tuple[str, str]]:
     """(first, last) of each run of adjacent partition keys among `keys` (sorted)."""
     runs: list[list[str]] = []
     for key in keys:
