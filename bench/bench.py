@@ -105,6 +105,8 @@ def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
         MARKETDATA_BINANCE_SPOT_URL=url,
         MARKETDATA_BINANCE_FUTURES_URL=url,
         MARKETDATA_BINANCE_ARCHIVE_URL=url,
+        MARKETDATA_OKX_URL=url,
+        MARKETDATA_BYBIT_URL=url,
         **extra,
     )
     return env
@@ -165,6 +167,30 @@ def derivatives_backfill(work: Path, url: str) -> dict:
     measured = run_measured(cmd, env, run_dir, run_dir / "dagster.log")
     measured["window"] = f"{first:%Y-%m-%d} … {now:%Y-%m-%d %H:%M}"
     measured["datasets"] = {dataset: materialization_metadata(env, key) for dataset, key in zip(DERIVATIVES, keys, strict=True)}
+    return measured
+
+
+def seed_year(work: Path, url: str) -> dict:
+    """`marketdata seed` of the default catalog on a fresh environment (every dataset, the last
+    year), then the same command again, which must find nothing to fetch."""
+    from marketdata_assets.warehouse import open_warehouse
+
+    run_dir = work / "seed"
+    run_dir.mkdir()
+    env = run_env(run_dir, url)
+    cmd = [sys.executable, "-m", "marketdata_assets.cli", "seed"]
+    measured = run_measured(cmd, env, run_dir, run_dir / "seed.log")
+    again = run_measured(cmd, env, run_dir, run_dir / "seed_again.log")
+    log = (run_dir / "seed.log").read_text()
+    measured["partitions"] = int(re.search(r"^(\d+) partitions", log, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    measured["runs"] = log.count("\ndone   ")
+    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
+    measured["rows"] = {
+        table: warehouse.query(f"SELECT count(*) AS n FROM market_data.{table}")["n"][0]
+        for table in ("klines", "funding_rates", "open_interest", "long_short_ratios")
+    }
+    measured["again_seconds"] = again["seconds"]
+    measured["again_said"] = (run_dir / "seed_again.log").read_text().strip().splitlines()[-1]
     return measured
 
 
@@ -660,6 +686,21 @@ def report(results: dict) -> str:
         "",
         f"Wall time {results['derivatives']['seconds']:.1f} s, peak RSS {results['derivatives']['rss_mb']:.0f} MB.",
         "",
+        "## Bootstrap: `marketdata seed` of the default catalog",
+        "",
+        "`marketdata seed` on a fresh environment (default DuckDB warehouse and SQLite instance): every",
+        "dataset of the packaged catalog over the last year (spot and perp klines 1m and 1h of BTCUSDT and",
+        "ETHUSDT, funding on three venues, open interest and long/short), one range run per",
+        "PartitionsDefinition in one process, OKX only inside its ~90 days. Then the same command again.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| partitions | {results['seed']['partitions']} in {results['seed']['runs']} runs |",
+        *[f"| rows in {table} | {rows:,} |" for table, rows in results["seed"]["rows"].items()],
+        f"| wall time, whole command | **{results['seed']['seconds']:.1f} s** |",
+        f"| peak RSS | {results['seed']['rss_mb']:.0f} MB |",
+        f"| the second run | {results['seed']['again_seconds']:.1f} s: \"{results['seed']['again_said']}\" |",
+        "",
         "## (e) Peak RSS",
         "",
         "Given with each run above.",
@@ -692,6 +733,7 @@ def main() -> None:
                 ("c_ccxt", lambda: run_child(work, "ccxt", url)),
                 ("report", lambda: run_child(work, "report", url)),
                 ("derivatives", lambda: derivatives_backfill(work, url)),
+                ("seed", lambda: seed_year(work, url)),
                 ("load_postgres", lambda: load_postgres(work, url)),
                 ("load_duckdb", lambda: concurrent_backfills(
                     work, url, "load_duckdb", f"duckdb:///{work / 'load.duckdb'}")),

@@ -134,6 +134,16 @@ def test_the_incremental_schedule_runs_the_newest_closed_day_and_catches_up_what
                 for r in data.run_requests} == {(month_key(now), month_key(now))}
         assert [tuple(r.asset_selection) for r in data.run_requests] == [(BTC, ETH)]
 
+        # The month in progress run by hand while the daemon was down across the 1st: the month
+        # before, last read before it closed, is read again too.
+        last_month = months_back(now, 1)
+        record_materialization(instance, BTC, month_key(last_month), last_month)
+        record_materialization(instance, BTC, month_key(now), now)
+        data, log = evaluate(definitions, schedule.name, instance, capsys)
+        assert {tuple(r.asset_selection): (r.tags["dagster/asset_partition_range_start"],
+                                           r.tags["dagster/asset_partition_range_end"]) for r in data.run_requests} \
+            == {(BTC,): (month_key(last_month), month_key(now)), (ETH,): (month_key(now), month_key(now))}
+
         # While a run of the job is in flight, the tick waits for it instead of piling on.
         run = instance.create_run_for_job(job, run_id=None, tags={}, status=dg.DagsterRunStatus.STARTED)
         data, log = evaluate(definitions, schedule.name, instance, capsys)

@@ -117,12 +117,19 @@ def stale_partitions(
     Missed is everything whose window ends after the newest partition was last materialized (on
     a fresh instance: after the day before `now`), unless it was materialized after it closed.
     So a daily run re-reads the month in progress, and after days without runs the months those
-    days fell in are read again, the one that closed meanwhile included.
+    days fell in are read again, the one that closed meanwhile included. If the partition before
+    the newest was last materialized before it closed (the newest was run by hand while the
+    daemon was down across its start), missed begins there.
     """
     keys = list(partitions.get_partition_keys(current_time=now))
     materialized = instance.get_materialized_partitions(key)
-    head = next((k for k in reversed(keys) if k in materialized), None)
-    head_time = _latest_materialization(instance, key, head) if head else None
+    done = [k for k in keys if k in materialized]
+    head_time = _latest_materialization(instance, key, done[-1]) if done else None
+    if len(done) > 1 and head_time is not None:
+        before = done[-2]
+        before_time = _latest_materialization(instance, key, before)
+        if before_time is not None and before_time < partitions.time_window_for_partition_key(before).end.timestamp():
+            head_time = min(head_time, before_time)
     since = (
         dt.datetime.fromtimestamp(head_time, dt.UTC) if head_time is not None else now - dt.timedelta(days=1)
     )
