@@ -322,6 +322,8 @@ def seed_window(from_raw: str | None, to_raw: str | None, now: dt.datetime) -> t
     """[start, end) of a seed: FROM_DATE (a year ago by default) to TO_DATE's end (now by default)."""
     start = parse_moment("FROM_DATE", from_raw, now) if from_raw else now - dt.timedelta(days=SEED_DAYS)
     end = min(parse_moment("TO_DATE", to_raw, now, end_of_day=True), now) if to_raw else now
+    if start >= now:
+        raise BackfillError(f"FROM_DATE {from_raw} is in the future")
     if end <= start:
         raise BackfillError(f"TO_DATE {to_raw} is before FROM_DATE {from_raw or f'{start:%Y-%m-%d}'}")
     return start, end

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, with_settings, write_catalog
@@ -25,6 +27,7 @@ from marketdata_tests.test_assets import MATERIALIZED, webserver
 from marketdata_tests.test_automation import month_key, months_back, record_materialization
 from marketdata_tests.test_cli import marketdata
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 BTC_1H = dg.AssetKey(["binance_spot", "klines_1h", "BTCUSDT"])
 ETH_1M = dg.AssetKey(["binance_spot", "klines_1m", "ETHUSDT"])
 
@@ -127,6 +130,19 @@ def test_the_daemon_keeps_data_current_and_backfills_launch_list_and_cancel_from
         unknown = marketdata("backfill", "cancel", "nosuchid", cwd=tmp_path, env=env)
         assert (unknown.returncode, unknown.stderr.strip()) == (2, f"marketdata backfill cancel: no backfill nosuchid on {ui}")
 
+        # The UI, in a real browser: the CLI's backfill on its page, every schedule and the sensor on.
+        with browser() as driver:
+            page = page_text(driver, f"{ui}/runs/b/{short_id}?tab=overview",
+                             ["2024-01-01...2024-02-01", "binance_spot / klines_1h / BTCUSDT\n100% completed\n2\n0\n2\n0"])
+            assert f"Runs / {short_id}" in page
+            page_text(driver, f"{ui}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
+            switches = "return Array.from(document.querySelectorAll('input[type=checkbox]'))" \
+                       ".filter(e => e.parentElement.className.includes('formatSwitch')).map(e => e.checked)"
+            deadline = time.monotonic() + 30  # the switches render once each one's state has loaded
+            while len(driver.execute_script(switches)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
+
     ranges = {tuple(r.dagster_run.asset_selection): (r.dagster_run.tags["dagster/asset_partition_range_start"],
                                                      r.dagster_run.tags["dagster/asset_partition_range_end"])
               for r in ticked}
@@ -142,6 +158,42 @@ def test_the_daemon_keeps_data_current_and_backfills_launch_list_and_cancel_from
     # the newest closed bar at the tick is stored, for both
     assert newest["BTCUSDT"]["newest"] >= tick.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
     assert newest["ETHUSDT"]["newest"] >= tick.replace(second=0, microsecond=0) - dt.timedelta(minutes=2)
+
+
+@contextlib.contextmanager
+def browser():
+    """Headless Chromium through Selenium (Debian's chromium and chromium-driver; CI installs them)."""
+    if not Path(CHROMEDRIVER).exists():
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"{CHROMEDRIVER} is missing: .ci/run installs chromium and chromium-driver")
+        pytest.skip("no chromium here: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_text(driver, url: str, wanted: list[str], timeout_s: float = 60) -> str:
+    """The rendered text of `url` once it shows everything `wanted`."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = driver.find_element(By.TAG_NAME, "body").text
+        if all(piece in text for piece in wanted):
+            return text
+        if time.monotonic() > deadline:
+            missing = [piece for piece in wanted if piece not in text]
+            raise AssertionError(f"{url} never showed {missing!r}; it shows:\n{text[:3000]}")
+        time.sleep(0.5)
 
 
 def instance_runs(dagster_home: Path, backfill_id: str) -> list:

@@ -244,11 +244,14 @@ class PacedHttp:
         attempt = throttled = 0
         while True:
             attempt += 1
-            minute = await self.budget.acquire(weight, self.stats) if self.budget else 0
-            self.stats.requests += 1
-            self.stats.weight += weight
             try:
                 async with self._slots:
+                    # Reserve weight only once a slot is free, right before sending: a request
+                    # that reserved in one minute and waited for a slot into the next would be
+                    # counted by the server in the next, on top of that minute's whole budget.
+                    minute = await self.budget.acquire(weight, self.stats) if self.budget else 0
+                    self.stats.requests += 1
+                    self.stats.weight += weight
                     response = await self._client.get(path, params=params)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
