@@ -72,12 +72,15 @@ class WeightBudget:
         self._sleep = sleep
         self._window = -1
         self._used = 0
+        self._in_flight = 0  # weight of requests sent and not answered yet
         self._paused_until = 0.0
 
     def _roll(self, now: float) -> int:
         window = int(now // self.window_s)
         if window != self._window:
-            self._window, self._used = window, 0
+            # A request still in flight may reach the server after its window turned, and count
+            # there: the new window starts with that weight spent.
+            self._window, self._used = window, self._in_flight
         return window
 
     async def acquire(self, weight: int, stats: RequestStats) -> int:
@@ -89,16 +92,21 @@ class WeightBudget:
             wake = self._paused_until
             if now >= wake:
                 window = self._roll(now)
-                if now - window * self.window_s < self._guard and self._used == 0:
+                if now - window * self.window_s < self._guard:
                     wake = window * self.window_s + self._guard
                 elif self._used + weight <= self.limit:
                     self._used += weight
+                    self._in_flight += weight
                     return window
                 else:
                     wake = (window + 1) * self.window_s + self._guard
             delay = max(wake - now, 0.001)
             stats.paced_seconds += delay
             await self._sleep(delay)
+
+    def settle(self, weight: int) -> None:
+        """A request of `weight` was answered (or failed): it is no longer in flight."""
+        self._in_flight = max(0, self._in_flight - weight)
 
     def observe(self, sent_window: int, used: int) -> None:
         """Take the server's used weight, reported on a response to a request sent in `sent_window`."""
@@ -252,7 +260,11 @@ class PacedHttp:
                     minute = await self.budget.acquire(weight, self.stats) if self.budget else 0
                     self.stats.requests += 1
                     self.stats.weight += weight
-                    response = await self._client.get(path, params=params)
+                    try:
+                        response = await self._client.get(path, params=params)
+                    finally:
+                        if self.budget:
+                            self.budget.settle(weight)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 await self._retry_or_give_up(request, attempt, cause)
