@@ -60,6 +60,8 @@ def test_demo_rejects_a_bad_date(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "marketdata demo: FROM_DATE '2024-02-31' is not a date: use YYYY-MM-DD, " \
                                     "'YYYY-MM-DD HH:MM:SS' (UTC) or now"
+    result = marketdata("seed", cwd=tmp_path, env={"FROM_DATE": "2099-01-01"})
+    assert (result.returncode, result.stderr.strip()) == (2, "marketdata seed: FROM_DATE 2099-01-01 is in the future")
 
 
 def test_summary_of_an_empty_warehouse(tmp_path):
