@@ -16,7 +16,8 @@ import httpx
 from dagster._core.utils import make_new_run_id
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from marketdata_assets.defs.automation import adjacent_runs, dataset_of
+from marketdata_assets.defs.automation import dataset_of
+from marketdata_assets.defs.partitions import adjacent_runs, partitions_between
 
 DATASETS = ("klines", "funding", "open_interest", "long_short")
 # OKX keeps about three months of funding: seeding asks it only for partitions inside them.
@@ -45,15 +46,19 @@ def parse_moment(option: str, raw: str, now: dt.datetime, end_of_day: bool = Fal
     raise BackfillError(f"{option} {raw!r} is not a date: use YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' (UTC) or now")
 
 
-def window(from_raw: str | None, to_raw: str | None, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime]:
-    """[start, end) UTC of --from/--to; start None means each asset's first partition."""
-    start = parse_moment("--from", from_raw, now) if from_raw else None
-    end = parse_moment("--to", to_raw, now, end_of_day=True) if to_raw else now
+def window(
+    from_raw: str | None, to_raw: str | None, now: dt.datetime,
+    names: tuple[str, str] = ("--from", "--to"), default_start: dt.datetime | None = None,
+) -> tuple[dt.datetime | None, dt.datetime]:
+    """[start, end) UTC of a from/to pair (`names` say which, in errors), end at most `now`;
+    without a from, `default_start` (None: each asset's first partition)."""
+    start = parse_moment(names[0], from_raw, now) if from_raw else default_start
+    end = min(parse_moment(names[1], to_raw, now, end_of_day=True), now) if to_raw else now
+    if start is not None and start >= now:
+        raise BackfillError(f"{names[0]} {from_raw} is in the future")
     if start is not None and end <= start:
-        raise BackfillError(f"--to {to_raw} is before --from {from_raw}")
-    if start is not None and start > now:
-        raise BackfillError(f"--from {from_raw} is in the future")
-    return start, min(end, now)
+        raise BackfillError(f"{names[1]} {to_raw} is before {names[0]} {from_raw or f'{start:%Y-%m-%d}'}")
+    return start, end
 
 
 @dataclass(frozen=True)
@@ -93,35 +98,20 @@ def dataset_assets(definitions: dg.Definitions, dataset: str, symbols: Sequence[
     return chosen
 
 
-def partitions_between(
-    partitions: dg.TimeWindowPartitionsDefinition, start: dt.datetime | None, end: dt.datetime, now: dt.datetime,
-) -> list[str]:
-    """Keys of the partitions overlapping [start, end) (from the first when start is None)."""
-    keys = []
-    for key in partitions.get_partition_keys(current_time=now):
-        span = partitions.time_window_for_partition_key(key)
-        if span.start < end and (start is None or span.end > start):
-            keys.append(key)
-    return keys
-
-
 def selections(
     specs: Iterable[dg.AssetSpec], wanted: Callable[[dg.AssetSpec], list[str]],
 ) -> list[Selection]:
     """One Selection per run of adjacent wanted partitions shared by assets of one PartitionsDefinition."""
-    groups: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
-    partitions_of = {}
+    groups: dict[tuple[dg.TimeWindowPartitionsDefinition, str, str], list[dg.AssetKey]] = defaultdict(list)
     for spec in specs:
         partitions = spec.partitions_def
         assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
-        keys = wanted(spec)
-        for first, last in adjacent_runs(partitions, keys):
-            group = (partitions.start, partitions.cron_schedule, first, last)
-            groups[group].append(spec.key)
-            partitions_of[group] = partitions
+        for first, last in adjacent_runs(partitions, wanted(spec)):
+            groups[(partitions, first, last)].append(spec.key)
     return [
-        Selection(tuple(sorted(keys, key=lambda k: k.path)), partitions_of[group], group[2], group[3])
-        for group, keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][2], item[1][0].path))
+        Selection(tuple(sorted(keys, key=lambda k: k.path)), partitions, first, last)
+        for (partitions, first, last), keys in sorted(
+            groups.items(), key=lambda item: (item[0][0].start, item[0][1], item[1][0].path))
     ]
 
 
@@ -225,7 +215,7 @@ class DagsterApi:
         try:
             return BackfillInfo.from_graphql(self._ask(_ONE, {"id": backfill_id}, "partitionBackfillOrError"))
         except DagsterApiError as exc:
-            if "not found" in str(exc).lower() or "BackfillNotFoundError" in str(exc):
+            if str(exc).startswith("BackfillNotFoundError"):
                 return None
             raise
 
@@ -320,12 +310,8 @@ SEED_DAYS = 365
 
 def seed_window(from_raw: str | None, to_raw: str | None, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     """[start, end) of a seed: FROM_DATE (a year ago by default) to TO_DATE's end (now by default)."""
-    start = parse_moment("FROM_DATE", from_raw, now) if from_raw else now - dt.timedelta(days=SEED_DAYS)
-    end = min(parse_moment("TO_DATE", to_raw, now, end_of_day=True), now) if to_raw else now
-    if start >= now:
-        raise BackfillError(f"FROM_DATE {from_raw} is in the future")
-    if end <= start:
-        raise BackfillError(f"TO_DATE {to_raw} is before FROM_DATE {from_raw or f'{start:%Y-%m-%d}'}")
+    start, end = window(from_raw, to_raw, now, ("FROM_DATE", "TO_DATE"), now - dt.timedelta(days=SEED_DAYS))
+    assert start is not None
     return start, end
 
 

@@ -271,9 +271,10 @@ def backfill() -> None:
 
 def _selection(command: str, dataset: str, symbols: tuple[str, ...], from_raw: str | None, to_raw: str | None):
     """(settings, definitions, selections) of a backfill request, or one line and exit 2."""
-    from marketdata_assets.backfills import BackfillError, dataset_assets, partitions_between, selections, window
+    from marketdata_assets.backfills import BackfillError, dataset_assets, selections, window
     from marketdata_assets.catalog import CatalogError
     from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.defs.partitions import partitions_between
     from marketdata_assets.settings import SettingsError
 
     now = dt.datetime.now(dt.UTC)
@@ -422,12 +423,13 @@ def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
     now = dt.datetime.now(dt.UTC)
     try:
         start, end = seed_window(from_raw, to_raw, now)
-        definitions = build_definitions(Settings.from_env(env))
+        settings = Settings.from_env(env)
+        definitions = build_definitions(settings)
     except (BackfillError, CatalogError, SettingsError) as exc:
         _fail("seed", str(exc))
     instance = _local_instance(env)
     chosen, notes = plan_seed(definitions, instance, start, end, now, skipped_datasets(env))
-    click.echo(f"seeding {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC into {Settings.from_env(env).warehouse_url}")
+    click.echo(f"seeding {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC into {settings.warehouse_url}")
     for note in notes:
         click.echo(note)
     if not chosen:

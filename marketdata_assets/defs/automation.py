@@ -27,6 +27,7 @@ from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from marketdata_assets.coverage import partition_statuses, status_subsets
 from marketdata_assets.defs.checks import FUNDING_CADENCE, GAP_COUNT, SNAPSHOT_CHECKS, UNEXPLAINED_WINDOWS, parse_window_text
+from marketdata_assets.defs.partitions import adjacent_runs, partitions_between
 
 # When each dataset's incremental runs (UTC): bars and statistics once their day closed,
 # funding after each 8-hourly settlement. MARKETDATA_SCHEDULE_CRON overrides them all.
@@ -80,17 +81,13 @@ class IncrementalJob:
 
 
 def incremental_jobs(assets: Iterable[dg.AssetsDefinition]) -> list[IncrementalJob]:
-    groups: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
-    partitions_of = {}
+    groups: dict[tuple[str, dg.TimeWindowPartitionsDefinition], list[dg.AssetKey]] = defaultdict(list)
     for asset in assets:
-        partitions = asset.partitions_def
-        assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
-        group = (dataset_of(asset.key), partitions.start, partitions.cron_schedule, partitions.end_offset)
-        groups[group].append(asset.key)
-        partitions_of[group] = partitions
+        assert isinstance(asset.partitions_def, dg.TimeWindowPartitionsDefinition)
+        groups[(dataset_of(asset.key), asset.partitions_def)].append(asset.key)
     return [
-        IncrementalJob(group[0], partitions_of[group], tuple(sorted(keys, key=lambda k: k.path)))
-        for group, keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1]))
+        IncrementalJob(dataset, partitions, tuple(sorted(keys, key=lambda k: k.path)))
+        for (dataset, partitions), keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1].start))
     ]
 
 
@@ -124,23 +121,27 @@ def stale_partitions(
     keys = list(partitions.get_partition_keys(current_time=now))
     materialized = instance.get_materialized_partitions(key)
     done = [k for k in keys if k in materialized]
-    head_time = _latest_materialization(instance, key, done[-1]) if done else None
-    if len(done) > 1 and head_time is not None:
-        before = done[-2]
-        before_time = _latest_materialization(instance, key, before)
-        if before_time is not None and before_time < partitions.time_window_for_partition_key(before).end.timestamp():
-            head_time = min(head_time, before_time)
+    done_at: dict[str, float | None] = {}
+
+    def materialized_at(partition: str) -> float | None:
+        if partition not in done_at:
+            done_at[partition] = _latest_materialization(instance, key, partition) if partition in materialized else None
+        return done_at[partition]
+
+    def closed_since(partition: str) -> bool:
+        at = materialized_at(partition)
+        return at is not None and at >= partitions.time_window_for_partition_key(partition).end.timestamp()
+
+    head_time = materialized_at(done[-1]) if done else None
+    if len(done) > 1 and head_time is not None and not closed_since(done[-2]):
+        head_time = min(head_time, materialized_at(done[-2]))  # type: ignore[type-var]
     since = (
         dt.datetime.fromtimestamp(head_time, dt.UTC) if head_time is not None else now - dt.timedelta(days=1)
     )
-    stale = []
-    for partition in keys:
-        window = partitions.time_window_for_partition_key(partition)
-        if window.end <= since:
-            continue
-        done_at = _latest_materialization(instance, key, partition) if partition in materialized else None
-        if done_at is None or done_at < window.end.timestamp():
-            stale.append(partition)
+    stale = [
+        partition for partition in keys
+        if partitions.time_window_for_partition_key(partition).end > since and not closed_since(partition)
+    ]
     reason = f"last materialized {since:%Y-%m-%d %H:%M} UTC" if head_time is not None else "never materialized"
     return stale, reason
 
@@ -222,17 +223,6 @@ class RepairState:
         return json.dumps({"checks": self.checks, "gaps": self.gaps, "attempts": self.attempts}, sort_keys=True)
 
 
-def _window_id(key: dg.AssetKey, partition: str) -> str:
-    return f"{key.to_user_string()}|{partition}"
-
-
-def _partitions_in(partitions: dg.TimeWindowPartitionsDefinition, start: dt.datetime, end: dt.datetime) -> list[str]:
-    """Keys of the partitions overlapping [start, end)."""
-    first = partitions.get_partition_key_for_timestamp(start.timestamp())
-    last = partitions.get_partition_key_for_timestamp((end - dt.timedelta(microseconds=1)).timestamp())
-    return list(partitions.get_partition_keys_in_range(dg.PartitionKeyRange(first, last)))
-
-
 def read_gap_checks(
     instance: dg.DagsterInstance, jobs: Sequence[IncrementalJob], state: RepairState, decisions: list[str],
 ) -> None:
@@ -254,37 +244,37 @@ def read_gap_checks(
                     seen = record.id
                     continue
                 seen = record.id
-                evaluation = record.evaluation
-                if evaluation is None or "window" not in evaluation.metadata:
-                    continue
-                start, end = parse_window_text(str(evaluation.metadata["window"].value))
-                raw_windows = evaluation.metadata.get(UNEXPLAINED_WINDOWS)
-                windows = [
-                    (dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b))
-                    for a, b in (raw_windows.value if raw_windows is not None else [])  # type: ignore[union-attr]
-                ]
-                pending = {
-                    partition: sum(1 for a, b in windows if _overlap(job.partitions, partition, a, b))
-                    for partition in _partitions_in(job.partitions, start, end)
-                }
-                for partition, count in pending.items():
-                    window_id = _window_id(key, partition)
-                    if count:
-                        state.gaps[window_id] = f"{check_key.name} found {count} unexplained gaps"
-                    elif state.gaps.pop(window_id, None):
-                        decisions.append(f"{window_id}: {check_key.name} passes now (or its gaps are verified empty)")
-                known = evaluation.metadata.get("known_gap_bars")
-                if known is not None and known.value and not windows:
-                    decisions.append(
-                        f"{key.to_user_string()}: the gaps {check_key.name} found over {start:%Y-%m-%d}..{end:%Y-%m-%d} "
-                        "are all verified empty or documented maintenance: not re-run"
-                    )
+                if record.evaluation is not None and "window" in record.evaluation.metadata:
+                    _fold_evaluation(state, job.partitions, check_key, record.evaluation, decisions)
             state.checks[check_key.to_user_string()] = seen
 
 
-def _overlap(partitions: dg.TimeWindowPartitionsDefinition, partition: str, a: dt.datetime, b: dt.datetime) -> bool:
-    window = partitions.time_window_for_partition_key(partition)
-    return a < window.end and window.start < b
+def _fold_evaluation(
+    state: RepairState, partitions: dg.TimeWindowPartitionsDefinition, check_key: dg.AssetCheckKey,
+    evaluation: dg.AssetCheckEvaluation, decisions: list[str],
+) -> None:
+    """Each partition `evaluation` covered becomes pending if it holds an unexplained window, or is cleared."""
+    start, end = parse_window_text(str(evaluation.metadata["window"].value))
+    listed = evaluation.metadata.get(UNEXPLAINED_WINDOWS)
+    windows = [
+        (dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b))
+        for a, b in (listed.value if listed is not None else [])  # type: ignore[union-attr]
+    ]
+    asset = check_key.asset_key.to_user_string()
+    for partition in partitions_between(partitions, start, end, end):
+        span = partitions.time_window_for_partition_key(partition)
+        count = sum(1 for a, b in windows if a < span.end and span.start < b)
+        window_id = f"{asset}|{partition}"
+        if count:
+            state.gaps[window_id] = f"{check_key.name} found {count} unexplained gaps"
+        elif state.gaps.pop(window_id, None):
+            decisions.append(f"{window_id}: {check_key.name} passes now (or its gaps are verified empty)")
+    known = evaluation.metadata.get("known_gap_bars")
+    if known is not None and known.value and not windows:
+        decisions.append(
+            f"{asset}: the gaps {check_key.name} found over {start:%Y-%m-%d}..{end:%Y-%m-%d} "
+            "are all verified empty or documented maintenance: not re-run"
+        )
 
 
 @dataclass(frozen=True)
@@ -300,7 +290,7 @@ def failed_partitions(instance: dg.DagsterInstance, jobs: Sequence[IncrementalJo
     for asset, status in zip(assets, partition_statuses(instance, assets), strict=True):
         _, failed_subset = status_subsets(status, asset.partitions)
         for partition in failed_subset.get_partition_keys():
-            failed[_window_id(asset.key, partition)] = "its latest run failed"
+            failed[f"{asset.key.to_user_string()}|{partition}"] = "its latest run failed"
     return failed
 
 
@@ -347,15 +337,13 @@ def plan_repairs(
                 )
                 continue
             launched += 1
+            attempt = 0
             for partition in span:
-                window_id = _window_id(dg.AssetKey.from_user_string(asset), partition)
+                window_id = f"{asset}|{partition}"
                 attempts = state.attempts.get(window_id, (0, 0.0))[0] + 1
                 state.attempts[window_id] = (attempts, now + REPAIR_BACKOFF[attempts - 1].total_seconds())
-            attempt = max(state.attempts[_window_id(dg.AssetKey.from_user_string(asset), p)][0] for p in span)
-            plan.decisions.append(
-                f"{asset} {first}...{last}: {wanted[_window_id(dg.AssetKey.from_user_string(asset), first)]}; "
-                f"re-run {attempt} of {REPAIR_ATTEMPTS}"
-            )
+                attempt = max(attempt, attempts)
+            plan.decisions.append(f"{asset} {first}...{last}: {wanted[f'{asset}|{first}']}; re-run {attempt} of {REPAIR_ATTEMPTS}")
             plan.requests.append(dg.RunRequest(
                 run_key=f"repair:{asset}:{first}...{last}:{tick}",
                 job_name=job.name,
@@ -364,17 +352,6 @@ def plan_repairs(
                       "marketdata/repair_attempt": str(attempt)},
             ))
     return plan
-
-
-def adjacent_runs(partitions: dg.TimeWindowPartitionsDefinition, keys: list[str]) -> list[tuple[str, str]]:
-    """(first, last) of each run of adjacent partition keys among `keys` (sorted)."""
-    runs: list[list[str]] = []
-    for key in keys:
-        if runs and partitions.get_next_partition_key(runs[-1][-1]) == key:
-            runs[-1].append(key)
-        else:
-            runs.append([key])
-    return [(run[0], run[-1]) for run in runs]
 
 
 def _busy_assets(instance: dg.DagsterInstance) -> set[str]:

@@ -26,6 +26,29 @@ def partition_bounds(partitions: dg.TimeWindowPartitionsDefinition) -> tuple[dt.
     return first.end, partitions.time_window_for_partition_key(last_key).start
 
 
+def partitions_between(
+    partitions: dg.TimeWindowPartitionsDefinition, start: dt.datetime | None, end: dt.datetime, now: dt.datetime,
+) -> list[str]:
+    """Keys of the partitions overlapping [start, end) (from the first when start is None), as of `now`."""
+    keys = []
+    for key in partitions.get_partition_keys(current_time=now):
+        span = partitions.time_window_for_partition_key(key)
+        if span.start < end and (start is None or span.end > start):
+            keys.append(key)
+    return keys
+
+
+def adjacent_runs(partitions: dg.TimeWindowPartitionsDefinition, keys: list[str]) -> list[tuple[str, str]]:
+    """(first, last) of each run of adjacent partition keys among `keys` (sorted)."""
+    runs: list[list[str]] = []
+    for key in keys:
+        if runs and partitions.get_next_partition_key(runs[-1][-1]) == key:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return [(run[0], run[-1]) for run in runs]
+
+
 class WindowsFailed(Exception):
     """Some windows of a range run could not be read; the others were stored and recorded."""
 

@@ -383,13 +383,18 @@ class BinanceEmulator:
 
         return endpoint
 
+    def _perp_listing(self, symbol: str) -> int:
+        """The USD-M listing time (ms) of `symbol`; -1121 for one not listed."""
+        listed = self.config.listings.get(("perp", symbol))
+        if listed is None:
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        return listed
+
     def _funding_body(self, request: Request) -> bytes:
         symbol = _required(request, "symbol")
         start, end = _int_param(request, "startTime"), _int_param(request, "endTime")
         limit = _int_param(request, "limit") or 100
-        listed = self.config.listings.get(("perp", symbol))
-        if listed is None:
-            raise BinanceError(400, -1121, "Invalid symbol.")
+        listed = self._perp_listing(symbol)
         if not 1 <= limit <= 1000:
             raise BinanceError(400, -1130, "Data sent for parameter 'limit' is not valid.")
         if start is not None and end is not None and start > end:
@@ -443,9 +448,7 @@ class BinanceEmulator:
         period_name = _required(request, "period")
         start, end = _int_param(request, "startTime"), _int_param(request, "endTime")
         limit = _int_param(request, "limit") or 30
-        listed = self.config.listings.get(("perp", symbol))
-        if listed is None:
-            raise BinanceError(400, -1121, "Invalid symbol.")
+        listed = self._perp_listing(symbol)
         if period_name not in STATS_PERIODS_MS:
             raise BinanceError(400, -1130, "Data sent for parameter 'period' is not valid.")
         if not 1 <= limit <= 500:
