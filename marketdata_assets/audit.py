@@ -34,7 +34,7 @@ SAMPLES = 5  # rows or intervals a check shows
 
 
 @dataclass(frozen=True)
-class Series:
+class BarSeries:
     """One stored klines series and the partition bounds its expectations depend on."""
 
     venue: str
@@ -124,7 +124,7 @@ def _ceil(moment: dt.datetime, tf: Timeframe) -> dt.datetime:
 
 
 def _where(
-    series: Sequence[Series], start: dt.datetime | None, end: dt.datetime | None, table: str = ""
+    series: Sequence[BarSeries], start: dt.datetime | None, end: dt.datetime | None, table: str = ""
 ) -> tuple[str, list[Any]]:
     """A WHERE clause for one series (or every series when several are asked) and a span."""
     prefix = f"{table}." if table else ""
@@ -154,7 +154,7 @@ def _utc_ms(millis: int) -> dt.datetime:
 
 
 def stored_klines(
-    warehouse: Warehouse, series: Sequence[Series], start: dt.datetime | None = None,
+    warehouse: Warehouse, series: Sequence[BarSeries], start: dt.datetime | None = None,
     end: dt.datetime | None = None,
 ) -> dict[tuple[str, str, str, str], Stored]:
     """Rows, first and last bar, rows per UTC day, and holes between stored bars of each series
@@ -213,7 +213,7 @@ def stored_klines(
 
 
 def _holes_inside_days(
-    warehouse: Warehouse, days: pl.DataFrame, series: Sequence[Series], start: dt.datetime | None,
+    warehouse: Warehouse, days: pl.DataFrame, series: Sequence[BarSeries], start: dt.datetime | None,
     end: dt.datetime | None,
 ) -> pl.DataFrame:
     """(series, hole start ms, hole end ms) inside the given series-days, from their bars."""
@@ -243,7 +243,7 @@ def _holes_inside_days(
 
 
 def rejected_not_stored(
-    warehouse: Warehouse, series: Sequence[Series], start: dt.datetime | None = None,
+    warehouse: Warehouse, series: Sequence[BarSeries], start: dt.datetime | None = None,
     end: dt.datetime | None = None,
 ) -> pl.DataFrame:
     """Rows of rejected_rows (klines) in [start, end) whose bar is not stored since: the few
@@ -266,7 +266,7 @@ def rejected_not_stored(
 
 
 def explanations(
-    warehouse: Warehouse, series: Sequence[Series], start: dt.datetime | None = None,
+    warehouse: Warehouse, series: Sequence[BarSeries], start: dt.datetime | None = None,
     end: dt.datetime | None = None,
 ) -> dict[tuple[str, str, str, str], Explanations]:
     """Known gaps and rejected-not-stored bars of each series that touch [start, end)."""
@@ -291,7 +291,7 @@ def explanations(
     return found
 
 
-def expected_regions(series: Series, stored: Stored, regions: Iterable[Interval], now: dt.datetime) -> list[Interval]:
+def expected_regions(series: BarSeries, stored: Stored, regions: Iterable[Interval], now: dt.datetime) -> list[Interval]:
     """`regions` cut to the bars the series is expected to hold (see the module docstring)."""
     tf = series.tf
     step = dt.timedelta(milliseconds=tf.millis)
@@ -334,7 +334,7 @@ def subtract_intervals(intervals: list[Interval], cuts: list[Interval]) -> list[
 
 
 def audit_gaps(
-    series: Series, stored: Stored, why: Explanations, regions: Iterable[Interval], now: dt.datetime
+    series: BarSeries, stored: Stored, why: Explanations, regions: Iterable[Interval], now: dt.datetime
 ) -> GapAudit:
     """Expected, missing and unexplained bars of `series` inside `regions`."""
     tf = series.tf
@@ -368,7 +368,7 @@ class OhlcAudit:
     rejected_samples: list[dict[str, Any]]
 
 
-def audit_ohlc(warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime) -> OhlcAudit:
+def audit_ohlc(warehouse: Warehouse, series: BarSeries, start: dt.datetime, end: dt.datetime) -> OhlcAudit:
     """Stored bars of [start, end) that break a validation rule, and rows rejected at ingest."""
     where, params = _where([series], start, end)
     rows = warehouse.query(f"SELECT count(*) AS n FROM market_data.klines WHERE {where}", params)["n"][0]
@@ -395,7 +395,7 @@ class UnclosedAudit:
     samples: list[dict[str, Any]]
 
 
-def audit_unclosed(warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime) -> UnclosedAudit:
+def audit_unclosed(warehouse: Warehouse, series: BarSeries, start: dt.datetime, end: dt.datetime) -> UnclosedAudit:
     """Stored bars of [start, end) whose window had not closed when they were ingested."""
     where, params = _where([series], start, end)
     rows = warehouse.query(f"SELECT count(*) AS n FROM market_data.klines WHERE {where}", params)["n"][0]

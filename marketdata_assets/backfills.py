@@ -16,12 +16,9 @@ import httpx
 from dagster._core.utils import make_new_run_id
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from marketdata_assets.datasets import all_datasets, dataset as dataset_named, groups
 from marketdata_assets.defs.automation import dataset_of
 from marketdata_assets.defs.partitions import adjacent_runs, partitions_between
-
-DATASETS = ("klines", "funding", "open_interest", "long_short")
-# OKX keeps about three months of funding: seeding asks it only for partitions inside them.
-RETENTION = {"okx": dt.timedelta(days=90)}
 
 
 class BackfillError(Exception):
@@ -82,12 +79,19 @@ class Selection:
         return f"{', '.join(k.to_user_string() for k in self.keys)} {self.first}...{self.last}"
 
 
+def _names(spec: dg.AssetSpec) -> set[str]:
+    """What `marketdata backfill` accepts for an asset: its dataset, the key's dataset part
+    (klines_1m), and the dataset's group (sentiment)."""
+    declared = dataset_named(dataset_of(spec))
+    return {declared.name, spec.key.path[1], *([declared.group] if declared.group else [])}
+
+
 def dataset_assets(definitions: dg.Definitions, dataset: str, symbols: Sequence[str]) -> list[dg.AssetSpec]:
-    """The assets of `dataset` (klines, klines_<tf>, funding, open_interest, long_short) for
-    `symbols` (all when empty)."""
+    """The assets of `dataset` (a dataset, a key's dataset part such as klines_1h, or a group
+    such as sentiment) for `symbols` (all when empty)."""
     specs = list(definitions.resolve_all_asset_specs())
-    known = sorted({dataset_of(s.key) for s in specs} | {s.key.path[1] for s in specs})
-    chosen = [s for s in specs if dataset in (dataset_of(s.key), s.key.path[1])]
+    known = sorted(set().union(*(_names(s) for s in specs)))
+    chosen = [s for s in specs if dataset in _names(s)]
     if not chosen:
         raise BackfillError(f"unknown dataset {dataset!r}: the catalog has {', '.join(known)}")
     if symbols:
@@ -316,8 +320,9 @@ def seed_window(from_raw: str | None, to_raw: str | None, now: dt.datetime) -> t
 
 
 def skipped_datasets(env: Mapping[str, str]) -> list[str]:
-    """Datasets a SKIP_<DATASET>=1 (true, yes) leaves out, e.g. SKIP_FUNDING=1."""
-    return [d for d in DATASETS if env.get(f"SKIP_{d.upper()}", "").strip().lower() in ("1", "true", "yes")]
+    """Datasets and groups a SKIP_<NAME>=1 (true, yes) leaves out, e.g. SKIP_FUNDING=1, SKIP_SENTIMENT=1."""
+    names = [d.name for d in all_datasets()] + list(groups())
+    return [name for name in names if env.get(f"SKIP_{name.upper()}", "").strip().lower() in ("1", "true", "yes")]
 
 
 def plan_seed(
@@ -326,15 +331,16 @@ def plan_seed(
 ) -> tuple[list[Selection], list[str]]:
     """The partitions overlapping [start, end) of every dataset not skipped that are not yet
     materialized, as Selections, and what the plan left out and why, one line each."""
-    notes = [f"skipping {dataset} (SKIP_{dataset.upper()}=1)" for dataset in skip]
-    specs = [s for s in definitions.resolve_all_asset_specs() if dataset_of(s.key) not in skip]
+    notes = [f"skipping {name} (SKIP_{name.upper()}=1)" for name in skip]
+    skipped = set(skip) | {name for group, names in groups().items() if group in skip for name in names}
+    specs = [s for s in definitions.resolve_all_asset_specs() if dataset_of(s) not in skipped]
     wanted: dict[dg.AssetKey, list[str]] = {}
     already = total = 0
     for spec in specs:
         partitions = spec.partitions_def
         assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
         keys = partitions_between(partitions, start, end, now)
-        kept = RETENTION.get(str(spec.metadata.get("venue")))
+        kept = dataset_named(dataset_of(spec)).retention(str(spec.metadata.get("venue")))
         if kept is not None:
             reachable = [k for k in keys if partitions.time_window_for_partition_key(k).start >= now - kept]
             if len(reachable) < len(keys):

@@ -1,10 +1,17 @@
-"""The catalog: which instruments, timeframes and datasets to keep, loaded from YAML into typed,
-validated objects. A bad entry fails at load with a message naming the entry and the field."""
+"""The catalog: which instruments, timeframes and series to keep, loaded from YAML into typed,
+validated objects. A bad entry fails at load with a message naming the entry and the field.
+
+Two lists, either of which may be empty or absent: `instruments:` (venue, market, symbol, the
+datasets an exchange instrument keeps) and `series:` (source, dataset, optional keys, for every
+source that has no instruments). Both become `Series`, one per asset; which datasets exist, and
+what each accepts, comes from the dataset registry (`marketdata_assets.datasets`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -15,16 +22,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from marketdata_assets.timeframes import TIMEFRAMES
 
 PACKAGED_CATALOG = "catalog.yaml"
-PERP_DATASETS = ("klines", "funding", "open_interest", "long_short")
-# What each venue and market can keep so far. OKX and Bybit: funding only (their klines,
-# open interest and positioning are not fetched yet).
-VENUE_DATASETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "binance": {"spot": ("klines",), "perp": PERP_DATASETS},
-    "okx": {"perp": ("funding",)},
-    "bybit": {"perp": ("funding",)},
-}
-SUPPORTED_VENUES = tuple(VENUE_DATASETS)
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]*$")
+
+
+def _venue_datasets() -> dict[str, dict[str, tuple[str, ...]]]:
+    """venue -> market -> datasets, as the registry declares them (imported late: the dataset
+    modules build on the catalog's types)."""
+    from marketdata_assets.datasets import venue_datasets
+
+    return venue_datasets()
+
+
+def slug(text: str) -> str:
+    """`text` as an asset-key part: characters a key cannot hold become `_`."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+def _start_not_in_future(start: dt.date | None) -> dt.date | None:
+    if start is not None and start > dt.datetime.now(dt.UTC).date():
+        raise ValueError(f"start_date {start} is in the future")
+    return start
 
 
 class CatalogError(ValueError):
@@ -49,8 +66,8 @@ class Instrument(BaseModel):
     @field_validator("venue")
     @classmethod
     def _known_venue(cls, venue: str) -> str:
-        if venue not in SUPPORTED_VENUES:
-            raise ValueError(f"unsupported venue {venue!r} (supported: {', '.join(SUPPORTED_VENUES)})")
+        if venue not in _venue_datasets():
+            raise ValueError(f"unsupported venue {venue!r} (supported: {', '.join(_venue_datasets())})")
         return venue
 
     @field_validator("symbol")
@@ -78,15 +95,13 @@ class Instrument(BaseModel):
     @field_validator("start_date")
     @classmethod
     def _not_in_future(cls, start: dt.date | None) -> dt.date | None:
-        if start is not None and start > dt.datetime.now(dt.UTC).date():
-            raise ValueError(f"start_date {start} is in the future")
-        return start
+        return _start_not_in_future(start)
 
     @model_validator(mode="after")
     def _datasets_fit_venue_and_market(self) -> Instrument:
         allowed = self.supported_datasets
         if not allowed:
-            markets = ", ".join(VENUE_DATASETS[self.venue])
+            markets = ", ".join(_venue_datasets()[self.venue])
             raise ValueError(f"market: {self.venue} has no {self.market} datasets yet (supported: {markets})")
         for name in self.datasets or ():
             if name not in allowed:
@@ -104,12 +119,12 @@ class Instrument(BaseModel):
 
     @property
     def supported_datasets(self) -> tuple[str, ...]:
-        return VENUE_DATASETS[self.venue].get(self.market, ())
+        return _venue_datasets()[self.venue].get(self.market, ())
 
     @property
     def slug(self) -> str:
         """The symbol as an asset-key part: characters a key cannot hold become `_`."""
-        return re.sub(r"[^A-Za-z0-9_]", "_", self.symbol)
+        return slug(self.symbol)
 
     @property
     def key_prefix(self) -> str:
@@ -124,16 +139,94 @@ class Instrument(BaseModel):
         return f"{self.venue} {self.market} {self.symbol}"
 
 
+class SeriesEntry(BaseModel):
+    """A `series:` entry: one dataset from one source, for each of its `keys` (symbols, series
+    ids, roots, currencies) or once when the dataset has a single series. Other fields are the
+    dataset's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    source: str
+    dataset: str
+    keys: tuple[str, ...] = ()
+    start_date: dt.date | None = None
+
+    @field_validator("start_date")
+    @classmethod
+    def _not_in_future(cls, start: dt.date | None) -> dt.date | None:
+        return _start_not_in_future(start)
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"keys are listed twice: {list(keys)}")
+        return keys
+
+    @model_validator(mode="after")
+    def _fits_dataset(self) -> SeriesEntry:
+        from marketdata_assets.datasets import all_datasets
+
+        served = {d.name: d for d in all_datasets() if d.series_source}
+        if self.dataset not in served:
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r} for a series entry (known: {', '.join(served)})")
+        declared = served[self.dataset]
+        if self.source != declared.series_source:
+            raise ValueError(f"source: {self.dataset} comes from {declared.series_source}, not {self.source!r}")
+        declared.validate_entry(self.keys, self.model_extra or {})
+        return self
+
+    def describe(self) -> str:
+        return f"{self.source} {self.dataset}"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of one dataset: what one asset keeps. From an `instruments:` entry (then
+    `instrument` is set, `source` is `<venue>_<market>` and `key` its symbol) or a `series:` entry."""
+
+    dataset: str
+    source: str  # the asset key's first part: binance_perp, alternative_me
+    key: str | None  # symbol, series id, root or currency; None when the dataset has one series
+    start_date: dt.date
+    instrument: Instrument | None = None
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def slug(self) -> str:
+        return slug(self.key or "")
+
+    @property
+    def venue(self) -> str:
+        return self.instrument.venue if self.instrument else self.source
+
+    @property
+    def market(self) -> str | None:
+        return self.instrument.market if self.instrument else None
+
+    @property
+    def symbol(self) -> str | None:
+        return self.instrument.symbol if self.instrument else self.key
+
+    def describe(self) -> str:
+        if self.instrument is not None:
+            return self.instrument.describe()
+        return f"{self.source} {self.dataset}" + (f" {self.key}" if self.key else "")
+
+
 class Catalog(BaseModel):
-    """The whole catalog. `instruments` carry their own start_date, defaulted from the top level."""
+    """The whole catalog. Entries carry their own start_date, defaulted from the top level."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    start_date: dt.date
-    instruments: tuple[Instrument, ...] = Field(min_length=1)
+    start_date: dt.date | None = None
+    instruments: tuple[Instrument, ...] = ()
+    series: tuple[SeriesEntry, ...] = ()
 
     @model_validator(mode="after")
     def _fill_start_and_reject_duplicates(self) -> Catalog:
+        if not self.instruments and not self.series:
+            raise ValueError("the catalog lists no instruments and no series: nothing to keep")
         seen: dict[tuple[str, str, str], int] = {}
         filled = []
         for index, instrument in enumerate(self.instruments):
@@ -145,9 +238,20 @@ class Catalog(BaseModel):
                 )
             seen[ident] = index
             if instrument.start_date is None:
+                if self.start_date is None:
+                    raise ValueError(f"instruments[{index}] ({instrument.describe()}): start_date is required "
+                                     "(on the entry or at the top level)")
                 instrument = instrument.model_copy(update={"start_date": self.start_date})
             filled.append(instrument)
         object.__setattr__(self, "instruments", tuple(filled))
+        keys_seen: dict[tuple[str, str, str | None], int] = {}
+        for index, entry in enumerate(self.series):
+            for key in entry.keys or (None,):
+                ident = (entry.source, entry.dataset, key)
+                if ident in keys_seen:
+                    raise ValueError(f"series[{index}] ({entry.describe()}) repeats series[{keys_seen[ident]}]"
+                                     + (f" for key {key}" if key else ""))
+                keys_seen[ident] = index
         return self
 
     def find(self, venue: str, market: str, symbol: str) -> Instrument | None:
@@ -156,14 +260,21 @@ class Catalog(BaseModel):
                 return instrument
         return None
 
+    def all_series(self) -> list[Series]:
+        """Every series of every dataset the catalog keeps: one asset each."""
+        from marketdata_assets.datasets import all_datasets
+
+        return [series for each in all_datasets() for series in each.series_of(self)]
+
 
 def _describe_location(raw: Any, loc: tuple[Any, ...]) -> str:
     """`instruments[2] (binance perp BTCUSDT), field 'timeframes'` from a pydantic error location."""
-    if len(loc) >= 2 and loc[0] == "instruments" and isinstance(loc[1], int):
-        entry = raw["instruments"][loc[1]] if isinstance(raw.get("instruments"), list) else {}
-        label = f"instruments[{loc[1]}]"
+    if len(loc) >= 2 and loc[0] in ("instruments", "series") and isinstance(loc[1], int):
+        entry = raw[loc[0]][loc[1]] if isinstance(raw.get(loc[0]), list) else {}
+        label = f"{loc[0]}[{loc[1]}]"
+        naming = ("venue", "market", "symbol") if loc[0] == "instruments" else ("source", "dataset")
         if isinstance(entry, dict):
-            who = " ".join(str(entry.get(k)) for k in ("venue", "market", "symbol") if entry.get(k))
+            who = " ".join(str(entry.get(k)) for k in naming if entry.get(k))
             label += f" ({who})" if who else ""
         fields = [str(part) for part in loc[2:] if not isinstance(part, int)]
         return f"{label}, field '{fields[0]}'" if fields else label
@@ -175,15 +286,15 @@ def _describe_location(raw: Any, loc: tuple[Any, ...]) -> str:
 def parse_catalog(raw: Any, origin: str) -> Catalog:
     """Validate an already-parsed YAML document; `origin` names it in error messages."""
     if not isinstance(raw, dict):
-        raise CatalogError(f"catalog {origin}: expected a mapping with start_date and instruments")
+        raise CatalogError(f"catalog {origin}: expected a mapping with start_date, instruments and series")
     try:
         return Catalog.model_validate(raw)
     except ValidationError as exc:
         problems = []
         errors = exc.errors()
-        entry_failed = any(len(e["loc"]) > 1 and e["loc"][0] == "instruments" for e in errors)
+        failed_lists = {e["loc"][0] for e in errors if len(e["loc"]) > 1 and e["loc"][0] in ("instruments", "series")}
         for error in errors:
-            if entry_failed and tuple(error["loc"]) == ("instruments",):
+            if tuple(error["loc"]) in {(name,) for name in failed_lists}:
                 continue  # pydantic counts the failed entries out; their own errors say why
             where = _describe_location(raw, tuple(error["loc"]))
             message = error["msg"].removeprefix("Value error, ")

@@ -84,11 +84,9 @@ def emulator(
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         url = f"http://{host}:{bound}"
         click.echo(f"emulator listening on {url}", err=True)
-        click.echo(
-            f"export MARKETDATA_BINANCE_SPOT_URL={url} MARKETDATA_BINANCE_FUTURES_URL={url} "
-            f"MARKETDATA_BINANCE_ARCHIVE_URL={url}",
-            err=True,
-        )
+        from marketdata_assets.settings import ENDPOINT_DEFAULTS
+
+        click.echo("export " + " ".join(f"{variable}={url}" for variable, _ in ENDPOINT_DEFAULTS.values()), err=True)
 
     import asyncio
 
@@ -109,10 +107,15 @@ def summary(symbol: str | None) -> None:
     """Rows and date range stored per series in the warehouse."""
     from marketdata_assets.warehouse import WarehouseError, open_warehouse
 
+    from marketdata_assets.datasets import all_datasets
+
     settings = Settings.from_env()
+    selects = [each.summary_sql(symbol) for each in all_datasets()]
     try:
         warehouse = open_warehouse(settings.warehouse_url)
-        frame = warehouse.query(_SUMMARY_SQL, [symbol, symbol] * 4)
+        frame = warehouse.query(
+            " UNION ALL ".join(sql for sql, _ in selects) + " ORDER BY 1", [p for _, params in selects for p in params]
+        )
     except WarehouseError as exc:
         click.echo(f"marketdata summary: {exc}", err=True)
         sys.exit(2)
@@ -126,19 +129,6 @@ def summary(symbol: str | None) -> None:
         )
 
 
-# Each stored series under its asset key, with its rows and first and last times.
-_SUMMARY_SQL = " UNION ALL ".join(
-    f"SELECT {series} AS series, count(*) AS rows, min({time}) AS first_time, max({time}) AS last_time "
-    f"FROM market_data.{table} WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) GROUP BY 1"
-    for table, series, time in (
-        ("klines", "venue || '_' || market || '/klines_' || timeframe || '/' || replace(symbol, '-', '_')", "open_time"),
-        ("funding_rates", "venue || '_perp/funding/' || replace(symbol, '-', '_')", "funding_time"),
-        ("open_interest", "venue || '_perp/open_interest/' || replace(symbol, '-', '_')", "snapshot_time"),
-        ("long_short_ratios", "venue || '_perp/long_short/' || replace(symbol, '-', '_')", "snapshot_time"),
-    )
-) + " ORDER BY 1"
-
-
 def _fail(command: str, message: str) -> None:
     """One clear line on stderr and exit code 2: the command could not run as asked."""
     click.echo(f"marketdata {command}: {message}", err=True)
@@ -146,15 +136,19 @@ def _fail(command: str, message: str) -> None:
 
 
 def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "klines"):
-    """(settings, warehouse, instance, klines coverage, funding/open-interest/long-short coverage)
-    of the assets of `symbols` and `dataset` (None: every dataset), for report and verify."""
+    """(settings, warehouse, instance, klines coverage, every other dataset's coverage) of the
+    assets of `symbols` and `dataset` (None: every dataset), for report and verify."""
     import dagster as dg
     from dagster._core.errors import DagsterHomeNotSetError
 
     from marketdata_assets.catalog import CatalogError, load_catalog
-    from marketdata_assets.coverage import derivative_assets, derivatives_coverage, klines_assets, klines_coverage
+    from marketdata_assets.coverage import klines_assets, klines_coverage, series_assets, series_coverage
+    from marketdata_assets.datasets import all_datasets
     from marketdata_assets.warehouse import WarehouseError, open_warehouse
 
+    known = [each.name for each in all_datasets()]
+    if dataset is not None and dataset not in known:
+        _fail(command, f"unknown dataset {dataset!r} (known: {', '.join(known)})")
     try:
         settings = Settings.from_env()
         catalog = load_catalog(settings.catalog_path)
@@ -162,8 +156,8 @@ def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "kli
     except (CatalogError, WarehouseError, ValueError) as exc:
         _fail(command, str(exc))
     assets = klines_assets(catalog, symbols) if dataset in (None, "klines") else []
-    others = derivative_assets(catalog, symbols, [dataset] if dataset else []) if dataset != "klines" else []
-    unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in [*assets, *others]})
+    others = series_assets(catalog, symbols, [dataset] if dataset else []) if dataset != "klines" else []
+    unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in assets} - {a.series.symbol for a in others})
     if unknown:
         _fail(command, f"no {dataset + ' ' if dataset else ''}asset for symbol {', '.join(unknown)} in the catalog")
     try:
@@ -173,14 +167,14 @@ def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "kli
                        "instance that `dagster asset materialize` and `dagster dev` use; point DAGSTER_HOME at it")
     try:
         return (settings, warehouse, instance, klines_coverage(instance, warehouse, assets),
-                derivatives_coverage(instance, warehouse, others))
+                series_coverage(instance, warehouse, others))
     except WarehouseError as exc:
         _fail(command, str(exc))
 
 
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--dataset", type=click.Choice(["klines", "funding", "open_interest", "long_short"]), help="Only this dataset.")
+@click.option("--dataset", metavar="DATASET", help="Only this dataset (klines, funding, fear_greed, …).")
 @click.option("--symbol", "symbols", multiple=True, help="Only this symbol (repeatable).")
 @click.option("--fail-on-gaps", is_flag=True, help="Exit 1 if any asset has unexplained gaps or missing rows (for CI).")
 def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool) -> None:
@@ -333,7 +327,8 @@ def _run_here(definitions, chosen, instance, tags=None) -> bool:
 @click.option("--wait", is_flag=True, help="Follow the backfill until it ends; exit 1 unless it succeeded.")
 @click.option("--local", is_flag=True, help="Run it in this process (no webserver), with a progress bar.")
 def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: bool) -> None:
-    """Backfill DATASET (klines, klines_1m, …, funding, open_interest, long_short) over a date range.
+    """Backfill DATASET (a dataset, a key's dataset part such as klines_1m, or a group such as
+    sentiment) over a date range.
 
     Prints the backfill's id; with --local, each run's outcome instead."""
     from marketdata_assets.backfills import DagsterApi, DagsterApiError
@@ -447,8 +442,8 @@ def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
 def seed(from_raw: str | None, to_raw: str | None) -> None:
     """Bootstrap: every dataset of the catalog over the last year, in this process.
 
-    SKIP_<DATASET>=1 leaves a dataset out (SKIP_KLINES, SKIP_FUNDING, SKIP_OPEN_INTEREST,
-    SKIP_LONG_SHORT). A re-run fetches only the partitions not materialized yet."""
+    SKIP_<DATASET>=1 leaves a dataset out (SKIP_KLINES, SKIP_FUNDING, …), SKIP_<GROUP>=1 a
+    group of them (SKIP_SENTIMENT). A re-run fetches only the partitions not materialized yet."""
     import os
 
     sys.exit(0 if run_seed(os.environ, from_raw, to_raw) else 1)

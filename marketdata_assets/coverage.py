@@ -1,6 +1,6 @@
-"""Coverage of every klines asset (and, more briefly, of every funding, open-interest and
-long/short asset): Dagster's partition status and latest check results, beside what the
-warehouse holds, and where the two disagree. `marketdata report` prints it and
+"""Coverage of every klines asset (and, more briefly, of every asset of the other datasets, each
+audited by its own `missing` rule): Dagster's partition status and latest check results, beside
+what the warehouse holds, and where the two disagree. `marketdata report` prints it and
 `marketdata gaps verify` works through its unexplained gaps.
 
 Gaps are counted inside the partitions Dagster records as materialized: a partition never
@@ -23,22 +23,20 @@ from dagster._core.storage.event_log.base import AssetRecord
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from marketdata_assets.audit import (
-    FUNDING_INTERVAL,
     SAMPLES,
     Explanations,
     SERIES_COLUMNS,
     GapAudit,
-    Series,
+    BarSeries,
     Stored,
-    audit_funding,
     audit_gaps,
-    audit_snapshots,
     explanations,
     rejected_not_stored,
     stored_klines,
 )
-from marketdata_assets.catalog import Catalog, Instrument
-from marketdata_assets.defs.checks import FUNDING_CHECKS, KLINES_CHECKS, SNAPSHOT_CHECKS
+from marketdata_assets.catalog import Catalog, Instrument, Series
+from marketdata_assets.datasets import Bounds, Dataset, Missing, dataset
+from marketdata_assets.defs.checks import KLINES_CHECKS
 from marketdata_assets.defs.klines import KLINES_CADENCE, klines_asset_key, klines_partitions, klines_series
 from marketdata_assets.defs.partitions import partition_bounds
 from marketdata_assets.sources.binance_archive import next_month
@@ -63,7 +61,7 @@ class AssetCoverage:
     key: dg.AssetKey
     dataset: str
     instrument: Instrument
-    series: Series
+    series: BarSeries
     partitions: dg.TimeWindowPartitionsDefinition
     partitions_total: int
     materialized: int  # partitions
@@ -96,7 +94,7 @@ def _some(keys: list[str]) -> str:
 class KlinesAsset:
     key: dg.AssetKey
     instrument: Instrument
-    series: Series
+    series: BarSeries
     partitions: dg.TimeWindowPartitionsDefinition
 
 
@@ -252,108 +250,85 @@ def klines_coverage(
     return report
 
 
-# Funding, open interest and long/short: what each dataset's asset is checked by, and its table.
-DERIVATIVE_CHECKS = {
-    "funding": FUNDING_CHECKS,
-    **{dataset: names[:2] for dataset, names in SNAPSHOT_CHECKS.items()},
-}
-_DERIVATIVE_TABLES = {
-    "funding": ("funding_rates", "funding_time"),
-    "open_interest": ("open_interest", "snapshot_time"),
-    "long_short": ("long_short_ratios", "snapshot_time"),
-}
-
-
 @dataclass(frozen=True)
-class DerivativeAsset:
+class SeriesAsset:
+    """An asset of a dataset audited through its `missing` rule (every dataset but klines)."""
+
     key: dg.AssetKey
-    dataset: str  # funding | open_interest | long_short
-    instrument: Instrument
+    dataset: Dataset
+    series: Series
     partitions: dg.TimeWindowPartitionsDefinition
 
 
 @dataclass
-class DerivativeCoverage:
-    """A funding, open-interest or long/short asset: rows stored, partitions, and the settlements
-    or 5-minute snapshots missing inside its materialized partitions."""
+class SeriesCoverage:
+    """An asset's rows stored, partitions, and the rows (settlements, snapshots, days) missing
+    inside its materialized partitions."""
 
-    asset: DerivativeAsset
+    asset: SeriesAsset
     rows: int
     first: dt.datetime | None
     last: dt.datetime | None
     partitions_total: int
     materialized: int
     failed: list[str]
-    expected: int  # settlements or snapshots due in the materialized partitions
+    expected: int  # rows due in the materialized partitions
     missing_windows: list[tuple[dt.datetime, dt.datetime]]  # first ones
     missing: int
     checks: list[CheckOutcome]
 
 
-def derivative_assets(catalog: Catalog, symbols: Iterable[str] = (), datasets: Iterable[str] = ()) -> list[DerivativeAsset]:
-    """Every funding, open-interest and long/short asset of the catalog (of `symbols`, `datasets`)."""
-    from marketdata_assets.defs.funding import funding_asset_key
-    from marketdata_assets.defs.futures_statistics import statistics_asset_key, statistics_partitions
-
-    wanted, chosen = set(symbols), set(datasets) or set(DERIVATIVE_CHECKS)
+def series_assets(catalog: Catalog, symbols: Iterable[str] = (), datasets: Iterable[str] = ()) -> list[SeriesAsset]:
+    """Every asset of the catalog audited through its dataset's `missing` rule (of `datasets`, and
+    of `symbols` when given), in the catalog's order of instruments, then the other series."""
+    wanted, chosen = set(symbols), set(datasets)
+    order = {instrument: index for index, instrument in enumerate(catalog.instruments)}
     assets = []
-    for instrument in catalog.instruments:
-        if instrument.market != "perp" or (wanted and instrument.symbol not in wanted):
+    for series in catalog.all_series():
+        declared = dataset(series.dataset)
+        if declared.detailed_audit or (chosen and declared.name not in chosen):
             continue
-        assert instrument.start_date is not None
-        for dataset in ("funding", "open_interest", "long_short"):
-            if dataset not in chosen or not instrument.has_dataset(dataset):
-                continue
-            if dataset == "funding":
-                key, partitions = funding_asset_key(instrument), klines_partitions(instrument.start_date)
-            else:
-                key, partitions = statistics_asset_key(instrument, dataset), statistics_partitions(instrument)
-            assets.append(DerivativeAsset(key, dataset, instrument, partitions))
-    return assets
+        if wanted and series.symbol not in wanted:
+            continue
+        assets.append(SeriesAsset(declared.asset_key(series), declared, series, declared.partitions(series)))
+    return sorted(assets, key=lambda a: (order.get(a.series.instrument, len(order)), a.dataset.position))
 
 
-def derivatives_coverage(
-    instance: dg.DagsterInstance, warehouse: Warehouse, assets: list[DerivativeAsset], now: dt.datetime | None = None,
-) -> list[DerivativeCoverage]:
+def series_coverage(
+    instance: dg.DagsterInstance, warehouse: Warehouse, assets: list[SeriesAsset], now: dt.datetime | None = None,
+) -> list[SeriesCoverage]:
     """Coverage of `assets`, audited over the partitions Dagster records as materialized."""
     now = now or dt.datetime.now(dt.UTC)
-    checks = _check_outcomes(
-        instance, [asset.key for asset in assets], {asset.key: DERIVATIVE_CHECKS[asset.dataset] for asset in assets}
-    )
+    checks = _check_outcomes(instance, [asset.key for asset in assets], {asset.key: asset.dataset.checks for asset in assets})
     statuses = partition_statuses(instance, assets)  # type: ignore[arg-type]
     report = []
     with warehouse.session():
         for asset, status in zip(assets, statuses, strict=True):
-            table, time_column = _DERIVATIVE_TABLES[asset.dataset]
-            instrument = asset.instrument
+            declared, time_column = asset.dataset, asset.dataset.time_column
+            where, params = declared.row_filter(asset.series)
             stored = warehouse.query(
                 f"SELECT count(*) AS n, min({time_column}) AS first, max({time_column}) AS last "
-                f"FROM market_data.{table} WHERE venue = ? AND symbol = ?",
-                [instrument.venue, instrument.symbol],
+                f"FROM {declared.table.qualified_name} WHERE {where}",
+                params,
             ).row(0)
             materialized_subset, failed_subset = status_subsets(status, asset.partitions)
             windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
-            first_window_end, current_window_start = partition_bounds(asset.partitions)
-            expected, missing_windows, missing = 0, [], 0
+            bounds = Bounds(*partition_bounds(asset.partitions))
+            found = Missing()
             for start, end in windows:
-                if asset.dataset == "funding":
-                    audit = audit_funding(warehouse, instrument.venue, instrument.symbol, start, end,
-                                          first_window_end, current_window_start, now)
-                    expected += audit.expected
-                    missing += len(audit.missing)
-                    missing_windows += [(mark, mark + FUNDING_INTERVAL) for mark in audit.missing]
-                else:
-                    for series in audit_snapshots(warehouse, table, instrument.venue, instrument.symbol, start, end,
-                                                  first_window_end, current_window_start, now):
-                        expected += series.expected
-                        missing += series.missing
-                        missing_windows += series.gaps
-            report.append(DerivativeCoverage(
-                asset, stored[0], stored[1], stored[2], asset.partitions.get_num_partitions(),
+                found.add(declared.missing(warehouse, asset.series, start, end, bounds, now))
+            first, last = (_as_moment(value) for value in stored[1:])
+            report.append(SeriesCoverage(
+                asset, stored[0], first, last, asset.partitions.get_num_partitions(),
                 len(materialized_subset.get_partition_keys()),
-                sorted(failed_subset.get_partition_keys()), expected, sorted(set(missing_windows))[:SAMPLES], missing,
-                [checks[dg.AssetCheckKey(asset.key, name)] for name in DERIVATIVE_CHECKS[asset.dataset]],
+                sorted(failed_subset.get_partition_keys()), found.expected, sorted(set(found.windows))[:SAMPLES],
+                found.missing, [checks[dg.AssetCheckKey(asset.key, name)] for name in declared.checks],
             ))
     return report
 
 
+def _as_moment(value: dt.datetime | dt.date | None) -> dt.datetime | None:
+    """A stored time as a UTC datetime; a DATE column's day at 00:00 UTC."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)

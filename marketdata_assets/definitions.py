@@ -5,35 +5,19 @@ from __future__ import annotations
 import dagster as dg
 
 from marketdata_assets.catalog import load_catalog
+from marketdata_assets.datasets import dataset
 from marketdata_assets.defs.automation import automation
-from marketdata_assets.defs.funding import build_funding_asset
-from marketdata_assets.defs.futures_statistics import STATISTICS_DATASETS, build_statistics_asset
-from marketdata_assets.defs.klines import build_klines_asset
 from marketdata_assets.defs.resources import resources_from
 from marketdata_assets.settings import Settings
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
-    """Assets for every catalog entry, resources from the settings (the environment by default)."""
+    """An asset for every series of the catalog (each built by its dataset), resources from the
+    settings (the environment by default)."""
     settings = settings or Settings.from_env()
     catalog = load_catalog(settings.catalog_path)
     warehouse_kind = "postgres" if settings.warehouse_url.startswith("postgres") else "duckdb"
-    assets = [
-        build_klines_asset(instrument, timeframe_name, warehouse_kind)
-        for instrument in catalog.instruments
-        if instrument.has_dataset("klines")
-        for timeframe_name in instrument.timeframes
-    ] + [
-        build_funding_asset(instrument, warehouse_kind)
-        for instrument in catalog.instruments
-        if instrument.market == "perp" and instrument.has_dataset("funding")
-    ] + [
-        build_statistics_asset(instrument, dataset, warehouse_kind)
-        for instrument in catalog.instruments
-        if instrument.market == "perp" and instrument.venue == "binance"
-        for dataset in STATISTICS_DATASETS
-        if instrument.has_dataset(dataset)
-    ]
+    assets = [dataset(series.dataset).build_asset(series, warehouse_kind) for series in catalog.all_series()]
     jobs, schedules, sensors = automation(assets, settings.schedule_cron)
     return dg.Definitions(
         assets=assets,

@@ -14,7 +14,7 @@ import time
 
 import click
 
-EMULATED = ("BINANCE_SPOT", "BINANCE_FUTURES", "BINANCE_ARCHIVE", "OKX", "BYBIT")
+from marketdata_assets.settings import ENDPOINT_DEFAULTS
 
 
 def start_emulator(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
@@ -46,8 +46,8 @@ def run_demo(from_raw: str | None, to_raw: str | None) -> bool:
     env.setdefault("MARKETDATA_WAREHOUSE_URL", "duckdb:///.marketdata/warehouse.duckdb")
     emulator, url = start_emulator(env)
     try:
-        for name in EMULATED:
-            env[f"MARKETDATA_{name}_URL"] = url
+        for variable, _ in ENDPOINT_DEFAULTS.values():  # every upstream, emulated on one port
+            env[variable] = url
         click.echo(f"emulator at {url}")
         began = time.perf_counter()
         ok = run_seed(env, from_raw, to_raw)

@@ -13,17 +13,21 @@ import asyncio
 import datetime as dt
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
-from marketdata_assets.schemas import FUNDING_RATES, KLINES, REJECTED_ROWS
+from marketdata_assets.schemas import FUNDING_RATES, KLINES, REJECTED_ROWS, TableSpec
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource
 from marketdata_assets.sources.binance_metrics import TABLES, BinanceMetricsSource, Dataset
 from marketdata_assets.sources.errors import PieceFailure
 from marketdata_assets.sources.http import RequestStats
+from marketdata_assets.sources.protocol import Source, SourceOutcome
 from marketdata_assets.validation import rejected_frame
 from marketdata_assets.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from marketdata_assets.catalog import Series
 
 DEFAULT_BARS_PER_WRITE = 200_000
 
@@ -201,3 +205,66 @@ def ingest_metrics(
         dict(fetched.rows_by_source), fetched.archive_files, source.rest.stats.requests,
         fetched.failures, fetched.before_listing,
     )
+
+
+# --- any dataset's source (sources/protocol.py) ---------------------------------------------------
+
+
+@dataclass
+class IngestReport:
+    """What one ingest of one series over one window wrote, met and cost."""
+
+    rows_written: int = 0
+    first: dt.datetime | dt.date | None = None
+    last: dt.datetime | dt.date | None = None
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    outcome: SourceOutcome = field(default_factory=SourceOutcome)
+
+    @property
+    def failures(self) -> list[PieceFailure]:
+        return self.outcome.failures
+
+    def metadata(self) -> dict[str, Any]:
+        def moment(value: dt.datetime | dt.date | None) -> str:
+            return value.isoformat() if value is not None else "none"
+
+        return {
+            "rows_written": self.rows_written,
+            "first_row": moment(self.first),
+            "last_row": moment(self.last),
+            "rows_rejected": self.rows_rejected,
+            "requests": self.outcome.requests,
+            **{f"rows_from_{origin}": rows for origin, rows in sorted(self.outcome.rows_by_source.items())},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def ingest(
+    source: Source, warehouse: Warehouse, table: TableSpec, time_column: str, series: Series,
+    start: dt.datetime, end: dt.datetime,
+) -> IngestReport:
+    """Fetch and store the rows of `series` in [start, end) (UTC), each frame upserted in one
+    transaction as it arrives; rows the source rejected go to rejected_rows whatever else
+    happens. Windows the source could not read are in the report's `failures`."""
+    began = time.perf_counter()
+    report = IngestReport(outcome=source.outcome)
+
+    async def run() -> None:
+        try:
+            async with source:
+                async for frame in source.frames(series, start, end):
+                    if frame.is_empty():
+                        continue
+                    report.rows_written += await asyncio.to_thread(warehouse.upsert, table, frame)
+                    first, last = frame[time_column].min(), frame[time_column].max()
+                    report.first = first if report.first is None else min(report.first, first)  # type: ignore[type-var]
+                    report.last = last if report.last is None else max(report.last, last)  # type: ignore[type-var]
+        finally:
+            rejected = rejected_frame(source.outcome.rejected)
+            if rejected.height:
+                report.rows_rejected = await asyncio.to_thread(warehouse.upsert, REJECTED_ROWS, rejected)
+
+    asyncio.run(run())
+    report.seconds = time.perf_counter() - began
+    return report

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from marketdata_assets.audit import describe_interval
-from marketdata_assets.coverage import AssetCoverage, DerivativeCoverage
+from marketdata_assets.coverage import AssetCoverage, SeriesCoverage
 
 FORMATS = ("table", "json", "csv")
 GAPS_SHOWN = 5
@@ -52,18 +52,16 @@ def report_record(item: AssetCoverage) -> dict[str, Any]:
     }
 
 
-_UNIT = {"funding": "settlements", "open_interest": "snapshots", "long_short": "snapshots"}
-
-
-def derivative_record(item: DerivativeCoverage) -> dict[str, Any]:
-    """A funding, open-interest or long/short asset's row, as JSON and CSV give it."""
+def series_record(item: SeriesCoverage) -> dict[str, Any]:
+    """An asset's row (of any dataset but klines), as JSON and CSV give it."""
     asset = item.asset
+    unit = asset.dataset.unit
     return {
         "asset": asset.key.to_user_string(),
-        "dataset": asset.dataset,
-        "venue": asset.instrument.venue,
-        "market": asset.instrument.market,
-        "symbol": asset.instrument.symbol,
+        "dataset": asset.dataset.name,
+        "venue": asset.series.venue,
+        "market": asset.series.market,
+        "symbol": asset.series.symbol,
         "first_row": _moment(item.first),
         "last_row": _moment(item.last),
         "rows": item.rows,
@@ -71,22 +69,22 @@ def derivative_record(item: DerivativeCoverage) -> dict[str, Any]:
         "partitions_total": item.partitions_total,
         "partitions_failed": len(item.failed),
         "failed_partitions": item.failed,
-        f"expected_{_UNIT[asset.dataset]}": item.expected,
-        f"missing_{_UNIT[asset.dataset]}": item.missing,
+        f"expected_{unit}": item.expected,
+        f"missing_{unit}": item.missing,
         "missing_windows": [{"start": _moment(a), "end": _moment(b)} for a, b in item.missing_windows],
         "checks": {check.name: check.state for check in item.checks},
         "check_windows": {check.name: check.window for check in item.checks},
     }
 
 
-def render_json(items: list[AssetCoverage], others: list[DerivativeCoverage] = ()) -> str:  # type: ignore[assignment]
-    return json.dumps([report_record(item) for item in items] + [derivative_record(item) for item in others], indent=2)
+def render_json(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) -> str:  # type: ignore[assignment]
+    return json.dumps([report_record(item) for item in items] + [series_record(item) for item in others], indent=2)
 
 
-def render_csv(items: list[AssetCoverage], others: list[DerivativeCoverage] = ()) -> str:  # type: ignore[assignment]
+def render_csv(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) -> str:  # type: ignore[assignment]
     """One CSV: the klines columns, then the other datasets' (blank where a row has none)."""
     out = io.StringIO()
-    records = [report_record(item) for item in items] + [derivative_record(item) for item in others]
+    records = [report_record(item) for item in items] + [series_record(item) for item in others]
     flat = []
     for record in records:
         row = {k: v for k, v in record.items() if k not in ("checks", "check_windows")}
@@ -107,7 +105,7 @@ def render_csv(items: list[AssetCoverage], others: list[DerivativeCoverage] = ()
     return out.getvalue()
 
 
-def render_table(items: list[AssetCoverage], others: list[DerivativeCoverage] = ()) -> str:  # type: ignore[assignment]
+def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) -> str:  # type: ignore[assignment]
     """One line per asset, then the gaps, failures and disagreements of those that have any."""
     header = (
         f"{'asset':<34} {'first bar':<16}  {'last bar':<16}  {'partitions':>10} {'failed':>6}  "
@@ -144,7 +142,7 @@ def render_table(items: list[AssetCoverage], others: list[DerivativeCoverage] = 
         lines.append(f"{'asset':<36} {'first':<16}  {'last':<16}  {'partitions':>10} {'failed':>6}  {'missing':>22}  checks")
     for item in others:
         label = item.asset.key.to_user_string()
-        missing = f"{item.missing} of {item.expected} {_UNIT[item.asset.dataset]}"
+        missing = f"{item.missing} of {item.expected} {item.asset.dataset.unit}"
         checks = " ".join(f"{check.name}={check.state}" for check in item.checks)
         lines.append(
             f"{label:<36} {_moment(item.first) or '-':<16}  {_moment(item.last) or '-':<16}  "
@@ -162,5 +160,5 @@ def render_table(items: list[AssetCoverage], others: list[DerivativeCoverage] = 
     return "\n".join(lines)
 
 
-def render(items: list[AssetCoverage], others: list[DerivativeCoverage], fmt: str) -> str:
+def render(items: list[AssetCoverage], others: list[SeriesCoverage], fmt: str) -> str:
     return {"table": render_table, "json": render_json, "csv": render_csv}[fmt](items, others)

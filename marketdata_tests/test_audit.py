@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from marketdata_assets.audit import Explanations, KnownGap, Series, Stored, audit_gaps, stored_klines
+from marketdata_assets.audit import Explanations, KnownGap, BarSeries, Stored, audit_gaps, stored_klines
 from marketdata_assets.definitions import build_definitions
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer, FailingWindow, InvalidBar, Outage, Scenario
 from marketdata_assets.emulator.scenario import documented_outages
@@ -107,7 +107,7 @@ def test_a_wrong_candle_is_rejected_with_its_reasons_and_payload_and_not_stored(
         assert rejected["origin"].startswith("GET /api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=")
 
 
-M1_SERIES = Series("binance", "spot", "BTCUSDT", "1m", first_window_end=utc(2024, 2, 1),
+M1_SERIES = BarSeries("binance", "spot", "BTCUSDT", "1m", first_window_end=utc(2024, 2, 1),
                    current_window_start=utc(2024, 6, 1))
 
 
@@ -256,8 +256,8 @@ def test_stored_holes_match_a_brute_force_walk_across_days_and_series(any_wareho
     drop |= {utc(2024, 3, 5, 23), utc(2024, 3, 6, 0), utc(2024, 3, 8, 12)}
     warehouse.upsert(KLINES, minutes_frame.filter(~pl.col("open_time").is_in(list(drop))))
     warehouse.upsert(KLINES, hours_frame.filter(~pl.col("open_time").is_in(list(drop))))
-    m1 = Series("binance", "spot", "BTCUSDT", "1m", utc(2024, 4, 1), utc(2024, 4, 1))
-    h1 = Series("binance", "spot", "ETHUSDT", "1h", utc(2024, 4, 1), utc(2024, 4, 1))
+    m1 = BarSeries("binance", "spot", "BTCUSDT", "1m", utc(2024, 4, 1), utc(2024, 4, 1))
+    h1 = BarSeries("binance", "spot", "ETHUSDT", "1h", utc(2024, 4, 1), utc(2024, 4, 1))
     stored = stored_klines(warehouse, [m1, h1])
     for series, step in ((m1, dt.timedelta(minutes=1)), (h1, dt.timedelta(hours=1))):
         times = warehouse.query(

@@ -26,23 +26,10 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from marketdata_assets.coverage import partition_statuses, status_subsets
-from marketdata_assets.defs.checks import FUNDING_CADENCE, GAP_COUNT, SNAPSHOT_CHECKS, UNEXPLAINED_WINDOWS, parse_window_text
+from marketdata_assets.datasets import Dataset, dataset as dataset_named
+from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, parse_window_text
 from marketdata_assets.defs.partitions import adjacent_runs, partitions_between
 
-# When each dataset's incremental runs (UTC): bars and statistics once their day closed,
-# funding after each 8-hourly settlement. MARKETDATA_SCHEDULE_CRON overrides them all.
-INCREMENTAL_CRONS = {
-    "klines": "10 0 * * *",
-    "funding": "10 0,8,16 * * *",
-    "open_interest": "10 0 * * *",
-    "long_short": "10 0 * * *",
-}
-# The check of each dataset that finds missing rows, and whose windows the repair sensor re-runs.
-GAP_CHECKS = {
-    "klines": GAP_COUNT,
-    "funding": FUNDING_CADENCE,
-    **{dataset: names[0] for dataset, names in SNAPSHOT_CHECKS.items()},
-}
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 TRIGGER_TAG = "marketdata/trigger"
 
@@ -54,9 +41,10 @@ REPAIR_RUNS_PER_TICK = 5
 REPAIR_INTERVAL_S = 300
 
 
-def dataset_of(key: dg.AssetKey) -> str:
-    """klines | funding | open_interest | long_short, from `<venue>_<market>/<dataset>/<SYMBOL>`."""
-    return "klines" if key.path[1].startswith("klines_") else key.path[1]
+def dataset_of(asset: dg.AssetsDefinition | dg.AssetSpec) -> str:
+    """The dataset an asset keeps: every asset's metadata names it."""
+    spec = asset if isinstance(asset, dg.AssetSpec) else next(iter(asset.specs))
+    return str(spec.metadata["dataset"])
 
 
 @dataclass(frozen=True)
@@ -71,6 +59,10 @@ class IncrementalJob:
     def name(self) -> str:
         return f"{self.dataset}_from_{self.partitions.start:%Y_%m}"
 
+    @property
+    def declared(self) -> Dataset:
+        return dataset_named(self.dataset)
+
     @cached_property
     def job(self) -> dg.UnresolvedAssetJobDefinition:
         return dg.define_asset_job(
@@ -84,7 +76,7 @@ def incremental_jobs(assets: Iterable[dg.AssetsDefinition]) -> list[IncrementalJ
     groups: dict[tuple[str, dg.TimeWindowPartitionsDefinition], list[dg.AssetKey]] = defaultdict(list)
     for asset in assets:
         assert isinstance(asset.partitions_def, dg.TimeWindowPartitionsDefinition)
-        groups[(dataset_of(asset.key), asset.partitions_def)].append(asset.key)
+        groups[(dataset_of(asset), asset.partitions_def)].append(asset.key)
     return [
         IncrementalJob(dataset, partitions, tuple(sorted(keys, key=lambda k: k.path)))
         for (dataset, partitions), keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1].start))
@@ -176,7 +168,7 @@ def plan_incremental(
 
 
 def incremental_schedule(job: IncrementalJob, cron: str | None) -> dg.ScheduleDefinition:
-    cron = cron or INCREMENTAL_CRONS[job.dataset]
+    cron = cron or job.declared.cron
 
     @dg.schedule(
         name=f"{job.name}_incremental",
@@ -230,8 +222,11 @@ def read_gap_checks(
     partition the evaluation covered is pending if it holds an unexplained window, cleared if not.
     Verified-empty windows and documented maintenance are explained, so they never become pending."""
     for job in jobs:
+        gap_check = job.declared.gap_check
+        if gap_check is None:
+            continue
         for key in job.keys:
-            check_key = dg.AssetCheckKey(key, GAP_CHECKS[job.dataset])
+            check_key = dg.AssetCheckKey(key, gap_check)
             seen = state.checks.get(check_key.to_user_string(), 0)
             records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=200)
             for record in sorted(records, key=lambda r: r.id):

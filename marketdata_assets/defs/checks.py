@@ -21,7 +21,7 @@ from marketdata_assets.audit import (
     SAMPLES,
     GapAudit,
     OhlcAudit,
-    Series,
+    BarSeries,
     UnclosedAudit,
     audit_funding,
     audit_gaps,
@@ -78,7 +78,7 @@ def windows_metadata(intervals: list[Interval]) -> dg.MetadataValue:
 _WINDOW_FORMAT = "%Y-%m-%d %H:%M"
 
 
-def _window_text(start: dt.datetime, end: dt.datetime) -> str:
+def window_text(start: dt.datetime, end: dt.datetime) -> str:
     return f"[{start:{_WINDOW_FORMAT}}, {end:{_WINDOW_FORMAT}}) UTC"
 
 
@@ -91,12 +91,12 @@ def parse_window_text(text: str) -> tuple[dt.datetime, dt.datetime]:
 
 
 def klines_check_results(
-    warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
+    warehouse: Warehouse, key: dg.AssetKey, series: BarSeries, start: dt.datetime, end: dt.datetime,
     names: set[str], now: dt.datetime | None = None,
 ) -> list[dg.AssetCheckResult]:
     """The results of the checks `names` over the bars of [start, end)."""
     now = now or dt.datetime.now(dt.UTC)
-    window = dg.MetadataValue.text(_window_text(start, end))
+    window = dg.MetadataValue.text(window_text(start, end))
     results = []
     with warehouse.session():  # a dozen questions, one connection
         if OHLC_VALID in names:
@@ -200,7 +200,7 @@ def funding_check_results(
     """Both funding checks over [start, end); the metadata names the window."""
     audit = audit_funding(warehouse, venue, symbol, start, end, first_window_end, current_window_start,
                           now or dt.datetime.now(dt.UTC))
-    window = dg.MetadataValue.text(_window_text(start, end))
+    window = dg.MetadataValue.text(window_text(start, end))
     missing = ", ".join(f"{m:%Y-%m-%d %H:%M}" for m in audit.missing[:SAMPLES]) or "none"
     return [
         dg.AssetCheckResult(
@@ -253,7 +253,7 @@ def snapshot_check_results(
     cadence, values, table = SNAPSHOT_CHECKS[dataset]
     audits = audit_snapshots(warehouse, table, venue, symbol, start, end, first_window_end, current_window_start,
                              now or dt.datetime.now(dt.UTC))
-    window = dg.MetadataValue.text(_window_text(start, end))
+    window = dg.MetadataValue.text(window_text(start, end))
     missing, expected = sum(a.missing for a in audits), sum(a.expected for a in audits)
     gaps = [(a.series, gap) for a in audits for gap in a.gaps]
     lines = [

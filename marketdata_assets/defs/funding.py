@@ -36,13 +36,13 @@ def build_funding_asset(instrument: Instrument, warehouse_kind: str) -> dg.Asset
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=instrument.key_prefix,
         kinds={instrument.venue, warehouse_kind},
-        pool=venue_pool(instrument, warehouse_kind),
+        pool=venue_pool(instrument.key_prefix, warehouse_kind),
         required_resource_keys={"warehouse", instrument.venue},
         description=(
             f"Funding settlements of {instrument.describe()} at their exact reported times, in "
             f"market_data.funding_rates: {_SOURCES[instrument.venue]}."
         ),
-        metadata={"venue": instrument.venue, "symbol": instrument.symbol, "table": "market_data.funding_rates"},
+        metadata={"dataset": "funding", "venue": instrument.venue, "symbol": instrument.symbol, "table": "market_data.funding_rates"},
     )
     def funding(context: dg.AssetExecutionContext):
         window = context.partition_time_window

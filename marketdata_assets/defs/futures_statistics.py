@@ -16,7 +16,6 @@ from marketdata_assets.ingest import ingest_metrics
 # The archive's metrics files begin in December 2021 and REST keeps 30 days: nothing older
 # exists anywhere, so the partitions begin there.
 METRICS_FROM = dt.date(2021, 12, 1)
-STATISTICS_DATASETS = ("open_interest", "long_short")
 _WHAT = {
     "open_interest": ("Open interest (contracts and value)", "market_data.open_interest"),
     "long_short": (
@@ -49,13 +48,13 @@ def build_statistics_asset(instrument: Instrument, dataset: str, warehouse_kind:
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=instrument.key_prefix,
         kinds={instrument.venue, warehouse_kind},
-        pool=venue_pool(instrument, warehouse_kind),
+        pool=venue_pool(instrument.key_prefix, warehouse_kind),
         description=(
             f"{what} of {instrument.describe()} every 5 minutes, in {table}: REST for its last 30 days "
             "(with each ratio's long and short parts), the archive's daily metrics files before "
             f"(ratios only), from {METRICS_FROM:%B %Y}. A day neither holds fails its partition."
         ),
-        metadata={"venue": instrument.venue, "symbol": instrument.symbol, "table": table},
+        metadata={"dataset": dataset, "venue": instrument.venue, "symbol": instrument.symbol, "table": table},
     )
     def statistics(context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource):
         window = context.partition_time_window

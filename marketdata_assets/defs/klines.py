@@ -3,23 +3,18 @@
 
 import datetime as dt
 import warnings
-from functools import cache
 
 import dagster as dg
 
-from marketdata_assets.audit import Series
+from marketdata_assets.audit import BarSeries
 from marketdata_assets.catalog import Instrument
 from marketdata_assets.defs.checks import klines_check_results, klines_check_specs
-from marketdata_assets.defs.partitions import partial_outcome, partition_bounds, venue_pool
+from marketdata_assets.defs.partitions import monthly_partitions, partial_outcome, partition_bounds, venue_pool
 from marketdata_assets.defs.resources import BinanceResource, WarehouseResource
 from marketdata_assets.ingest import KlinesIngestReport, ingest_klines
 from marketdata_assets.timeframes import Timeframe, timeframe
 
-# Monthly windows for every timeframe. Dagster records every partition of a range run, ~25 ms
-# each on the SQLite instance (bench/RESULTS.md, d): six years of 1m bars as 2,190 daily
-# partitions would spend ~55 s on bookkeeping against ~5 s of data, as 72 months ~2 s. A month is
-# also the archive's file. The month in progress is a partition too (end_offset=1):
-# materializing it stores every bar closed so far, and a later run adds the bars closed since.
+# Monthly windows for every timeframe (defs/partitions.py says why); a month is also the archive's file.
 KLINES_CADENCE = "monthly"
 
 # Fresh when materialized after the UTC day closed and by 01:00: the latest closed day is then
@@ -30,13 +25,8 @@ KLINES_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 1 * * *", lower_boun
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
-@cache
 def klines_partitions(start: dt.date, cadence: str = KLINES_CADENCE) -> dg.TimeWindowPartitionsDefinition:
-    """UTC windows from `start` up to and including the one in progress: monthly from the first
-    of the start's month (so the listing month is covered), or daily (for comparisons)."""
-    if cadence == "daily":
-        return dg.DailyPartitionsDefinition(start_date=start.isoformat(), end_offset=1)
-    return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), end_offset=1)
+    return monthly_partitions(start, cadence)
 
 
 def klines_asset_key(instrument: Instrument, tf: Timeframe) -> dg.AssetKey:
@@ -59,10 +49,10 @@ def _metadata(report: KlinesIngestReport, start: dt.datetime, end: dt.datetime) 
     }
 
 
-def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWindowPartitionsDefinition) -> Series:
+def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWindowPartitionsDefinition) -> BarSeries:
     """The audit's view of one klines asset: its series and the partitions that bound it."""
     first_window_end, current_window_start = partition_bounds(partitions)
-    return Series(
+    return BarSeries(
         venue=instrument.venue,
         market=instrument.market,
         symbol=instrument.symbol,
@@ -90,6 +80,7 @@ def build_klines_asset(
             f"in market_data.klines; {cadence} UTC partitions, the one in progress included."
         ),
         metadata={
+            "dataset": "klines",
             "venue": instrument.venue,
             "market": instrument.market,
             "symbol": instrument.symbol,
@@ -106,7 +97,7 @@ def build_klines_asset(
         can_subset=True,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=venue_pool(instrument, warehouse_kind),
+        pool=venue_pool(instrument.key_prefix, warehouse_kind),
     )
     def klines(context: dg.AssetExecutionContext, warehouse: WarehouseResource, binance: BinanceResource):
         window = context.partition_time_window

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from marketdata_assets.settings import Settings
+from marketdata_assets.settings import ENDPOINT_DEFAULTS, Settings
 from marketdata_assets.sources.binance import BinanceKlinesClient, Market
 from marketdata_assets.sources.binance_archive import BinanceArchiveClient
 from marketdata_assets.sources.binance_funding import BinanceFundingClient, BinanceFundingSource
@@ -83,9 +83,20 @@ class BybitResource(dg.ConfigurableResource):
         return BybitFundingSource(self.url)
 
 
+class UpstreamsResource(dg.ConfigurableResource):
+    """The base URL of every upstream, by its setting's name (`fear_greed_url`, …): a dataset's
+    source takes its own from here."""
+
+    urls: dict[str, str]
+
+    def url(self, setting: str) -> str:
+        return self.urls[setting]
+
+
 def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(url=settings.warehouse_url),
+        "upstreams": UpstreamsResource(urls={name: getattr(settings, name) for name in ENDPOINT_DEFAULTS}),
         "binance": BinanceResource(
             spot_url=settings.binance_spot_url,
             futures_url=settings.binance_futures_url,

@@ -317,3 +317,8 @@ class BinanceArchiveEmulator:
 
     def stats(self) -> dict:
         return {"answers": dict(sorted(self.answers.items())), "cached_files": len(self._cache)}
+
+
+def build(config: EmulatorConfig, failures: FailureBudget, clock=time.time):
+    """This upstream's emulator, for the server (emulator/server.py) to mount as `binance_archive`."""
+    return BinanceArchiveEmulator(config, failures, clock)

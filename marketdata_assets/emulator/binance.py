@@ -562,3 +562,8 @@ class BinanceEmulator:
             }
             for market, ledger in self.ledgers.items()
         }
+
+
+def build(config: EmulatorConfig, failures: FailureBudget, clock=time.time):
+    """This upstream's emulator, for the server (emulator/server.py) to mount as `binance`."""
+    return BinanceEmulator(config, failures, clock)

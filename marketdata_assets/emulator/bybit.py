@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_funding
+from marketdata_assets.emulator.scenario import FailureBudget
 from marketdata_assets.emulator.config import EmulatorConfig
 
 
@@ -108,3 +109,8 @@ class BybitEmulator:
 
     def stats(self) -> dict:
         return {"answers": dict(sorted(self.answers.items()))}
+
+
+def build(config: EmulatorConfig, failures: FailureBudget, clock=time.time):
+    """This upstream's emulator, for the server (emulator/server.py) to mount as `bybit`."""
+    return BybitEmulator(config, clock)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_funding
+from marketdata_assets.emulator.scenario import FailureBudget
 from marketdata_assets.emulator.config import EmulatorConfig
 
 _DAY_MS = 86_400_000
@@ -100,3 +101,8 @@ class OkxEmulator:
 
     def stats(self) -> dict:
         return {"answers": dict(sorted(self.answers.items()))}
+
+
+def build(config: EmulatorConfig, failures: FailureBudget, clock=time.time):
+    """This upstream's emulator, for the server (emulator/server.py) to mount as `okx`."""
+    return OkxEmulator(config, clock)

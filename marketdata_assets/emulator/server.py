@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import threading
 import time
 from collections.abc import Callable
@@ -13,12 +15,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.archive import BinanceArchiveEmulator
-from marketdata_assets.emulator.binance import BinanceEmulator
-from marketdata_assets.emulator.bybit import BybitEmulator
 from marketdata_assets.emulator.config import EmulatorConfig
-from marketdata_assets.emulator.okx import OkxEmulator
 from marketdata_assets.emulator.scenario import FailureBudget
+
+
+def upstream_emulators(config: EmulatorConfig, failures: FailureBudget, clock: Callable[[], float]) -> dict:
+    """name -> emulator, one per module of this package that has `build(config, failures, clock)`."""
+    package = importlib.import_module(__package__)
+    emulators = {}
+    for module in pkgutil.iter_modules(package.__path__):
+        build = getattr(importlib.import_module(f"{__package__}.{module.name}"), "build", None)
+        if build is not None:
+            emulators[module.name] = build(config, failures, clock)
+    return emulators
 
 
 def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] = time.time) -> Starlette:
@@ -27,22 +36,18 @@ def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] =
     `clock` (Unix seconds) decides which candles have closed and which minute weight counts in.
     """
     config = config or EmulatorConfig()
-    failures = FailureBudget(config.scenario.failing_windows)
-    binance = BinanceEmulator(config, failures, clock)
-    archive = BinanceArchiveEmulator(config, failures, clock)
-    okx = OkxEmulator(config, clock)
-    bybit = BybitEmulator(config, clock)
+    emulators = upstream_emulators(config, FailureBudget(config.scenario.failing_windows), clock)
 
     async def stats(request: Request) -> Response:
-        body = {"binance": binance.stats(), "binance_archive": archive.stats(), "okx": okx.stats(), "bybit": bybit.stats()}
+        body = {
+            ("binance_archive" if name == "archive" else name): emulator.stats() for name, emulator in emulators.items()
+        }
         return Response(orjson.dumps(body), media_type="application/json")
 
-    app = Starlette(routes=[
-        *binance.routes(), *archive.routes(), *okx.routes(), *bybit.routes(), Route("/emulator/stats", stats)])
-    app.state.binance = binance
-    app.state.archive = archive
-    app.state.okx = okx
-    app.state.bybit = bybit
+    routes = [route for emulator in emulators.values() for route in emulator.routes()]
+    app = Starlette(routes=[*routes, Route("/emulator/stats", stats)])
+    for name, emulator in emulators.items():
+        setattr(app.state, name, emulator)
     return app
 
 
@@ -97,10 +102,9 @@ class EmulatorServer(LoopbackServer):
     ):
         super().__init__(build_app(config, clock), host, port)
 
-    @property
-    def binance(self) -> BinanceEmulator:
-        return self.app.state.binance
-
-    @property
-    def archive(self) -> BinanceArchiveEmulator:
-        return self.app.state.archive
+    def __getattr__(self, name: str):
+        """The emulator of one upstream by its module's name: `server.binance`, `server.archive`."""
+        try:
+            return getattr(self.__dict__["app"].state, name)
+        except (AttributeError, KeyError):
+            raise AttributeError(name) from None

@@ -1,0 +1,166 @@
+"""What a dataset declares, once, in its own module: its table, key and time column, the
+partitions and the incremental cron, its checks and the one that finds missing rows, how the
+report counts what is missing, and which catalog entries it makes assets of.
+
+Everything that lists datasets (catalog validation, definitions, schedules, the repair sensor,
+backfill and seed, coverage, report, summary, the CLI's choices) iterates the registry
+(`marketdata_assets.datasets`), never a list of names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import dagster as dg
+
+from marketdata_assets.schemas import TableSpec
+
+if TYPE_CHECKING:
+    from marketdata_assets.catalog import Catalog, Series
+    from marketdata_assets.warehouse import Warehouse
+
+Interval = tuple[dt.datetime, dt.datetime]
+
+
+@dataclass
+class Missing:
+    """Rows a series should hold in some windows, and which of them are missing."""
+
+    expected: int = 0
+    missing: int = 0
+    windows: list[Interval] = field(default_factory=list)  # the missing ones, [start, end) UTC
+
+    def add(self, other: Missing) -> None:
+        self.expected += other.expected
+        self.missing += other.missing
+        self.windows += other.windows
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a series' expectations depend on besides its rows: the end of the partition that
+    holds its first row (before which nothing is expected) and the start of the partition in
+    progress (inside which nothing newer than the newest stored row is expected yet)."""
+
+    first_window_end: dt.datetime
+    current_window_start: dt.datetime
+
+
+class Dataset:
+    """One dataset. Subclasses declare the class attributes and override what differs."""
+
+    name: ClassVar[str]
+    table: ClassVar[TableSpec]
+    time_column: ClassVar[str]
+    # What one expected row is called in the report: bars, settlements, snapshots, days.
+    unit: ClassVar[str]
+    title: ClassVar[str]  # one line, for the asset's description
+    # The incremental schedule's cron (UTC); MARKETDATA_SCHEDULE_CRON overrides every dataset's.
+    cron: ClassVar[str] = "10 0 * * *"
+    # Nothing exists anywhere before this day: partitions begin no earlier.
+    earliest: ClassVar[dt.date | None] = None
+    # A family several datasets share, for `backfill <group>` and SKIP_<GROUP>=1 (sentiment, macro).
+    group: ClassVar[str | None] = None
+    # Where the dataset sits in lists (report, summary, errors); smaller first.
+    position: ClassVar[int] = 100
+    # The checks every asset of the dataset carries, and the one whose unexplained windows the
+    # repair sensor re-runs.
+    checks: ClassVar[tuple[str, ...]] = ()
+    gap_check: ClassVar[str | None] = None
+    # Instruments: which venues and markets keep this dataset (catalog `instruments:` entries).
+    instrument_venues: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # Series: the `source` a catalog `series:` entry of this dataset names, and whether it
+    # lists `keys` ("required") or has one series ("none").
+    series_source: ClassVar[str | None] = None
+    keys: ClassVar[str] = "none"
+    # The report audits this dataset in detail (klines: known gaps, rejected rows, Dagster
+    # against the warehouse); the others through `missing`.
+    detailed_audit: ClassVar[bool] = False
+
+    # --- the catalog -------------------------------------------------------------------------
+
+    def series_of(self, catalog: Catalog) -> list[Series]:
+        """Every series of this dataset the catalog asks for (its `series:` entries by default)."""
+        from marketdata_assets.catalog import Series
+
+        found = []
+        for entry in catalog.series:
+            if entry.dataset != self.name:
+                continue
+            start = entry.start_date or catalog.start_date or self.earliest
+            assert start is not None  # the catalog refuses a series with no start anywhere
+            for key in entry.keys or (None,):
+                found.append(Series(self.name, entry.source, key, start, options=dict(entry.model_extra or {})))
+        return found
+
+    def validate_entry(self, keys: tuple[str, ...], options: Mapping[str, Any]) -> None:
+        """ValueError naming the field when a catalog `series:` entry does not fit this dataset."""
+        if self.keys == "none" and keys:
+            raise ValueError(f"keys: {self.name} has one series, so it takes no keys")
+        if self.keys == "required" and not keys:
+            raise ValueError(f"keys: {self.name} needs at least one key")
+        for name in options:
+            raise ValueError(f"{name}: not an option of {self.name}")
+
+    # --- Dagster -----------------------------------------------------------------------------
+
+    def asset_key(self, series: Series) -> dg.AssetKey:
+        return dg.AssetKey([series.source, self.name, *([series.slug] if series.key else [])])
+
+    def partitions(self, series: Series) -> dg.TimeWindowPartitionsDefinition:
+        from marketdata_assets.defs.partitions import monthly_partitions
+
+        start = max(series.start_date, self.earliest) if self.earliest else series.start_date
+        return monthly_partitions(start)
+
+    def build_asset(self, series: Series, warehouse_kind: str) -> dg.AssetsDefinition:
+        """The asset of one series: the generic body (defs/assets.py) unless a dataset needs its own."""
+        from marketdata_assets.defs.assets import build_dataset_asset
+
+        return build_dataset_asset(self, series, warehouse_kind)
+
+    def open_source(self, series: Series, upstreams: Any) -> Any:
+        """The source (ingest.Source) of `series`, from the upstream URLs of `upstreams`."""
+        raise NotImplementedError(f"{self.name} has no generic source")
+
+    def retention(self, venue: str) -> dt.timedelta | None:
+        """How far back `venue` still serves this dataset (None: its whole history)."""
+        return None
+
+    def check_specs(self, key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+        return []
+
+    def check_results(
+        self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
+        bounds: Bounds, now: dt.datetime,
+    ) -> list[dg.AssetCheckResult]:
+        return []
+
+    # --- the audit ---------------------------------------------------------------------------
+
+    def row_filter(self, series: Series) -> tuple[str, list[Any]]:
+        """SQL condition (and its parameters) selecting the series' rows in the table."""
+        return "TRUE", []
+
+    def missing(
+        self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,
+        now: dt.datetime,
+    ) -> Missing:
+        """Rows expected in [start, end), and the missing ones."""
+        return Missing()
+
+    def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
+        """SELECT series (the asset key as text), rows, first_time, last_time of every stored
+        series; only `symbol`'s when given."""
+        return (
+            f"SELECT '{self.series_source}/{self.name}' AS series, count(*) AS rows, min({self.time_column}) AS first_time, "
+            f"max({self.time_column}) AS last_time FROM {self.table.qualified_name} "
+            "WHERE CAST(? AS TEXT) IS NULL HAVING count(*) > 0",
+            [symbol],
+        )
+
+    def describe_series(self, series: Series) -> str:
+        return f"{self.title} ({series.describe()}), in {self.table.qualified_name}"
