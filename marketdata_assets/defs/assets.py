@@ -2,8 +2,6 @@
 declares a source (ingest.Source) and its checks. The dataset says what; this says how a range
 run fetches, writes, checks and records its partitions."""
 
-from __future__ import annotations
-
 import datetime as dt
 from typing import TYPE_CHECKING
 
@@ -17,7 +15,7 @@ if TYPE_CHECKING:
     from marketdata_assets.datasets import Dataset
 
 
-def build_dataset_asset(dataset: Dataset, series: Series, warehouse_kind: str) -> dg.AssetsDefinition:
+def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: str) -> dg.AssetsDefinition:
     """The asset of `series`: each run reads its partitions' window from the dataset's source,
     upserts it, evaluates the dataset's checks over it, and records the partitions that landed."""
     from marketdata_assets.datasets import Bounds
