@@ -89,6 +89,7 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
            for symbol in ("BTCUSDT", "ETHUSDT")]
         + ["okx_perp/funding/BTC_USDT_SWAP", "okx_perp/funding/ETH_USDT_SWAP",
            "bybit_perp/funding/BTCUSDT", "bybit_perp/funding/ETHUSDT"]
+        + ["alternative_me/fear_greed"]
     )
     btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
     assert btc_perp_1m.group_name == "binance_perp"

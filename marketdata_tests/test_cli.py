@@ -41,15 +41,19 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
         assert lines[f"binance_perp/long_short/{symbol}"][0] == str((31 + 29) * 288 * 4)
         assert f"bybit_perp/funding/{symbol} {(31 + 29) * 3} 2024-01-01 00:00 2024-02-29 16:00" in " ".join(out.split())
     assert "okx_perp/funding/BTC_USDT_SWAP: okx keeps about 90 days, so 0 of its 2 partitions are asked for" in out
+    # the packaged catalog's one series: a Fear & Greed value for every day of the two months
+    assert "alternative_me/fear_greed 60 2024-01-01 00:00 2024-02-29 00:00" in " ".join(out.split())
     assert (tmp_path / ".marketdata" / "warehouse.duckdb").exists()
     assert (tmp_path / ".marketdata" / "dagster" / "dagster.yaml").exists()
 
     # A second run fetches nothing, and says so; a skipped dataset is named.
-    again = marketdata("demo", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02", "SKIP_FUNDING": "1"})
+    again = marketdata("demo", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02", "SKIP_FUNDING": "1",
+                                                  "SKIP_SENTIMENT": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.splitlines()[1:5] == [
+    assert again.stdout.splitlines()[1:6] == [
         "seeding 2024-01-30 00:00 .. 2024-02-03 00:00 UTC into duckdb:///.marketdata/warehouse.duckdb",
         "skipping funding (SKIP_FUNDING=1)",
+        "skipping sentiment (SKIP_SENTIMENT=1)",
         "all 24 partitions are materialized already",
         "nothing to fetch: every partition is materialized already",
     ]
@@ -84,7 +88,8 @@ def test_backfill_requests_that_cannot_be_read_get_one_line_and_exit_2(tmp_path)
         (("klines", "--from", "2024-03-01", "--to", "2024-02-01 12:00:00"),
          "--to 2024-02-01 12:00:00 is before --from 2024-03-01"),
         (("candles",),
-         "unknown dataset 'candles': the catalog has funding, klines, klines_1h, klines_1m, long_short, open_interest"),
+         "unknown dataset 'candles': the catalog has fear_greed, funding, klines, klines_1h, klines_1m, long_short, "
+         "open_interest, sentiment"),
         (("funding", "--symbols", "BTCUSDT,DOGEUSDT"), "no funding asset for symbol DOGEUSDT in the catalog"),
     ]:
         result = marketdata("backfill", *args, cwd=tmp_path)

@@ -1,0 +1,123 @@
+"""alternative.me: the Crypto Fear & Greed Index, one value a UTC day, from `GET /fng/`.
+
+The answer is `{"name", "data": [{"value", "value_classification", "timestamp",
+"time_until_update"}], "metadata": {"error"}}`: every field a string, `timestamp` Unix seconds at
+00:00 UTC, newest first, `time_until_update` on the newest row only. `limit=N` gives the newest N
+days (0: all of them, from 2018-02-01). A bad parameter is answered with `metadata.error`.
+
+Rows whose value is outside 0–100, whose classification is not the one alternative.me gives that
+value, or whose time is not a UTC midnight are rejected (kept in rejected_rows), never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import polars as pl
+
+from marketdata_assets.sources.protocol import SourceOutcome
+from marketdata_assets.schemas import REJECTED_ROWS, TableSpec
+from marketdata_assets.sources.errors import MalformedResponse
+from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
+
+SOURCE = "alternative.me fear & greed"
+PATH = "/fng/"
+VENUE = "alternative_me"
+# alternative.me asks for at most 60 requests a minute; a window is one request.
+REQUESTS_PER_MINUTE = 60
+# The classification alternative.me gives each value: (lowest value, name), ascending.
+BANDS = ((0, "Extreme Fear"), (25, "Fear"), (47, "Neutral"), (55, "Greed"), (76, "Extreme Greed"))
+_DAY_S = 86_400
+
+
+def classification_of(value: int) -> str:
+    """alternative.me's name for an index value of 0–100."""
+    return [name for lowest, name in BANDS if value >= lowest][-1]
+
+
+def fear_greed_envelope_error(body: Any) -> EnvelopeError | None:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        return EnvelopeError(-1, f"not a Fear & Greed answer: {str(body)[:160]}")
+    error = (body.get("metadata") or {}).get("error")
+    return EnvelopeError(-1, str(error)) if error else None
+
+
+def parse_fear_greed(body: Any, table: TableSpec, origin: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows in `table`'s schema, ascending by day; rejected rows) of one `/fng/` answer."""
+    rows = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(rows, list):
+        raise MalformedResponse(SOURCE, f"expected {{\"data\": [...]}}, got {str(body)[:160]}")
+    now = dt.datetime.now(dt.UTC)
+    kept: dict[str, list] = {"date": [], "value": [], "classification": []}
+    rejected: list[dict] = []
+    previous = None
+    for index, row in enumerate(rows):
+        try:
+            value, name, stamp = int(row["value"]), str(row["value_classification"]), int(row["timestamp"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedResponse(SOURCE, f"row {index} is not a Fear & Greed row ({exc}): {str(row)[:160]}") from None
+        if previous is not None and stamp >= previous:
+            raise MalformedResponse(SOURCE, f"row {index} ({stamp}) is not older than the row before ({previous})")
+        previous = stamp
+        day = dt.datetime.fromtimestamp(stamp - stamp % _DAY_S, dt.UTC)
+        reasons = []
+        if not 0 <= value <= 100:
+            reasons.append(f"value {value} outside 0-100")
+        elif name != classification_of(value):
+            reasons.append(f"classification {name!r} is not {classification_of(value)!r}")
+        if stamp % _DAY_S:
+            reasons.append(f"timestamp {stamp} is not 00:00 UTC")
+        if reasons:
+            rejected.append({
+                "dataset": "fear_greed", "venue": VENUE, "market": "", "symbol": "", "timeframe": "1d",
+                "open_time": day, "reason": "; ".join(reasons), "payload": orjson.dumps(row).decode(),
+                "origin": origin, "source": "rest", "ingested_at": now,
+            })
+            continue
+        kept["date"].append(day.date())
+        kept["value"].append(value)
+        kept["classification"].append(name)
+    count = len(kept["date"])
+    frame = pl.DataFrame(
+        {**kept, "source": ["rest"] * count, "ingested_at": [now] * count}, schema=table.schema
+    ).reverse()
+    return frame, pl.DataFrame(rejected, schema=REJECTED_ROWS.schema)
+
+
+class FearGreedSource(UpstreamClient):
+    """The index over one window: one request for the newest days back to the window's start."""
+
+    def __init__(
+        self, base_url: str, table: TableSpec, *, max_attempts: int = 5, backoff_base_s: float = 0.5,
+        clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
+    ):
+        self.rejected = []
+        self.table = table
+        self.outcome = SourceOutcome(rows_by_source={"rest": 0})
+        self._clock = clock
+        self._http = PacedHttp(
+            SOURCE, base_url, WeightBudget.for_host(base_url, REQUESTS_PER_MINUTE, clock, sleep),
+            envelope_check=fear_greed_envelope_error, max_concurrency=1, max_attempts=max_attempts,
+            backoff_base_s=backoff_base_s, sleep=sleep,
+        )
+
+    async def frames(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
+        """The days in [start, end) (UTC) alternative.me has, ascending."""
+        today = dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
+        if start.date() > today:
+            return
+        params = {"limit": (today - start.date()).days + 1, "format": "json"}
+        body, _ = await self._http.get_json(PATH, params, 1)
+        self.outcome.requests = self.stats.requests
+        frame, rejected = parse_fear_greed(body, self.table, f"GET {PATH}?limit={params['limit']}")
+        start_day, end_day = start.date(), end.date() if end.time() == dt.time(0) else end.date() + dt.timedelta(days=1)
+        inside = (pl.col("open_time") >= start) & (pl.col("open_time") < end)
+        self.outcome.rejected.append(rejected.filter(inside))
+        frame = frame.filter((pl.col("date") >= start_day) & (pl.col("date") < end_day))
+        self.outcome.rows_by_source["rest"] += frame.height
+        yield frame
