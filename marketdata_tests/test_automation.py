@@ -1,6 +1,6 @@
 """Daily operations through Dagster's test contexts: the incremental schedules against a real
 instance and the emulator, and the repair sensor's bounded, backed-off re-runs. The real
-daemon runs them in test_daemon.py."""
+daemon runs them in test_deployment.py."""
 
 from __future__ import annotations
 

@@ -1,13 +1,17 @@
 """Dagster's production setup, run here as separate processes: the code location served over gRPC
 (`dagster code-server`), `dagster-webserver` and `dagster-daemon`, with the instance and the
-warehouse on the local PostgreSQL and docker/dagster.yaml as the instance config. Backfills are
-launched and cancelled through the webserver's GraphQL API, as the UI's backfill launcher does,
-and the daemon runs them."""
+warehouse on the local PostgreSQL and docker/dagster.yaml as the instance config.
+
+One deployment shows daily operations with every real part: backfills launched from the CLI
+(`marketdata backfill … --wait`) and as the UI's launcher sends them (GraphQL), listed and cancelled
+from the CLI while the daemon runs them; a scheduled tick that stores the newest closed window of
+an asset never run and catches up the months another missed; and the UI in headless Chromium."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -16,10 +20,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import httpx
 import polars as pl
+import pytest
 import yaml
 
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
@@ -27,11 +33,14 @@ from marketdata_assets.emulator.config import Faults
 from marketdata_assets.settings import Settings
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import REPO, postgres_database, utc, write_catalog
-from marketdata_tests.test_assets import run_range
+from marketdata_tests.test_assets import MATERIALIZED, run_range
+from marketdata_tests.test_automation import month_key, months_back, record_materialization
+from marketdata_tests.test_cli import marketdata
 
 DOCKER = REPO / "docker"
-BTC = ["binance_spot", "klines_1m", "BTCUSDT"]
-ETH = ["binance_spot", "klines_1m", "ETHUSDT"]
+BTC_1H = dg.AssetKey(["binance_spot", "klines_1h", "BTCUSDT"])
+ETH_1M = dg.AssetKey(["binance_spot", "klines_1m", "ETHUSDT"])
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def free_port() -> int:
@@ -47,6 +56,7 @@ class Deployment:
     dagster_url: str
     home: Path
     processes: dict[str, subprocess.Popen]
+    env: dict[str, str]  # what a user of the CLI would export beside it
 
     def graphql(self, query: str, **variables) -> dict:
         response = httpx.post(self.url + "/graphql", json={"query": query, "variables": variables}, timeout=60)
@@ -68,8 +78,9 @@ def _wait(predicate, what: str, timeout: float, processes: dict[str, subprocess.
 
 
 @contextlib.contextmanager
-def deployment(tmp_path: Path, emulator_url: str, catalog: Path):
-    """The three processes of docker/compose.yaml (user_code, webserver, daemon) on loopback."""
+def deployment(tmp_path: Path, emulator_url: str, catalog: Path, before_start=None, **settings: str):
+    """The three processes of docker/compose.yaml (user_code, webserver, daemon) on loopback;
+    `before_start(instance)` prepares the instance first, `settings` are more variables for all."""
     with postgres_database("md_dagster") as dagster_url, postgres_database("md_warehouse") as warehouse_url:
         home = tmp_path / "dagster_home"
         home.mkdir()
@@ -88,7 +99,12 @@ def deployment(tmp_path: Path, emulator_url: str, catalog: Path):
             MARKETDATA_BINANCE_SPOT_URL=emulator_url,
             MARKETDATA_BINANCE_FUTURES_URL=emulator_url,
             MARKETDATA_BINANCE_ARCHIVE_URL=emulator_url,
+            **settings,
         )
+        if before_start is not None:
+            with mock.patch.dict(os.environ, {"DAGSTER_POSTGRES_URL": dagster_url}), \
+                    dg.DagsterInstance.from_config(str(home)) as instance:
+                before_start(instance)
         commands = compose_commands(grpc_port, web_port, home / "workspace.yaml")
         processes: dict[str, subprocess.Popen] = {}
         logs = {}
@@ -102,7 +118,7 @@ def deployment(tmp_path: Path, emulator_url: str, catalog: Path):
                     _wait(lambda: _accepts(grpc_port), "the code server", 120, processes)
             url = f"http://127.0.0.1:{web_port}"
             _wait(lambda: _location_loaded(url), "the webserver to load the code location", 120, processes)
-            yield Deployment(url, warehouse_url, dagster_url, home, processes)
+            yield Deployment(url, warehouse_url, dagster_url, home, processes, {**env, "MARKETDATA_DAGSTER_URL": url})
         finally:
             for process in processes.values():
                 process.terminate()
@@ -156,9 +172,9 @@ STATUS = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ..
   assetPartitionStatuses { ... on TimePartitionStatuses { ranges { startKey endKey status } } } } } }"""
 
 
-def launch(deployed: Deployment, key: list[str], months: list[str]) -> str:
+def launch(deployed: Deployment, key: dg.AssetKey, months: list[str]) -> str:
     """A backfill as the UI's launcher sends it: the asset and its partition keys."""
-    result = deployed.graphql(LAUNCH, params={"partitionNames": months, "assetSelection": [{"path": key}]})
+    result = deployed.graphql(LAUNCH, params={"partitionNames": months, "assetSelection": [{"path": key.path}]})
     launched = result["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
@@ -168,64 +184,193 @@ def backfill(deployed: Deployment, backfill_id: str) -> dict:
     return deployed.graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
 
 
-def stored(deployed: Deployment, symbol: str) -> pl.DataFrame:
+def stored(deployed: Deployment, symbol: str, until: dt.datetime | None = None) -> pl.DataFrame:
     return open_warehouse(deployed.warehouse_url).query(
-        "SELECT * FROM market_data.klines WHERE symbol = ? ORDER BY open_time", [symbol]
+        "SELECT * FROM market_data.klines WHERE symbol = ? AND open_time < ? ORDER BY open_time",
+        [symbol, until or utc(2100, 1, 1)],
     )
 
 
-def test_a_graphql_backfill_is_run_by_the_daemon_and_a_cancelled_one_leaves_no_partial_window(tmp_path):
+def cli(deployed: Deployment, cwd: Path, *args: str):
+    return marketdata(*args, cwd=cwd, env=deployed.env)
+
+
+def jobs(deployed: Deployment, cwd: Path) -> dict[str, dict]:
+    listed = cli(deployed, cwd, "backfill", "jobs", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    return {job["id"]: job for job in json.loads(listed.stdout)}
+
+
+def runs_of(deployed: Deployment, **tags: str) -> list:
+    with dg.DagsterInstance.from_config(str(deployed.home)) as instance:
+        return sorted(instance.get_run_records(dg.RunsFilter(tags=tags)), key=lambda r: r.create_timestamp)
+
+
+def scheduled_runs(deployed: Deployment, count: int) -> list:
+    """The first `count` runs the schedule launched, once all of them succeeded."""
+    records = runs_of(deployed, **{"marketdata/trigger": "incremental"})[:count]
+    if len(records) < count:
+        return []
+    failed = [r.dagster_run for r in records if r.dagster_run.is_finished
+              and r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
+    assert not failed, f"scheduled run {failed[0].run_id} {failed[0].status}"
+    return records if all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records) else []
+
+
+def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_graphql_and_schedules(
+    tmp_path, monkeypatch,
+):
     catalog = write_catalog(tmp_path / "catalog.yaml", [
-        {"venue": "binance", "market": "spot", "symbol": "BTCUSDT", "timeframes": ["1m"], "start_date": "2022-01-01"},
-        # ETHUSDT over REST with every page 400 ms late: still running when its backfill is cancelled
-        {"venue": "binance", "market": "spot", "symbol": "ETHUSDT", "timeframes": ["1m"], "start_date": "2022-01-01",
+        {"venue": "binance", "market": "spot", "symbol": "BTCUSDT", "timeframes": ["1h"], "start_date": "2024-01-01"},
+        # over REST with every page 400 ms late: its two-year backfill is still writing when cancelled
+        {"venue": "binance", "market": "spot", "symbol": "ETHUSDT", "timeframes": ["1m"], "start_date": "2024-01-01",
          "source": "rest"},
     ])
-    with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=400))) as emulator, \
-            deployment(tmp_path, emulator.url, catalog) as deployed:
-        months = ["2024-01-01", "2024-02-01", "2024-03-01"]
-        backfill_id = launch(deployed, BTC, months)
-        done = _wait(lambda: backfill(deployed, backfill_id)["status"] in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED",
-                                                                              "COMPLETED_FAILED") and backfill(deployed, backfill_id),
-                     "the daemon to finish the backfill", 240, deployed.processes)
-        assert done["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), done
-        assert [run["status"] for run in done["runs"]] == ["SUCCESS"]  # one range run (single_run policy)
-        rows = stored(deployed, "BTCUSDT")
-        assert rows.height == (31 + 29 + 31) * 1440
-        assert rows["open_time"].min() == utc(2024, 1, 1) and rows["open_time"].max() == utc(2024, 3, 31, 23, 59)
-        # the same rows the embedded default (DuckDB, SQLite instance) lands for the same window
-        default = Settings(warehouse_url=f"duckdb:///{tmp_path / 'default.duckdb'}", catalog_path=catalog,
-                           binance_spot_url=emulator.url, binance_archive_url=emulator.url)
-        with dg.instance_for_test() as instance:
-            assert run_range(default, dg.AssetKey(BTC), months[0], months[-1], instance)[1].success
-        embedded = open_warehouse(default.warehouse_url).query(
-            "SELECT * FROM market_data.klines WHERE symbol = 'BTCUSDT' ORDER BY open_time")
-        assert rows.drop("ingested_at").equals(embedded.drop("ingested_at"))
-        ranges = deployed.graphql(STATUS, key={"path": BTC})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
-        assert ranges == [{"startKey": "2024-01-01", "endKey": "2024-03-01", "status": "MATERIALIZED"}]
+    now = dt.datetime.now(dt.UTC)
+    stopped = months_back(now, 2)  # BTCUSDT 1h was last kept two months ago, mid-month
+    with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=400))) as emulator, deployment(
+        tmp_path, emulator.url, catalog,
+        before_start=lambda instance: record_materialization(instance, BTC_1H, month_key(stopped), stopped),
+        MARKETDATA_SCHEDULE_CRON="* * * * *",
+    ) as deployed:
+        monkeypatch.setenv("DAGSTER_POSTGRES_URL", deployed.dagster_url)  # this process reads the instance too
+        # From the CLI, followed to the end; and as the UI's launcher sends one, two years long.
+        waited = subprocess.Popen(
+            [sys.executable, "-m", "marketdata_assets.cli", "backfill", "klines_1h", "--symbols", "BTCUSDT",
+             "--from", "2024-01-01", "--to", "2024-02-15", "--wait"],
+            cwd=tmp_path, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        months = [f"{year}-{month:02d}-01" for year in (2024, 2025) for month in range(1, 13)]
+        long_id = launch(deployed, ETH_1M, months)
+        listed = _wait(lambda: len(jobs(deployed, tmp_path)) == 2 and jobs(deployed, tmp_path),
+                       "both backfills to be listed", 60, deployed.processes)
+        assert listed[long_id]["status"] == "REQUESTED"
+        assert listed[long_id]["assets"] == [ETH_1M.to_user_string()]
+        assert listed[long_id]["partitions"]["total"] == 24
 
-        # A second backfill, cancelled while its run is writing: the daemon stops the run, and no
-        # month is left half written (every write batch holds whole months, in one transaction).
-        months = [f"{year}-{month:02d}-01" for year in (2020, 2021, 2022, 2023) for month in range(1, 13)]
-        backfill_id = launch(deployed, ETH, months)
+        # Cancelled from the CLI while its run is writing: the daemon stops the run, and no month
+        # is left half written (every write batch holds whole months, in one transaction).
         _wait(lambda: stored(deployed, "ETHUSDT").height > 0, "the first rows of ETHUSDT", 240, deployed.processes)
-        cancelled = deployed.graphql(CANCEL, id=backfill_id)["cancelPartitionBackfill"]
-        assert cancelled["__typename"] == "CancelBackfillSuccess", cancelled
-        done = _wait(lambda: backfill(deployed, backfill_id)["status"] == "CANCELED" and backfill(deployed, backfill_id),
+        cancel = cli(deployed, tmp_path, "backfill", "cancel", long_id)
+        assert cancel.returncode == 0, cancel.stderr
+        assert cancel.stdout.startswith(f"canceling {long_id}: no more of its runs start and the running ones are stopped")
+        done = _wait(lambda: backfill(deployed, long_id)["status"] == "CANCELED" and backfill(deployed, long_id),
                      "the daemon to cancel the backfill", 240, deployed.processes)
         assert [run["status"] for run in done["runs"]] == ["CANCELED"]
-        rows = stored(deployed, "ETHUSDT")
+        rows = stored(deployed, "ETHUSDT", utc(2026, 1, 1))
         time.sleep(3)
-        assert stored(deployed, "ETHUSDT").height == rows.height  # it has stopped
+        assert stored(deployed, "ETHUSDT", utc(2026, 1, 1)).height == rows.height  # it has stopped
         per_month = rows.group_by(pl.col("open_time").dt.strftime("%Y-%m").alias("month")).len()
         for month, count in per_month.iter_rows():
             year, number = (int(part) for part in month.split("-"))
             days = (dt.date(year + number // 12, number % 12 + 1, 1) - dt.date(year, number, 1)).days
             assert count == days * 1440, f"{month} is half written: {count} bars"
         assert 0 < per_month.height < len(months)
-        # the run never finished, so none of its partitions is marked materialized
-        ranges = deployed.graphql(STATUS, key={"path": ETH})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
-        assert all(r["status"] != "MATERIALIZED" for r in ranges), ranges
+
+        # The --wait one: its id first, then its progress, exit 0; one range run (single_run policy).
+        out, err = waited.communicate(timeout=300)
+        assert waited.returncode == 0, err
+        short_id = out.strip()
+        assert err.strip().splitlines()[-1] == "COMPLETED_SUCCESS: 2 of 2 partitions done, 0 failed, 0 in progress"
+        assert [run["status"] for run in backfill(deployed, short_id)["runs"]] == ["SUCCESS"]
+        btc = stored(deployed, "BTCUSDT", utc(2024, 3, 1))
+        assert btc.height == (31 + 29) * 24
+        assert btc["open_time"].min() == utc(2024, 1, 1) and btc["open_time"].max() == utc(2024, 2, 29, 23)
+        # the same rows the embedded default (DuckDB, SQLite instance) lands for the same window
+        default = Settings(warehouse_url=f"duckdb:///{tmp_path / 'default.duckdb'}", catalog_path=catalog,
+                           binance_spot_url=emulator.url, binance_archive_url=emulator.url)
+        with dg.instance_for_test() as instance:
+            assert run_range(default, BTC_1H, "2024-01-01", "2024-02-01", instance)[1].success
+        embedded = open_warehouse(default.warehouse_url).query(
+            "SELECT * FROM market_data.klines WHERE symbol = 'BTCUSDT' ORDER BY open_time")
+        assert btc.drop("ingested_at").equals(embedded.drop("ingested_at"))
+
+        # The scheduled tick: ETHUSDT (never materialized) gets the window of the newest closed
+        # day, BTCUSDT every month since it stopped, the one it stopped in included.
+        ticked = _wait(lambda: scheduled_runs(deployed, 2), "the scheduled runs to succeed", 240, deployed.processes)
+        newest = {row["symbol"]: row["newest"] for row in open_warehouse(deployed.warehouse_url).query(
+            "SELECT symbol, max(open_time) AS newest FROM market_data.klines GROUP BY 1").rows(named=True)}
+        tick = min(r.create_timestamp for r in ticked)
+        # the newest closed bar at the tick is stored, for both
+        assert newest["BTCUSDT"] >= tick.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+        assert newest["ETHUSDT"] >= tick.replace(second=0, microsecond=0) - dt.timedelta(minutes=2)
+
+        listing = cli(deployed, tmp_path, "backfill", "jobs")
+        lines = listing.stdout.splitlines()
+        assert lines[0].split() == ["id", "status", "done", "failed", "total", "started", "(UTC)", "assets"]
+        assert any(line.split()[:5] == [short_id, "COMPLETED_SUCCESS", "2", "0", "2"] for line in lines)
+        assert any(line.split()[:2] == [long_id, "CANCELED"] for line in lines)
+        assert jobs(deployed, tmp_path)[long_id]["partitions"]["done"] == 0
+        again = cli(deployed, tmp_path, "backfill", "cancel", long_id)
+        assert again.stdout.strip() == f"{long_id} has ended already: CANCELED"
+        unknown = cli(deployed, tmp_path, "backfill", "cancel", "nosuchid")
+        assert (unknown.returncode, unknown.stderr.strip()) == (
+            2, f"marketdata backfill cancel: no backfill nosuchid on {deployed.url}")
+
+        # The UI, in a real browser: the CLI's backfill on its page, the schedule and the sensor on.
+        with browser() as driver:
+            page = page_text(driver, f"{deployed.url}/runs/b/{short_id}?tab=overview",
+                             ["2024-01-01...2024-02-01", "binance_spot / klines_1h / BTCUSDT\n100% completed\n2\n0\n2\n0"])
+            assert f"Runs / {short_id}" in page
+            page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
+            switches = "return Array.from(document.querySelectorAll('input[type=checkbox]'))" \
+                       ".filter(e => e.parentElement.className.includes('formatSwitch')).map(e => e.checked)"
+            deadline = time.monotonic() + 30  # the switches render once each one's state has loaded
+            while len(driver.execute_script(switches)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
+
+        # Dagster's partition status, as the UI shows it
+        ranges = deployed.graphql(STATUS, key={"path": ETH_1M.path})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
+        assert all(r["status"] != "MATERIALIZED" or r["startKey"] >= month_key(now - dt.timedelta(days=1))
+                   for r in ranges), ranges  # the cancelled run marked none of its months
+        with dg.DagsterInstance.from_config(str(deployed.home)) as instance:
+            btc_months = [month_key(months_back(now, n)) for n in range(3)] + ["2024-01-01", "2024-02-01"]
+            partitions = dg.MonthlyPartitionsDefinition("2024-01-01", end_offset=1)
+            assert set(instance.get_status_by_partition(BTC_1H, btc_months, partitions).values()) == {MATERIALIZED}
+            assert instance.get_status_by_partition(BTC_1H, ["2024-03-01"], partitions) == {"2024-03-01": None}
+
+    scheduled = {tuple(r.dagster_run.asset_selection): (r.dagster_run.tags["dagster/asset_partition_range_start"],
+                                                        r.dagster_run.tags["dagster/asset_partition_range_end"])
+                 for r in ticked}
+    assert scheduled[(BTC_1H,)] == (month_key(stopped), month_key(now))
+    assert scheduled[(ETH_1M,)] == (month_key(now - dt.timedelta(days=1)), month_key(now))
+
+
+@contextlib.contextmanager
+def browser():
+    """Headless Chromium through Selenium (Debian's chromium and chromium-driver; CI installs them)."""
+    if not Path(CHROMEDRIVER).exists():
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"{CHROMEDRIVER} is missing: .ci/run installs chromium and chromium-driver")
+        pytest.skip("no chromium here: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_text(driver, url: str, wanted: list[str], timeout_s: float = 60) -> str:
+    """The rendered text of `url` once it shows everything `wanted`."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = driver.find_element(By.TAG_NAME, "body").text
+        if all(piece in text for piece in wanted):
+            return text
+        if time.monotonic() > deadline:
+            missing = [piece for piece in wanted if piece not in text]
+            raise AssertionError(f"{url} never showed {missing!r}; it shows:\n{text[:3000]}")
+        time.sleep(0.5)
 
 
 def test_compose_names_the_processes_this_suite_runs_and_mounts_what_they_need():
