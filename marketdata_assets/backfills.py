@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 import httpx
-from dagster._core.utils import make_new_run_id
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from marketdata_assets.dagster_internals import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    make_new_run_id,
+)
 
 from marketdata_assets.datasets import all_datasets, dataset as dataset_named, groups
 from marketdata_assets.defs.automation import dataset_of

@@ -105,22 +105,14 @@ def emulator(
 @click.option("--symbol", help="Only this symbol.")
 def summary(symbol: str | None) -> None:
     """Rows and date range stored per series in the warehouse."""
-    from marketdata_assets.warehouse import WarehouseError, open_warehouse
+    from marketdata_assets import app
 
-    from marketdata_assets.datasets import all_datasets
-
-    settings = Settings.from_env()
-    selects = [each.summary_sql(symbol) for each in all_datasets()]
     try:
-        warehouse = open_warehouse(settings.warehouse_url)
-        frame = warehouse.query(
-            " UNION ALL ".join(sql for sql, _ in selects) + " ORDER BY 1", [p for _, params in selects for p in params]
-        )
-    except WarehouseError as exc:
-        click.echo(f"marketdata summary: {exc}", err=True)
-        sys.exit(2)
+        url, frame = app.summary(symbol)
+    except app.AppError as exc:
+        _fail("summary", str(exc))
     if frame.is_empty():
-        click.echo(f"nothing stored in {settings.warehouse_url}")
+        click.echo(f"nothing stored in {url}")
         return
     click.echo(f"{'series':<40} {'rows':>10}  {'first (UTC)':<19}  {'last (UTC)':<19}")
     for row in frame.iter_rows(named=True):
@@ -136,39 +128,12 @@ def _fail(command: str, message: str) -> None:
 
 
 def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "klines"):
-    """(settings, warehouse, instance, klines coverage, every other dataset's coverage) of the
-    assets of `symbols` and `dataset` (None: every dataset), for report and verify."""
-    import dagster as dg
-    from dagster._core.errors import DagsterHomeNotSetError
+    """app.coverage, or one line and exit 2."""
+    from marketdata_assets import app
 
-    from marketdata_assets.catalog import CatalogError, load_catalog
-    from marketdata_assets.coverage import klines_assets, klines_coverage, series_assets, series_coverage
-    from marketdata_assets.datasets import all_datasets
-    from marketdata_assets.warehouse import WarehouseError, open_warehouse
-
-    known = [each.name for each in all_datasets()]
-    if dataset is not None and dataset not in known:
-        _fail(command, f"unknown dataset {dataset!r} (known: {', '.join(known)})")
     try:
-        settings = Settings.from_env()
-        catalog = load_catalog(settings.catalog_path)
-        warehouse = open_warehouse(settings.warehouse_url)
-    except (CatalogError, WarehouseError, ValueError) as exc:
-        _fail(command, str(exc))
-    assets = klines_assets(catalog, symbols) if dataset in (None, "klines") else []
-    others = series_assets(catalog, symbols, [dataset] if dataset else []) if dataset != "klines" else []
-    unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in assets} - {a.series.symbol for a in others})
-    if unknown:
-        _fail(command, f"no {dataset + ' ' if dataset else ''}asset for symbol {', '.join(unknown)} in the catalog")
-    try:
-        instance = dg.DagsterInstance.get()
-    except DagsterHomeNotSetError:
-        _fail(command, "DAGSTER_HOME is not set: partition status and check results live in the Dagster "
-                       "instance that `dagster asset materialize` and `dagster dev` use; point DAGSTER_HOME at it")
-    try:
-        return (settings, warehouse, instance, klines_coverage(instance, warehouse, assets),
-                series_coverage(instance, warehouse, others))
-    except WarehouseError as exc:
+        return app.coverage(symbols, dataset)
+    except app.AppError as exc:
         _fail(command, str(exc))
 
 
@@ -185,8 +150,9 @@ def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps
     """
     from marketdata_assets.report import render
 
-    _, _, instance, items, others = _coverage("report", symbols, dataset)
-    instance.dispose()
+    found = _coverage("report", symbols, dataset)
+    found.instance.dispose()
+    items, others = found.klines, found.others
     click.echo(render(items, others, fmt))
     if fail_on_gaps and (any(item.gaps.unexplained for item in items) or any(item.missing for item in others)):
         sys.exit(1)
@@ -209,7 +175,8 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
     from marketdata_assets.defs.resources import resources_from
     from marketdata_assets.verify import verify_gaps
 
-    settings, warehouse, instance, items, _ = _coverage("gaps verify", symbols)
+    found = _coverage("gaps verify", symbols)
+    settings, warehouse, instance, items = found.settings, found.warehouse, found.instance, found.klines
     pending = [item for item in items if item.gaps.unexplained]
     if not pending:
         instance.dispose()
@@ -264,41 +231,13 @@ def backfill() -> None:
 
 
 def _selection(command: str, dataset: str, symbols: tuple[str, ...], from_raw: str | None, to_raw: str | None):
-    """(settings, definitions, selections) of a backfill request, or one line and exit 2."""
-    from marketdata_assets.backfills import BackfillError, dataset_assets, selections, window
-    from marketdata_assets.catalog import CatalogError
-    from marketdata_assets.definitions import build_definitions
-    from marketdata_assets.defs.partitions import partitions_between
-    from marketdata_assets.settings import SettingsError
+    """app.backfill_selection, or one line and exit 2."""
+    from marketdata_assets import app
 
-    now = dt.datetime.now(dt.UTC)
-    wanted = [s.strip() for raw in symbols for s in raw.split(",") if s.strip()]
     try:
-        start, end = window(from_raw, to_raw, now)
-        settings = Settings.from_env()
-        definitions = build_definitions(settings)
-        specs = dataset_assets(definitions, dataset, wanted)
-    except (BackfillError, CatalogError, SettingsError) as exc:
+        return app.backfill_selection(dataset, symbols, from_raw, to_raw)
+    except app.AppError as exc:
         _fail(command, str(exc))
-    chosen = selections(specs, lambda spec: partitions_between(spec.partitions_def, start, end, now))  # type: ignore[arg-type]
-    if not chosen:
-        _fail(command, f"no partitions of {dataset} overlap {from_raw or 'the listing'} .. {to_raw or 'now'}")
-    return settings, definitions, chosen
-
-
-def _local_instance(env=None):
-    """The Dagster instance of DAGSTER_HOME, or of .marketdata/dagster (made if missing)."""
-    import os
-    from pathlib import Path
-
-    import dagster as dg
-
-    env = os.environ if env is None else env
-    home = Path(env.get("DAGSTER_HOME") or ".marketdata/dagster").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists() and Path("dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(Path("dagster.yaml").read_text())
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _run_here(definitions, chosen, instance, tags=None) -> bool:
@@ -335,7 +274,9 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
 
     settings, definitions, chosen = _selection("backfill", dataset, symbols, from_raw, to_raw)
     if local:
-        instance = _local_instance()
+        from marketdata_assets.app import local_instance
+
+        instance = local_instance()
         ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata backfill --local"})
         instance.dispose()
         sys.exit(0 if ok else 1)
@@ -409,30 +350,22 @@ def backfill_cancel(backfill_id: str) -> None:
 
 
 def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
-    """`marketdata seed` with the settings of `env`; True when every run succeeded."""
-    from marketdata_assets.backfills import BackfillError, plan_seed, seed_window, skipped_datasets
-    from marketdata_assets.catalog import CatalogError
-    from marketdata_assets.definitions import build_definitions
-    from marketdata_assets.settings import SettingsError
+    """`marketdata seed` with the settings of `env`, printed as it goes; True when every run succeeded."""
+    from marketdata_assets import app
 
-    now = dt.datetime.now(dt.UTC)
     try:
-        start, end = seed_window(from_raw, to_raw, now)
-        settings = Settings.from_env(env)
-        definitions = build_definitions(settings)
-    except (BackfillError, CatalogError, SettingsError) as exc:
+        plan = app.plan_seed(env, from_raw, to_raw)
+    except app.AppError as exc:
         _fail("seed", str(exc))
-    instance = _local_instance(env)
-    chosen, notes = plan_seed(definitions, instance, start, end, now, skipped_datasets(env))
-    click.echo(f"seeding {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC into {settings.warehouse_url}")
-    for note in notes:
+    click.echo(f"seeding {plan.start:%Y-%m-%d %H:%M} .. {plan.end:%Y-%m-%d %H:%M} UTC into {plan.settings.warehouse_url}")
+    for note in plan.notes:
         click.echo(note)
-    if not chosen:
+    if not plan.chosen:
         click.echo("nothing to fetch: every partition is materialized already")
-        instance.dispose()
+        plan.instance.dispose()
         return True
-    ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata seed"})
-    instance.dispose()
+    ok = _run_here(plan.definitions, plan.chosen, plan.instance, {"marketdata/trigger": "marketdata seed"})
+    plan.instance.dispose()
     return ok
 
 
@@ -461,7 +394,7 @@ def demo(from_raw: str | None, to_raw: str | None) -> None:
         seed_window(from_raw, to_raw, dt.datetime.now(dt.UTC))
     except BackfillError as exc:
         _fail("demo", str(exc))
-    sys.exit(0 if run_demo(from_raw, to_raw) else 1)
+    sys.exit(0 if run_demo(from_raw, to_raw, run_seed) else 1)
 
 
 if __name__ == "__main__":

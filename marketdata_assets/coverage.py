@@ -17,10 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.loader import LoadingContext
-from dagster._core.storage.event_log.base import AssetRecord
-from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+from marketdata_assets.dagster_internals import (
+    AssetCheckExecutionRecordStatus,
+    AssetRecord,
+    LoadingContext,
+    get_and_update_asset_status_cache_value,
+)
 
 from marketdata_assets.audit import (
     SAMPLES,
@@ -39,8 +41,7 @@ from marketdata_assets.datasets import Bounds, Dataset, Missing, dataset
 from marketdata_assets.defs.checks import KLINES_CHECKS
 from marketdata_assets.defs.klines import KLINES_CADENCE, klines_asset_key, klines_partitions, klines_series
 from marketdata_assets.defs.partitions import partition_bounds
-from marketdata_assets.sources.binance_archive import next_month
-from marketdata_assets.timeframes import timeframe
+from marketdata_assets.timeframes import next_month, timeframe
 from marketdata_assets.warehouse import Warehouse
 
 DISAGREEMENTS_SHOWN = 3

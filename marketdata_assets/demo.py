@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import click
 
@@ -38,9 +39,8 @@ def start_emulator(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     raise click.ClickException("the emulator did not start")
 
 
-def run_demo(from_raw: str | None, to_raw: str | None) -> bool:
-    from marketdata_assets.cli import run_seed
-
+def run_demo(from_raw: str | None, to_raw: str | None, run_seed: Callable[[dict, str | None, str | None], bool]) -> bool:
+    """Start the emulator, point every upstream's URL at it, and `run_seed(env, from, to)`."""
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", os.path.abspath(".marketdata/dagster"))
     env.setdefault("MARKETDATA_WAREHOUSE_URL", "duckdb:///.marketdata/warehouse.duckdb")

@@ -51,7 +51,7 @@ def _choice_setting(env: Mapping[str, str], name: str, default: str, choices: tu
 
 
 def _cron_setting(env: Mapping[str, str], name: str) -> str | None:
-    from dagster._utils.schedules import is_valid_cron_string
+    from marketdata_assets.dagster_internals import is_valid_cron_string
 
     raw = env.get(name) or None
     if raw is not None and not is_valid_cron_string(raw):

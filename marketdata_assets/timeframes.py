@@ -1,7 +1,8 @@
-"""Bar timeframes, named as Binance names them, and their length."""
+"""Bar timeframes, named as Binance names them, and their length; UTC calendar steps."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -46,3 +47,9 @@ def timeframe(name: str) -> Timeframe:
         raise ValueError(
             f"unsupported timeframe {name!r} (supported: {', '.join(TIMEFRAMES)})"
         ) from None
+
+
+def next_month(moment: dt.datetime) -> dt.datetime:
+    """The first instant of the month after `moment`'s."""
+    first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + dt.timedelta(days=32)).replace(day=1)

@@ -22,15 +22,19 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+from marketdata_assets.dagster_internals import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    NOT_FINISHED_STATUSES,
+    AssetCheckExecutionRecordStatus,
+)
 
 from marketdata_assets.coverage import partition_statuses, status_subsets
 from marketdata_assets.datasets import Dataset, dataset as dataset_named
 from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, parse_window_text
 from marketdata_assets.defs.partitions import adjacent_runs, partitions_between
 
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+RANGE_START, RANGE_END = ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG
 TRIGGER_TAG = "marketdata/trigger"
 
 # Repairs: at most this many re-runs of a window, waiting this long after each one, and at most

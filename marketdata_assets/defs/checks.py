@@ -286,7 +286,7 @@ def run_klines_checks(
 ) -> list[dg.AssetCheckEvaluation]:
     """Run every check of a klines asset alone over partitions first_key..last_key, in this
     process and recorded in `instance` as any run is; the whole window's evaluations."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from marketdata_assets.dagster_internals import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     (key,) = assets_def.keys
     result = dg.materialize(

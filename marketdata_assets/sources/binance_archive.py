@@ -24,7 +24,7 @@ from isal import isal_zlib
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamError
 from marketdata_assets.sources.http import PacedHttp, Sleep, UpstreamClient
-from marketdata_assets.timeframes import Timeframe
+from marketdata_assets.timeframes import Timeframe, next_month
 from marketdata_assets.validation import split_invalid_klines
 
 ARCHIVE_SOURCE = "binance archive"
@@ -141,12 +141,6 @@ class MetricsFile:
 
 # Any file of the archive: a zip at `path`, named `name`, with a `.CHECKSUM` beside it.
 AnyArchiveFile = ArchiveFile | FundingFile | MetricsFile
-
-
-def next_month(moment: dt.datetime) -> dt.datetime:
-    """The first instant of the month after `moment`'s."""
-    first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return (first + dt.timedelta(days=32)).replace(day=1)
 
 
 def parse_checksum(text: bytes, file: AnyArchiveFile) -> str:

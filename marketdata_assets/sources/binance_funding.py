@@ -21,10 +21,10 @@ from marketdata_assets.sources.binance_archive import (
     ARCHIVE_SOURCE,
     BinanceArchiveClient,
     FundingFile,
-    next_month,
     read_zipped_csv,
 )
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol
+from marketdata_assets.timeframes import next_month
 from marketdata_assets.sources.http import Clock, WeightBudget, PacedHttp, Sleep, UpstreamClient
 
 FUNDING_PATH = "/fapi/v1/fundingRate"

@@ -32,11 +32,10 @@ from marketdata_assets.sources.binance_archive import (
     ArchiveFile,
     ArchiveFileMissing,
     BinanceArchiveClient,
-    next_month,
 )
 from marketdata_assets.sources.errors import PieceFailure, UpstreamBanned, UpstreamError, UpstreamRejected
 from marketdata_assets.sources.http import Clock
-from marketdata_assets.timeframes import Timeframe, timeframe
+from marketdata_assets.timeframes import Timeframe, next_month, timeframe
 
 SourceMode = Literal["auto", "archive", "rest"]
 SOURCE_MODES: tuple[str, ...] = get_args(SourceMode)

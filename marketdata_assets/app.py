@@ -1,0 +1,159 @@
+"""The application layer: what `marketdata` does, without the command line. cli.py parses options
+and prints what these return; a request that cannot run as asked raises AppError (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from marketdata_assets.settings import Settings, SettingsError
+
+
+class AppError(Exception):
+    """The request cannot run as asked (bad input, settings, catalog or warehouse URL): one line."""
+
+
+def local_instance(env: Mapping[str, str] | None = None) -> dg.DagsterInstance:
+    """The Dagster instance of DAGSTER_HOME, or of .marketdata/dagster (made if missing)."""
+    env = os.environ if env is None else env
+    home = Path(env.get("DAGSTER_HOME") or ".marketdata/dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and Path("dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(Path("dagster.yaml").read_text())
+    return dg.DagsterInstance.from_config(str(home))
+
+
+# --- coverage (report, gaps verify) ---------------------------------------------------------------
+
+
+@dataclass
+class Coverage:
+    settings: Settings
+    warehouse: Any
+    instance: dg.DagsterInstance
+    klines: list  # coverage.AssetCoverage
+    others: list  # coverage.SeriesCoverage, every dataset but klines
+
+
+def coverage(symbols: Sequence[str], dataset: str | None = "klines") -> Coverage:
+    """Coverage of the assets of `symbols` (all when empty) and `dataset` (None: every dataset),
+    from the warehouse and the Dagster instance of DAGSTER_HOME."""
+    from marketdata_assets.catalog import CatalogError, load_catalog
+    from marketdata_assets.coverage import klines_assets, klines_coverage, series_assets, series_coverage
+    from marketdata_assets.dagster_internals import DagsterHomeNotSetError
+    from marketdata_assets.datasets import all_datasets
+    from marketdata_assets.warehouse import WarehouseError, open_warehouse
+
+    known = [each.name for each in all_datasets()]
+    if dataset is not None and dataset not in known:
+        raise AppError(f"unknown dataset {dataset!r} (known: {', '.join(known)})")
+    try:
+        settings = Settings.from_env()
+        catalog = load_catalog(settings.catalog_path)
+        warehouse = open_warehouse(settings.warehouse_url)
+    except (CatalogError, WarehouseError, ValueError) as exc:
+        raise AppError(str(exc)) from None
+    assets = klines_assets(catalog, symbols) if dataset in (None, "klines") else []
+    others = series_assets(catalog, symbols, [dataset] if dataset else []) if dataset != "klines" else []
+    unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in assets} - {a.series.symbol for a in others})
+    if unknown:
+        raise AppError(f"no {dataset + ' ' if dataset else ''}asset for symbol {', '.join(unknown)} in the catalog")
+    try:
+        instance = dg.DagsterInstance.get()
+    except DagsterHomeNotSetError:
+        raise AppError("DAGSTER_HOME is not set: partition status and check results live in the Dagster "
+                       "instance that `dagster asset materialize` and `dagster dev` use; point DAGSTER_HOME at it") from None
+    try:
+        return Coverage(settings, warehouse, instance, klines_coverage(instance, warehouse, assets),
+                        series_coverage(instance, warehouse, others))
+    except WarehouseError as exc:
+        instance.dispose()
+        raise AppError(str(exc)) from None
+
+
+# --- summary ----------------------------------------------------------------------------------------
+
+
+def summary(symbol: str | None) -> tuple[str, pl.DataFrame]:
+    """(warehouse URL, one row per stored series: series (its asset key), rows, first_time, last_time)."""
+    from marketdata_assets.datasets import all_datasets
+    from marketdata_assets.warehouse import WarehouseError, open_warehouse
+
+    settings = Settings.from_env()
+    selects = [each.summary_sql(symbol) for each in all_datasets()]
+    try:
+        frame = open_warehouse(settings.warehouse_url).query(
+            " UNION ALL ".join(sql for sql, _ in selects) + " ORDER BY 1", [p for _, params in selects for p in params]
+        )
+    except WarehouseError as exc:
+        raise AppError(str(exc)) from None
+    return settings.warehouse_url, frame
+
+
+# --- seed -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeedPlan:
+    settings: Settings
+    definitions: dg.Definitions
+    instance: dg.DagsterInstance
+    start: dt.datetime
+    end: dt.datetime
+    chosen: list  # backfills.Selection
+    notes: list[str]  # what the plan left out and why
+
+
+def plan_seed(env: Mapping[str, str], from_raw: str | None, to_raw: str | None) -> SeedPlan:
+    """Every partition of every dataset not skipped (SKIP_<NAME>) overlapping FROM_DATE..TO_DATE
+    that is not materialized yet, with the settings of `env`."""
+    from marketdata_assets import backfills
+    from marketdata_assets.catalog import CatalogError
+    from marketdata_assets.definitions import build_definitions
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        start, end = backfills.seed_window(from_raw, to_raw, now)
+        settings = Settings.from_env(env)
+        definitions = build_definitions(settings)
+    except (backfills.BackfillError, CatalogError, SettingsError) as exc:
+        raise AppError(str(exc)) from None
+    instance = local_instance(env)
+    chosen, notes = backfills.plan_seed(definitions, instance, start, end, now, backfills.skipped_datasets(env))
+    return SeedPlan(settings, definitions, instance, start, end, chosen, notes)
+
+
+# --- backfill -----------------------------------------------------------------------------------------
+
+
+def backfill_selection(
+    dataset: str, symbols: Sequence[str], from_raw: str | None, to_raw: str | None,
+) -> tuple[Settings, dg.Definitions, list]:
+    """(settings, definitions, backfills.Selection list) of `marketdata backfill DATASET`: the
+    partitions of its assets (of `symbols`, comma-separated or repeated) overlapping from..to."""
+    from marketdata_assets import backfills
+    from marketdata_assets.catalog import CatalogError
+    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.defs.partitions import partitions_between
+
+    now = dt.datetime.now(dt.UTC)
+    wanted = [s.strip() for raw in symbols for s in raw.split(",") if s.strip()]
+    try:
+        start, end = backfills.window(from_raw, to_raw, now)
+        settings = Settings.from_env()
+        definitions = build_definitions(settings)
+        specs = backfills.dataset_assets(definitions, dataset, wanted)
+    except (backfills.BackfillError, CatalogError, SettingsError) as exc:
+        raise AppError(str(exc)) from None
+    chosen = backfills.selections(specs, lambda spec: partitions_between(spec.partitions_def, start, end, now))  # type: ignore[arg-type]
+    if not chosen:
+        raise AppError(f"no partitions of {dataset} overlap {from_raw or 'the listing'} .. {to_raw or 'now'}")
+    return settings, definitions, chosen
