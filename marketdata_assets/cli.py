@@ -182,9 +182,9 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
         instance.dispose()
         click.echo("no unexplained gaps")
         return
-    binance = resources_from(settings)["binance"]
+    upstreams = resources_from(settings)["upstreams"]
     verdicts = verify_gaps(
-        pending, binance.klines_client, warehouse, report=lambda verdict: click.echo(verdict.describe())
+        pending, upstreams.klines_client, warehouse, report=lambda verdict: click.echo(verdict.describe())
     )
     definitions = build_definitions(settings)
     for item in pending:

@@ -224,7 +224,7 @@ def build_first_key(settings, key) -> str:
 
 
 def test_checks_name_a_gap_a_negative_open_interest_and_a_zero_ratio(any_warehouse_url, emulator):
-    from marketdata_assets.defs.checks import snapshot_check_results
+    from marketdata_assets.datasets.futures_statistics import snapshot_check_results
 
     async def fetch():
         async with BinanceMetricsSource(BinanceStatsClient(emulator.url), BinanceArchiveClient(emulator.url)) as source:

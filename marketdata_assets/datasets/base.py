@@ -76,6 +76,10 @@ class Dataset:
     # lists `keys` ("required") or has one series ("none").
     series_source: ClassVar[str | None] = None
     keys: ClassVar[str] = "none"
+    # The names of the earliest and latest row's time on a materialization.
+    moment_names: ClassVar[tuple[str, str]] = ("first_row", "last_row")
+    # When an asset counts as fresh (Dagster's FreshnessPolicy), if the dataset says.
+    freshness_policy: ClassVar[Any] = None
     # The report audits this dataset in detail (klines: known gaps, rejected rows, Dagster
     # against the warehouse); the others through `missing`.
     detailed_audit: ClassVar[bool] = False
@@ -117,26 +121,38 @@ class Dataset:
         return monthly_partitions(start)
 
     def build_asset(self, series: Series, warehouse_kind: str) -> dg.AssetsDefinition:
-        """The asset of one series: the generic body (defs/assets.py) unless a dataset needs its own."""
+        """The asset of one series: the one asset body (defs/assets.py)."""
         from marketdata_assets.defs.assets import build_dataset_asset
 
         return build_dataset_asset(self, series, warehouse_kind)
 
-    def open_source(self, series: Series, upstreams: Any) -> Any:
-        """The source (ingest.Source) of `series`, from the upstream URLs of `upstreams`."""
-        raise NotImplementedError(f"{self.name} has no generic source")
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> Any:
+        """The source (sources/protocol.py) of `series`, from `upstreams` (defs/resources.py)."""
+        raise NotImplementedError(f"{self.name} declares no source")
+
+    def asset_metadata(self, series: Series) -> dict[str, Any]:
+        """What the asset's definition says of itself: its dataset, venue, key and table."""
+        found: dict[str, Any] = {"dataset": self.name, "venue": series.venue}
+        if series.market:
+            found["market"] = series.market
+        if series.key:
+            found["symbol"] = series.key
+        if "timeframe" in series.options:
+            found["timeframe"] = series.options["timeframe"]
+        return found | {"table": self.table.qualified_name}
 
     def retention(self, venue: str) -> dt.timedelta | None:
         """How far back `venue` still serves this dataset (None: its whole history)."""
         return None
 
-    def check_specs(self, key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
         return []
 
     def check_results(
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
-        bounds: Bounds, now: dt.datetime,
+        bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> list[dg.AssetCheckResult]:
+        """The results of the checks `names` over [start, end); each one's metadata names the window."""
         return []
 
     # --- the audit ---------------------------------------------------------------------------
@@ -162,5 +178,6 @@ class Dataset:
             [symbol],
         )
 
-    def describe_series(self, series: Series) -> str:
-        return f"{self.title} ({series.describe()}), in {self.table.qualified_name}"
+    def describe_series(self, series: Series, partitions: dg.TimeWindowPartitionsDefinition) -> str:
+        return (f"{self.title} ({series.describe()}), in {self.table.qualified_name}; monthly UTC partitions "
+                f"from {partitions.start:%Y-%m-%d}, the one in progress included.")

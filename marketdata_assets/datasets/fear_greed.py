@@ -63,11 +63,12 @@ class FearGreed(Dataset):
     checks = (VALUES_VALID, DAILY, FRESH)
     gap_check = DAILY
     series_source = VENUE
+    moment_names = ("first_day", "last_day")
 
-    def open_source(self, series: Series, upstreams: Any) -> FearGreedSource:
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> FearGreedSource:
         return FearGreedSource(upstreams.url("fear_greed_url"), FEAR_GREED)
 
-    def check_specs(self, key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
         bands = ", ".join(f"{name} from {lowest}" for lowest, name in BANDS)
         return [
             dg.AssetCheckSpec(VALUES_VALID, asset=key, description=(
@@ -80,7 +81,7 @@ class FearGreed(Dataset):
 
     def check_results(
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
-        bounds: Bounds, now: dt.datetime,
+        bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> list[dg.AssetCheckResult]:
         window = dg.MetadataValue.text(window_text(start, end))
         with warehouse.session():
@@ -100,7 +101,7 @@ class FearGreed(Dataset):
         due = _day(now) - DAY
         reaches_today = end > now
         fresh = not reaches_today or (newest is not None and newest >= due)
-        return [
+        results = [
             dg.AssetCheckResult(
                 asset_key=key, check_name=VALUES_VALID, passed=rows.is_empty() and rejected.is_empty(),
                 severity=dg.AssetCheckSeverity.ERROR if rows.height else dg.AssetCheckSeverity.WARN,
@@ -129,6 +130,7 @@ class FearGreed(Dataset):
                 metadata={"window": window, "newest_day": str(newest or "none"), "due_day": str(due)},
             ),
         ]
+        return [result for result in results if result.check_name in names]
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,

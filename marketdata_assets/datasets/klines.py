@@ -1,18 +1,47 @@
 """Klines: closed candles of exchange instruments, one asset per instrument and timeframe
-(`<venue>_<market>/klines_<tf>/<SYMBOL>`), in market_data.klines."""
+(`<venue>_<market>/klines_<tf>/<SYMBOL>`), in market_data.klines, from Binance's archive and REST.
+
+Monthly partitions for every timeframe (defs/partitions.py says why; a month is also the
+archive's file), the one in progress included. Checks: `ohlc_valid`, `gap_count`, `no_unclosed_bars`.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import dagster as dg
 
-from marketdata_assets.catalog import Catalog, Series
-from marketdata_assets.datasets.base import Dataset
-from marketdata_assets.defs.checks import GAP_COUNT, KLINES_CHECKS
-from marketdata_assets.defs.klines import build_klines_asset, klines_asset_key, klines_partitions
+from marketdata_assets.audit import BarSeries
+from marketdata_assets.catalog import Catalog, Instrument, Series
+from marketdata_assets.datasets.base import Bounds, Dataset
+from marketdata_assets.defs.checks import GAP_COUNT, KLINES_CHECKS, klines_check_results, klines_check_specs
+from marketdata_assets.defs.partitions import monthly_partitions, partition_bounds
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.timeframes import timeframe
+from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+from marketdata_assets.sources.binance_klines import BinanceKlinesSource
+from marketdata_assets.timeframes import Timeframe, timeframe
+from marketdata_assets.warehouse import Warehouse
+
+KLINES_CADENCE = "monthly"
+# Fresh when materialized after the UTC day closed and by 01:00: the latest closed day is then
+# stored (a run stores every bar closed when it starts), with an hour's grace.
+KLINES_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 1 * * *", lower_bound_delta=dt.timedelta(hours=1))
+
+
+def klines_partitions(start: dt.date, cadence: str = KLINES_CADENCE) -> dg.TimeWindowPartitionsDefinition:
+    return monthly_partitions(start, cadence)
+
+
+def klines_asset_key(instrument: Instrument, tf: Timeframe) -> dg.AssetKey:
+    return dg.AssetKey([instrument.key_prefix, f"klines_{tf.name}", instrument.slug])
+
+
+def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWindowPartitionsDefinition) -> BarSeries:
+    """The audit's view of one klines asset: its series and the partitions that bound it."""
+    first_window_end, current_window_start = partition_bounds(partitions)
+    return BarSeries(instrument.venue, instrument.market, instrument.symbol, tf.name, first_window_end,
+                     current_window_start)
 
 
 class Klines(Dataset):
@@ -25,6 +54,8 @@ class Klines(Dataset):
     checks = KLINES_CHECKS
     gap_check = GAP_COUNT
     instrument_venues = {"binance": ("spot", "perp")}
+    moment_names = ("first_open_time", "last_open_time")
+    freshness_policy = KLINES_FRESHNESS
     # The report audits bars in detail (known gaps, rejected rows, Dagster against the warehouse).
     detailed_audit = True
 
@@ -42,11 +73,33 @@ class Klines(Dataset):
         return klines_asset_key(series.instrument, timeframe(series.options["timeframe"]))
 
     def partitions(self, series: Series) -> dg.TimeWindowPartitionsDefinition:
-        return klines_partitions(series.start_date)
+        """Monthly, or daily when the series says `cadence: daily` (for comparisons)."""
+        return klines_partitions(series.start_date, series.options.get("cadence", KLINES_CADENCE))
 
-    def build_asset(self, series: Series, warehouse_kind: str) -> dg.AssetsDefinition:
+    def describe_series(self, series: Series, partitions: dg.TimeWindowPartitionsDefinition) -> str:
+        return (
+            f"Closed {series.options['timeframe']} candles of {series.describe()} from {series.start_date}, in "
+            f"market_data.klines; {series.options.get('cadence', KLINES_CADENCE)} UTC partitions, the one in "
+            "progress included."
+        )
+
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceKlinesSource:
         assert series.instrument is not None
-        return build_klines_asset(series.instrument, series.options["timeframe"], warehouse_kind)
+        mode = series.instrument.source or upstreams.klines_source
+        archive = BinanceArchiveClient(upstreams.url("binance_archive_url")) if mode != "rest" else None
+        return BinanceKlinesSource(upstreams.klines_client(series.instrument.market), archive, mode)
+
+    def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+        return klines_check_specs(key, partitions)
+
+    def check_results(
+        self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
+        bounds: Bounds, now: dt.datetime, names: set[str],
+    ) -> list[dg.AssetCheckResult]:
+        assert series.instrument is not None
+        bars = BarSeries(series.venue, str(series.market), str(series.symbol), series.options["timeframe"],
+                         bounds.first_window_end, bounds.current_window_start)
+        return klines_check_results(warehouse, key, bars, start, end, names, now)
 
     def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
         return (

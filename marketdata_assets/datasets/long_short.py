@@ -1,19 +1,23 @@
-"""Long/short ratios of Binance USD-M perpetuals every 5 minutes: all accounts, top-trader accounts
-and positions, taker buy/sell volume (`binance_perp/long_short/<SYMBOL>`), in
-market_data.long_short_ratios."""
+"""Long/short ratios of Binance USD-M perpetuals every 5 minutes, one row per snapshot and metric:
+all accounts, top-trader accounts and positions, taker buy/sell volume
+(`binance_perp/long_short/<SYMBOL>`), in market_data.long_short_ratios."""
 
 from marketdata_assets.datasets.futures_statistics import FuturesStatistic
-from marketdata_assets.defs.checks import SNAPSHOT_CHECKS
-from marketdata_assets.schemas import LONG_SHORT_RATIOS
+from marketdata_assets.schemas import LONG_SHORT_METRICS, LONG_SHORT_RATIOS
 
 
 class LongShort(FuturesStatistic):
     name = "long_short"
     table = LONG_SHORT_RATIOS
-    title = "Long/short ratios"
+    title = "Long/short ratios (all accounts, top-trader accounts and positions, taker buy/sell volume)"
     position = 40
-    checks = SNAPSHOT_CHECKS["long_short"][:2]
-    gap_check = SNAPSHOT_CHECKS["long_short"][0]
+    checks = ("long_short_cadence", "ratios_positive")
+    gap_check = "long_short_cadence"
+    series_names = LONG_SHORT_METRICS
+    series_sql = "metric"
+    broken_sql = "ratio <= 0 OR long_value < 0 OR short_value < 0"
+    rule = "every ratio > 0, and its long and short parts (where REST gave them) ≥ 0"
+    what = "each of the four long/short metrics"
 
 
 DATASET = LongShort()

@@ -1,8 +1,13 @@
-"""The generic asset body: one time-partitioned asset per catalog series, for every dataset that
-declares a source (ingest.Source) and its checks. The dataset says what; this says how a range
-run fetches, writes, checks and records its partitions."""
+"""The one asset body: a time-partitioned asset per catalog series, for every dataset. The dataset
+says what (its key, partitions, source, checks, metadata names); this says how a range run
+fetches, writes, checks and records its partitions.
+
+Every asset is subsettable, so its checks can also run alone over any partition range
+(`marketdata gaps verify` does), and has `BackfillPolicy.single_run()`: a partition range is one run.
+"""
 
 import datetime as dt
+import warnings
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -14,6 +19,13 @@ if TYPE_CHECKING:
     from marketdata_assets.catalog import Series
     from marketdata_assets.datasets import Dataset
 
+# BackfillPolicy is "beta" in 1.13 but is what makes range runs possible; say it once, in README.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+
+def _moment(value) -> dg.MetadataValue:
+    return dg.MetadataValue.text(value.isoformat() if value is not None else "none")
+
 
 def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: str) -> dg.AssetsDefinition:
     """The asset of `series`: each run reads its partitions' window from the dataset's source,
@@ -22,43 +34,66 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
 
     key = dataset.asset_key(series)
     partitions = dataset.partitions(series)
-    metadata = {"dataset": dataset.name, "venue": series.venue, "table": dataset.table.qualified_name}
-    if series.key:
-        metadata["symbol"] = series.key
-
-    @dg.asset(
-        key=key,
-        partitions_def=partitions,
-        check_specs=dataset.check_specs(key),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+    spec = dg.AssetSpec(
+        key,
         group_name=series.source,
-        kinds={warehouse_kind},
+        kinds={series.venue, warehouse_kind},
+        description=dataset.describe_series(series, partitions),
+        metadata=dataset.asset_metadata(series),
+        freshness_policy=dataset.freshness_policy,
+    )
+    first_name, last_name = dataset.moment_names
+
+    @dg.multi_asset(
+        name=key.to_python_identifier(),
+        specs=[spec],
+        check_specs=dataset.check_specs(key, partitions),
+        can_subset=True,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         pool=venue_pool(series.source, warehouse_kind),
         required_resource_keys={"warehouse", "upstreams"},
-        description=f"{dataset.describe_series(series)}; monthly UTC partitions from {partitions.start:%Y-%m-%d}, "
-                    "the one in progress included.",
-        metadata=metadata,
     )
     def materialize(context: dg.AssetExecutionContext):
         window = context.partition_time_window
         store = context.resources.warehouse.open()
-        source = dataset.open_source(series, context.resources.upstreams)
-        report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end)
-        context.log.info(
-            f"{series.describe()} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): {report.rows_written} rows in "
-            f"{report.seconds:.1f} s from {report.outcome.requests} requests, {report.rows_rejected} rejected, "
-            f"{len(report.failures)} windows failed"
-        )
         bounds = Bounds(*partition_bounds(partitions))
-        checks = dataset.check_results(store, key, series, window.start, window.end, bounds, dt.datetime.now(dt.UTC))
+        names = {check.name for check in context.selected_asset_check_keys}
+
+        def checks() -> list[dg.AssetCheckResult]:
+            return dataset.check_results(store, key, series, window.start, window.end, bounds,
+                                         dt.datetime.now(dt.UTC), names)
+
+        if key not in context.selected_asset_keys:  # the checks alone
+            yield from checks()
+            return
+        source = dataset.open_source(series, context.resources.upstreams, bounds)
+        report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end)
+        outcome = report.outcome
+        context.log.info(
+            f"{series.describe()} {dataset.name} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
+            f"{report.rows_written} rows in {report.seconds:.1f} s, "
+            + ", ".join(f"{rows} from {origin}" for origin, rows in sorted(outcome.rows_by_source.items()))
+            + f"; {outcome.requests} requests, {report.rows_rejected} rows rejected, {len(report.failures)} windows failed"
+        )
+        results = checks()
         if report.failures:
+            # Some windows could not be read: record the partitions that did land, then fail.
             yield from partial_outcome(
-                context, key, partitions, report.failures, report.rows_written, series.describe(), checks
+                context, key, partitions, report.failures, report.rows_written,
+                f"{series.describe()} {dataset.name}", results,
             )
             return
-        yield dg.MaterializeResult(check_results=checks, metadata={
-            **report.metadata(),
+        yield dg.MaterializeResult(asset_key=key, check_results=results, metadata={
+            "rows_written": dg.MetadataValue.int(report.rows_written),
+            first_name: _moment(report.first),
+            last_name: _moment(report.last),
             "window": dg.MetadataValue.text(f"[{window.start.isoformat()}, {window.end.isoformat()})"),
+            **outcome.metadata,
+            "requests": outcome.requests,
+            "rows_rejected": report.rows_rejected,
+            "write_windows": dg.MetadataValue.int(report.write_windows),
+            "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         })
 
     return materialize

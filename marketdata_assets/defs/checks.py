@@ -1,4 +1,5 @@
-"""Asset checks of every klines asset: `ohlc_valid`, `gap_count` and `no_unclosed_bars`.
+"""Asset checks of every klines asset: `ohlc_valid`, `gap_count` and `no_unclosed_bars`; and what
+every dataset's checks share: the window a result names, and the windows a gap check lists.
 
 They are `check_specs` of the asset, so they run in the same run as its materialization, and
 the asset can be subset to run them alone over any partition range. Partitioned checks are
@@ -14,19 +15,14 @@ import warnings
 import dagster as dg
 
 from marketdata_assets.audit import (
-    FUNDING_INTERVAL,
-    FUNDING_RATE_BOUND,
     Interval,
-    SNAPSHOT_INTERVAL,
     SAMPLES,
     GapAudit,
     OhlcAudit,
     BarSeries,
     UnclosedAudit,
-    audit_funding,
     audit_gaps,
     audit_ohlc,
-    audit_snapshots,
     audit_unclosed,
     describe_interval,
     explanations,
@@ -64,7 +60,7 @@ def klines_check_specs(key: dg.AssetKey, partitions_def: dg.PartitionsDefinition
     ]
 
 
-# Every gap check (gap_count, funding_cadence, *_cadence) lists the windows it found missing and
+# Every gap check (each dataset's `gap_check`) lists the windows it found missing and
 # could not explain, for the gap-repair sensor to map onto partitions (defs/automation.py).
 UNEXPLAINED_WINDOWS = "unexplained_windows"
 WINDOWS_LISTED = 500
@@ -172,113 +168,6 @@ def _no_unclosed_bars(unclosed: UnclosedAudit, key: dg.AssetKey, window: dg.Meta
             "unclosed_samples": dg.MetadataValue.md(samples_table(unclosed.samples)),
         },
     )
-
-
-FUNDING_CADENCE = "funding_cadence"
-FUNDING_RATE_PLAUSIBLE = "funding_rate_plausible"
-FUNDING_CHECKS = (FUNDING_CADENCE, FUNDING_RATE_PLAUSIBLE)
-
-
-def funding_check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    return [
-        dg.AssetCheckSpec(
-            FUNDING_CADENCE, asset=key,
-            description="A settlement at every 8-hour mark of the window (within a minute: real times "
-                        "jitter by milliseconds), and none off the grid.",
-        ),
-        dg.AssetCheckSpec(
-            FUNDING_RATE_PLAUSIBLE, asset=key,
-            description=f"Every rate within ±{FUNDING_RATE_BOUND:.0%} per interval and every mark price above 0.",
-        ),
-    ]
-
-
-def funding_check_results(
-    warehouse: Warehouse, key: dg.AssetKey, venue: str, symbol: str, start: dt.datetime, end: dt.datetime,
-    first_window_end: dt.datetime, current_window_start: dt.datetime, now: dt.datetime | None = None,
-) -> list[dg.AssetCheckResult]:
-    """Both funding checks over [start, end); the metadata names the window."""
-    audit = audit_funding(warehouse, venue, symbol, start, end, first_window_end, current_window_start,
-                          now or dt.datetime.now(dt.UTC))
-    window = dg.MetadataValue.text(window_text(start, end))
-    missing = ", ".join(f"{m:%Y-%m-%d %H:%M}" for m in audit.missing[:SAMPLES]) or "none"
-    return [
-        dg.AssetCheckResult(
-            asset_key=key, check_name=FUNDING_CADENCE,
-            passed=not audit.missing and not audit.off_grid, severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{len(audit.missing)} of {audit.expected} settlements missing, {len(audit.off_grid)} off the grid",
-            metadata={
-                "window": window, "expected_settlements": audit.expected, "missing_settlements": len(audit.missing),
-                "first_missing": dg.MetadataValue.text(missing), "off_grid": len(audit.off_grid),
-                UNEXPLAINED_WINDOWS: windows_metadata([(m, m + FUNDING_INTERVAL) for m in audit.missing]),
-            },
-        ),
-        dg.AssetCheckResult(
-            asset_key=key, check_name=FUNDING_RATE_PLAUSIBLE,
-            passed=audit.implausible == 0, severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{audit.implausible} settlements outside the plausible bounds",
-            metadata={
-                "window": window, "implausible_rows": audit.implausible,
-                "samples": dg.MetadataValue.md(samples_table(audit.implausible_samples)),
-            },
-        ),
-    ]
-
-
-# The checks of the futures statistics assets, by dataset: (cadence check, value check, table).
-SNAPSHOT_CHECKS = {
-    "open_interest": ("open_interest_cadence", "open_interest_non_negative", "open_interest"),
-    "long_short": ("long_short_cadence", "ratios_positive", "long_short_ratios"),
-}
-
-
-def snapshot_check_specs(key: dg.AssetKey, dataset: str) -> list[dg.AssetCheckSpec]:
-    cadence, values, _ = SNAPSHOT_CHECKS[dataset]
-    series = "open interest" if dataset == "open_interest" else "each of the four long/short metrics"
-    rule = (
-        "open interest and its value ≥ 0" if dataset == "open_interest"
-        else "every ratio > 0, and its long and short parts (where REST gave them) ≥ 0"
-    )
-    return [
-        dg.AssetCheckSpec(cadence, asset=key, description=f"A snapshot of {series} every 5 minutes of the window, no gaps."),
-        dg.AssetCheckSpec(values, asset=key, description=f"No stored row breaks the rule: {rule}."),
-    ]
-
-
-def snapshot_check_results(
-    warehouse: Warehouse, key: dg.AssetKey, dataset: str, venue: str, symbol: str, start: dt.datetime, end: dt.datetime,
-    first_window_end: dt.datetime, current_window_start: dt.datetime, now: dt.datetime | None = None,
-) -> list[dg.AssetCheckResult]:
-    """Both checks of an open-interest or long/short asset over [start, end); metadata names the window."""
-    cadence, values, table = SNAPSHOT_CHECKS[dataset]
-    audits = audit_snapshots(warehouse, table, venue, symbol, start, end, first_window_end, current_window_start,
-                             now or dt.datetime.now(dt.UTC))
-    window = dg.MetadataValue.text(window_text(start, end))
-    missing, expected = sum(a.missing for a in audits), sum(a.expected for a in audits)
-    gaps = [(a.series, gap) for a in audits for gap in a.gaps]
-    lines = [
-        f"- {series}: [{a:%Y-%m-%d %H:%M}, {b:%Y-%m-%d %H:%M}) UTC, {(b - a) // SNAPSHOT_INTERVAL} snapshots"
-        for series, (a, b) in gaps[:SAMPLES]
-    ]
-    invalid = sum(a.invalid for a in audits)
-    samples = [row for a in audits for row in a.invalid_samples][:SAMPLES]
-    return [
-        dg.AssetCheckResult(
-            asset_key=key, check_name=cadence, passed=missing == 0, severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{missing} of {expected} 5-minute snapshots missing, in {len(gaps)} gaps",
-            metadata={
-                "window": window, "expected_snapshots": expected, "missing_snapshots": missing, "gaps": len(gaps),
-                "first_gaps": dg.MetadataValue.md("\n".join(lines) or "none"),
-                UNEXPLAINED_WINDOWS: windows_metadata([gap for _, gap in gaps]),
-                **{f"stored_{a.series}": a.stored for a in audits},
-            },
-        ),
-        dg.AssetCheckResult(
-            asset_key=key, check_name=values, passed=invalid == 0, severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{invalid} stored rows break the rule",
-            metadata={"window": window, "invalid_rows": invalid, "samples": dg.MetadataValue.md(samples_table(samples))},
-        ),
-    ]
 
 
 def run_klines_checks(

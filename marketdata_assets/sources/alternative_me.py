@@ -98,7 +98,7 @@ class FearGreedSource(UpstreamClient):
     ):
         self.rejected = []
         self.table = table
-        self.outcome = SourceOutcome(rows_by_source={"rest": 0})
+        self._rows = 0
         self._clock = clock
         self._http = PacedHttp(
             SOURCE, base_url, WeightBudget.for_host(base_url, REQUESTS_PER_MINUTE, clock, sleep),
@@ -106,18 +106,21 @@ class FearGreedSource(UpstreamClient):
             backoff_base_s=backoff_base_s, sleep=sleep,
         )
 
-    async def frames(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
+    def outcome(self) -> SourceOutcome:
+        return SourceOutcome(rejected=self.take_rejected(), requests=self.stats.requests, rows_by_source={"rest": self._rows},
+                             metadata={"rows_from_rest": self._rows})
+
+    async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
         """The days in [start, end) (UTC) alternative.me has, ascending."""
         today = dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
         if start.date() > today:
             return
         params = {"limit": (today - start.date()).days + 1, "format": "json"}
         body, _ = await self._http.get_json(PATH, params, 1)
-        self.outcome.requests = self.stats.requests
         frame, rejected = parse_fear_greed(body, self.table, f"GET {PATH}?limit={params['limit']}")
         start_day, end_day = start.date(), end.date() if end.time() == dt.time(0) else end.date() + dt.timedelta(days=1)
         inside = (pl.col("open_time") >= start) & (pl.col("open_time") < end)
-        self.outcome.rejected.append(rejected.filter(inside))
+        self.rejected.append(rejected.filter(inside))
         frame = frame.filter((pl.col("date") >= start_day) & (pl.col("date") < end_day))
-        self.outcome.rows_by_source["rest"] += frame.height
+        self._rows += frame.height
         yield frame

@@ -25,6 +25,7 @@ from marketdata_assets.sources.binance_archive import (
 )
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol
 from marketdata_assets.timeframes import next_month
+from marketdata_assets.sources.protocol import ReadsWholeWindows
 from marketdata_assets.sources.http import Clock, WeightBudget, PacedHttp, Sleep, UpstreamClient
 
 FUNDING_PATH = "/fapi/v1/fundingRate"
@@ -116,7 +117,7 @@ class BinanceFundingClient(UpstreamClient):
         return pl.concat(parts) if parts else FUNDING_RATES.empty_frame()
 
 
-class BinanceFundingSource:
+class BinanceFundingSource(ReadsWholeWindows):
     """Funding rates from the archive's monthly files for months that are over (REST where a file
     is missing) and from REST for the month in progress."""
 

@@ -35,6 +35,7 @@ from marketdata_assets.sources.binance_archive import (
 )
 from marketdata_assets.sources.errors import PieceFailure, UpstreamBanned, UpstreamError, UpstreamRejected
 from marketdata_assets.sources.http import Clock
+from marketdata_assets.sources.protocol import SourceOutcome
 from marketdata_assets.timeframes import Timeframe, next_month, timeframe
 
 SourceMode = Literal["auto", "archive", "rest"]
@@ -132,6 +133,7 @@ class BinanceKlinesSource:
         self._clock = clock
         self.rows_by_source: Counter[str] = Counter()
         self.failures: list[PieceFailure] = []
+        self.rest_bars_per_frame = 200_000  # REST bars a frame of `read` holds at most
 
     async def __aenter__(self) -> BinanceKlinesSource:
         await self.rest.__aenter__()
@@ -171,6 +173,17 @@ class BinanceKlinesSource:
                 self.failures.append(outcome)
             elif outcome.height:
                 yield outcome
+
+    async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
+        """The source protocol: `frames` of a klines series (its symbol and `timeframe` option)."""
+        async for frame in self.frames(series.symbol, series.options["timeframe"], start, end, self.rest_bars_per_frame):
+            yield frame
+
+    def outcome(self) -> SourceOutcome:
+        return SourceOutcome(
+            failures=list(self.failures), rejected=self.take_rejected(), requests=self.rest.stats.requests,
+            rows_by_source=dict(self.rows_by_source), metadata={**self.summary(), **self.rest.stats.as_metadata()},
+        )
 
     def take_rejected(self) -> list[pl.DataFrame]:
         """Rows rejected by validation so far (schemas.REJECTED_ROWS frames), handed over once."""

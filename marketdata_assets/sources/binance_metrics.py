@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import io
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ from marketdata_assets.sources.errors import (
     same_symbol,
 )
 from marketdata_assets.sources.http import Clock, PacedHttp, Sleep, UpstreamClient, WeightBudget
+from marketdata_assets.sources.protocol import SourceOutcome
 
 SOURCE = "binance futures statistics"
 PERIOD = "5m"
@@ -261,10 +263,37 @@ class BinanceMetricsSource:
     """Open interest or long/short ratios for a window: REST from `rest_from(now)`, the archive's
     daily files before it. Days that cannot be read are `failures` of the fetch, the rest is read."""
 
-    def __init__(self, rest: BinanceStatsClient, archive: BinanceArchiveClient, clock: Clock = time.time):
+    def __init__(
+        self, rest: BinanceStatsClient, archive: BinanceArchiveClient, clock: Clock = time.time, *,
+        dataset: Dataset | None = None, listing_window_end: dt.datetime | None = None,
+    ):
         self.rest = rest
         self.archive = archive
         self._clock = clock
+        # What `read` (the source protocol) reads: one dataset, and the end of its listing window.
+        self.dataset = dataset
+        self.listing_window_end = listing_window_end
+        self._fetched: list[MetricsFetch] = []
+
+    async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
+        assert self.dataset is not None, "read() needs the source built for one dataset"
+        fetched = await self.fetch(self.dataset, series.symbol, start, end, self.listing_window_end)
+        self._fetched.append(fetched)
+        yield fetched.frame
+
+    def outcome(self) -> SourceOutcome:
+        outcome = SourceOutcome(requests=self.rest.stats.requests, rows_by_source={"archive": 0, "rest": 0})
+        for fetched in self._fetched:
+            outcome.failures += fetched.failures
+            for origin, rows in fetched.rows_by_source.items():
+                outcome.rows_by_source[origin] += rows
+        outcome.metadata = {
+            "rows_from_archive": outcome.rows_by_source["archive"],
+            "archive_files": sum(f.archive_files for f in self._fetched),
+            "rows_from_rest": outcome.rows_by_source["rest"],
+            "days_before_listing": sum(len(f.before_listing) for f in self._fetched),
+        }
+        return outcome
 
     async def __aenter__(self) -> BinanceMetricsSource:
         await self.rest.__aenter__()

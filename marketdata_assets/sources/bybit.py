@@ -18,6 +18,7 @@ import polars as pl
 
 from marketdata_assets.schemas import FUNDING_RATES, funding_frame
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol, PieceFailure
+from marketdata_assets.sources.protocol import ReadsWholeWindows
 from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
 
 SOURCE = "bybit funding"
@@ -58,7 +59,7 @@ def _ms(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-class BybitFundingSource(UpstreamClient):
+class BybitFundingSource(ReadsWholeWindows, UpstreamClient):
     """Bybit funding settlements of one window (linear perpetuals), paged backwards."""
 
     def __init__(

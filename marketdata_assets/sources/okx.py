@@ -19,6 +19,7 @@ import polars as pl
 
 from marketdata_assets.schemas import FUNDING_RATES, funding_frame
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol, NoSourceHolds, PieceFailure
+from marketdata_assets.sources.protocol import ReadsWholeWindows
 from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
 
 SOURCE = "okx funding"
@@ -69,7 +70,7 @@ def _ms(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-class OkxFundingSource(UpstreamClient):
+class OkxFundingSource(ReadsWholeWindows, UpstreamClient):
     """OKX funding settlements of one window, paged backwards; `failures` holds the part of a
     window OKX no longer keeps."""
 

@@ -1,5 +1,10 @@
-"""The one source protocol: a source yields the rows of one series over a window as polars
-frames in its dataset's table schema, and keeps one outcome record of what else it met."""
+"""The one source protocol: a source reads one series over a window, yielding polars frames in
+its dataset's table schema, and then says in one outcome record what else it met.
+
+    async with source:
+        async for frame in source.read(series, start, end): ...
+    outcome = source.outcome()
+"""
 
 from __future__ import annotations
 
@@ -16,21 +21,49 @@ from marketdata_assets.sources.errors import PieceFailure
 @dataclass
 class SourceOutcome:
     """What a source met besides the rows it yielded: windows it could not read, rows it
-    rejected (schemas.REJECTED_ROWS frames), requests sent, and rows per origin (rest, archive)."""
+    rejected (schemas.REJECTED_ROWS frames), requests sent, rows per origin (rest, archive), and
+    what else it wants on the materialization (archive files read, weight spent, …)."""
 
     failures: list[PieceFailure] = field(default_factory=list)
     rejected: list[pl.DataFrame] = field(default_factory=list)
     requests: int = 0
     rows_by_source: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class Source(Protocol):
-    """Rows of one series (a catalog.Series) over [start, end) UTC, frame by frame, and one outcome."""
-
-    outcome: SourceOutcome
+    """Rows of one series (a catalog.Series) over [start, end) UTC, frame by frame; frames may
+    arrive out of time order. A window it cannot read is a failure of the outcome, not an
+    exception; an answer every window would get (an unknown symbol, a ban) raises."""
 
     async def __aenter__(self) -> Any: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
-    def frames(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]: ...
+    def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]: ...
+
+    def outcome(self) -> SourceOutcome:
+        """What the reads so far met; rejected rows are handed over once."""
+        ...
+
+
+class ReadsWholeWindows:
+    """The protocol for a source whose `fetch(symbol, start, end)` reads a whole window into one
+    frame, keeping `failures`, `rows_by_source` and `requests` (funding on every venue)."""
+
+    failures: list[PieceFailure]
+    rows_by_source: dict[str, int]
+    requests: int
+
+    async def fetch(self, symbol: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame: ...
+
+    async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
+        yield await self.fetch(series.symbol, start, end)
+
+    def outcome(self) -> SourceOutcome:
+        take = getattr(self, "take_rejected", None)
+        return SourceOutcome(
+            failures=list(self.failures), rejected=take() if take else [], requests=self.requests,
+            rows_by_source=dict(self.rows_by_source),
+            metadata={f"rows_from_{origin}": rows for origin, rows in sorted(self.rows_by_source.items())},
+        )
