@@ -139,7 +139,7 @@ def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "kli
 
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--dataset", metavar="DATASET", help="Only this dataset (klines, funding, fear_greed, …).")
+@click.option("--dataset", metavar="DATASET", help="Only this dataset, by the name its assets carry (their `dataset` metadata).")
 @click.option("--symbol", "symbols", multiple=True, help="Only this symbol (repeatable).")
 @click.option("--fail-on-gaps", is_flag=True, help="Exit 1 if any asset has unexplained gaps or missing rows (for CI).")
 def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool) -> None:

@@ -1,11 +1,11 @@
-"""Canonical dataset schemas, declared once: polars dtypes here, the same columns in sql/*.sql.
+"""Canonical table schemas shared by every dataset: klines, rejected rows and known gaps, and the
+TableSpec every dataset declares its own table with (beside its source), the same columns in sql/*.sql.
 
-Every source returns frames in these schemas, the warehouse stores them and the checks read them.
+Every source returns frames in its dataset's schema, the warehouse stores them and the checks read them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 import polars as pl
@@ -112,83 +112,4 @@ KNOWN_GAPS = TableSpec(
         }
     ),
     primary_key=("venue", "market", "symbol", "timeframe", "gap_start"),
-)
-
-
-# Funding rates of perpetual futures, one row per settlement.
-FUNDING_RATES = TableSpec(
-    name="funding_rates",
-    schema=pl.Schema(
-        {
-            "venue": pl.String,
-            "symbol": pl.String,
-            "funding_time": UTC_TIME,  # exact, as reported: a few ms after the 8-hour mark
-            "funding_rate": pl.Float64,  # per funding interval, e.g. 0.0001 = 0.01%
-            "mark_price": pl.Float64,  # null where the source has none (Binance's archive, OKX, Bybit)
-            "source": pl.String,  # 'rest' | 'archive'
-            "ingested_at": UTC_TIME,
-        }
-    ),
-    primary_key=("venue", "symbol", "funding_time"),
-    kept_when_null=("mark_price",),  # REST's mark price outlives a later re-read from the archive
-)
-
-
-def funding_frame(
-    venue: str, symbol: str, times_ms: list[int], rates: list[float], marks: list[float | None] | None = None,
-    source: str = "rest",
-) -> pl.DataFrame:
-    """FUNDING_RATES rows from exact ms times, rates and (where the venue gives them) mark prices."""
-    count = len(times_ms)
-    return pl.DataFrame({
-        "venue": [venue] * count,
-        "symbol": [symbol] * count,
-        "funding_time": pl.Series(times_ms, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
-        "funding_rate": pl.Series(rates, dtype=pl.Float64),
-        "mark_price": pl.Series(marks if marks is not None else [None] * count, dtype=pl.Float64),
-        "source": [source] * count,
-        "ingested_at": [dt.datetime.now(dt.UTC)] * count,
-    }).cast(FUNDING_RATES.schema)  # type: ignore[arg-type]
-
-
-# Open interest of perpetual futures: one snapshot every 5 minutes.
-OPEN_INTEREST = TableSpec(
-    name="open_interest",
-    schema=pl.Schema(
-        {
-            "venue": pl.String,
-            "symbol": pl.String,
-            "snapshot_time": UTC_TIME,  # on the 5-minute grid
-            "open_interest": pl.Float64,  # contracts, in the base asset
-            "open_interest_value": pl.Float64,  # in the quote asset
-            "source": pl.String,  # 'rest' | 'archive'
-            "ingested_at": UTC_TIME,
-        }
-    ),
-    primary_key=("venue", "symbol", "snapshot_time"),
-)
-
-# Positioning of perpetual futures traders, one row per 5-minute snapshot and metric:
-#   global_account       longs / shorts among all accounts     long/short_value: account shares
-#   top_trader_account   the same among the top traders         account shares
-#   top_trader_position  top traders' long / short positions    position shares
-#   taker_volume         taker buy / sell volume                 buy and sell volume (base asset)
-LONG_SHORT_METRICS = ("global_account", "top_trader_account", "top_trader_position", "taker_volume")
-LONG_SHORT_RATIOS = TableSpec(
-    name="long_short_ratios",
-    schema=pl.Schema(
-        {
-            "venue": pl.String,
-            "symbol": pl.String,
-            "metric": pl.String,  # one of LONG_SHORT_METRICS
-            "snapshot_time": UTC_TIME,  # on the 5-minute grid
-            "ratio": pl.Float64,  # long / short (taker_volume: buy / sell)
-            "long_value": pl.Float64,  # null where the source has none (Binance's archive)
-            "short_value": pl.Float64,
-            "source": pl.String,  # 'rest' | 'archive'
-            "ingested_at": UTC_TIME,
-        }
-    ),
-    primary_key=("venue", "symbol", "metric", "snapshot_time"),
-    kept_when_null=("long_value", "short_value"),  # REST's detail outlives a re-read from the archive
 )

@@ -123,7 +123,7 @@ def test_datasets_narrow_a_perp_to_its_klines(tmp_path, settings):
 
 def test_funding_checks_name_a_missing_settlement_one_off_the_grid_and_an_implausible_rate(tmp_path, any_warehouse_url, emulator):
     from marketdata_assets.datasets.funding import funding_check_results
-    from marketdata_assets.schemas import FUNDING_RATES
+    from marketdata_assets.sources.funding import FUNDING_RATES
 
     async def fetch():
         async with BinanceFundingClient(emulator.url) as rest:

@@ -14,7 +14,7 @@ import pytest
 
 from marketdata_assets.emulator.config import ArchiveFaults, EmulatorConfig
 from marketdata_assets.emulator.server import EmulatorServer
-from marketdata_assets.schemas import LONG_SHORT_RATIOS, OPEN_INTEREST
+from marketdata_assets.sources.binance_metrics import LONG_SHORT_RATIOS, OPEN_INTEREST
 from marketdata_assets.sources.binance_archive import BinanceArchiveClient, MetricsFile, read_zipped_csv
 from marketdata_assets.sources.binance_metrics import (
     BinanceMetricsSource,

@@ -62,11 +62,11 @@ class FearGreed(Dataset):
     position = 50
     checks = (VALUES_VALID, DAILY, FRESH)
     gap_check = DAILY
-    series_source = VENUE
+    series_source = VENUE.name
     moment_names = ("first_day", "last_day")
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> FearGreedSource:
-        return FearGreedSource(upstreams.url("fear_greed_url"), FEAR_GREED)
+        return FearGreedSource(upstreams.url(VENUE.url_setting), FEAR_GREED)
 
     def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
         bands = ", ".join(f"{name} from {lowest}" for lowest, name in BANDS)

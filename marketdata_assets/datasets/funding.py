@@ -19,15 +19,13 @@ from marketdata_assets.audit import SAMPLES, samples_table
 from marketdata_assets.catalog import Catalog, Series
 from marketdata_assets.datasets.base import Bounds, Dataset, Missing
 from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
-from marketdata_assets.schemas import FUNDING_RATES
-from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+from marketdata_assets.sources.funding import FUNDING_RATES
+from marketdata_assets.sources import bybit, okx
+from marketdata_assets.sources.binance import BINANCE_FUTURES
+from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
 from marketdata_assets.sources.binance_funding import BinanceFundingClient, BinanceFundingSource
-from marketdata_assets.sources.bybit import BybitFundingSource
-from marketdata_assets.sources.okx import OkxFundingSource
 from marketdata_assets.warehouse import Warehouse
 
-# OKX keeps about three months of funding: seeding asks it only for partitions inside them.
-RETENTION = {"okx": dt.timedelta(days=90)}
 # Where each venue's settlements come from, and how far back they reach (the asset says so).
 SOURCES = {
     "binance": "the archive's monthly fundingRate files for past months (no mark price), REST for the rest; "
@@ -169,17 +167,19 @@ class Funding(Dataset):
                 f"market_data.funding_rates: {SOURCES[series.venue]}.")
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> Any:
-        if series.venue == "okx":
-            return OkxFundingSource(upstreams.url("okx_url"))
-        if series.venue == "bybit":
-            return BybitFundingSource(upstreams.url("bybit_url"))
+        if series.venue == okx.VENUE.name:
+            return okx.OkxFundingSource(upstreams.url(okx.VENUE.url_setting))
+        if series.venue == bybit.VENUE.name:
+            return bybit.BybitFundingSource(upstreams.url(bybit.VENUE.url_setting))
         return BinanceFundingSource(
-            BinanceFundingClient(upstreams.url("binance_futures_url"), weight_limit=upstreams.binance_futures_weight_limit),
-            BinanceArchiveClient(upstreams.url("binance_archive_url")),
+            BinanceFundingClient(upstreams.url(BINANCE_FUTURES.url_setting),
+                                 weight_limit=upstreams.binance_futures_weight_limit),
+            BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)),
         )
 
     def retention(self, venue: str) -> dt.timedelta | None:
-        return RETENTION.get(venue)
+        """How far back `venue` still serves funding (its venue descriptor says)."""
+        return {okx.VENUE.name: okx.VENUE, bybit.VENUE.name: bybit.VENUE}.get(venue, BINANCE_FUTURES).retention.get(self.name)
 
     def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
         return funding_check_specs(key)

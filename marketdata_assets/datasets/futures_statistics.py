@@ -20,7 +20,8 @@ from marketdata_assets.audit import SAMPLES, Interval, samples_table
 from marketdata_assets.catalog import Catalog, Series
 from marketdata_assets.datasets.base import Bounds, Dataset, Missing
 from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
-from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+from marketdata_assets.sources.binance import BINANCE_FUTURES
+from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
 from marketdata_assets.sources.binance_metrics import BinanceMetricsSource, BinanceStatsClient
 from marketdata_assets.warehouse import Warehouse
 
@@ -75,7 +76,8 @@ class FuturesStatistic(Dataset):
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceMetricsSource:
         return BinanceMetricsSource(
-            BinanceStatsClient(upstreams.url("binance_futures_url")), BinanceArchiveClient(upstreams.url("binance_archive_url")),
+            BinanceStatsClient(upstreams.url(BINANCE_FUTURES.url_setting)),
+            BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)),
             dataset=self.name, listing_window_end=bounds.first_window_end,  # type: ignore[arg-type]
         )
 

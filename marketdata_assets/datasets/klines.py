@@ -18,7 +18,7 @@ from marketdata_assets.datasets.base import Bounds, Dataset
 from marketdata_assets.defs.checks import GAP_COUNT, KLINES_CHECKS, klines_check_results, klines_check_specs
 from marketdata_assets.defs.partitions import monthly_partitions, partition_bounds
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.binance_archive import BinanceArchiveClient
+from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource
 from marketdata_assets.timeframes import Timeframe, timeframe
 from marketdata_assets.warehouse import Warehouse
@@ -86,7 +86,7 @@ class Klines(Dataset):
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceKlinesSource:
         assert series.instrument is not None
         mode = series.instrument.source or upstreams.klines_source
-        archive = BinanceArchiveClient(upstreams.url("binance_archive_url")) if mode != "rest" else None
+        archive = BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)) if mode != "rest" else None
         return BinanceKlinesSource(upstreams.klines_client(series.instrument.market), archive, mode)
 
     def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:

@@ -4,7 +4,7 @@ these two; its dataset opens its source from `upstreams` (datasets/<name>.py, `o
 import dagster as dg
 
 from marketdata_assets.settings import ENDPOINT_DEFAULTS, Settings
-from marketdata_assets.sources.binance import BinanceKlinesClient, Market
+from marketdata_assets.sources.binance import BINANCE_FUTURES, BINANCE_SPOT, BinanceKlinesClient, Market
 from marketdata_assets.warehouse import Warehouse, open_warehouse
 
 
@@ -35,7 +35,7 @@ class UpstreamsResource(dg.ConfigurableResource):
         """Binance klines REST of `market`, paced to its weight budget."""
         spot = market == "spot"
         return BinanceKlinesClient(
-            market, self.url("binance_spot_url" if spot else "binance_futures_url"),
+            market, self.url((BINANCE_SPOT if spot else BINANCE_FUTURES).url_setting),
             weight_limit=self.binance_spot_weight_limit if spot else self.binance_futures_weight_limit,
             max_concurrency=self.binance_max_concurrency,
         )

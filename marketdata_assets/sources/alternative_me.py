@@ -23,11 +23,10 @@ import polars as pl
 from marketdata_assets.sources.protocol import SourceOutcome
 from marketdata_assets.schemas import REJECTED_ROWS, TableSpec
 from marketdata_assets.sources.errors import MalformedResponse
-from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
+from marketdata_assets.sources.http import Clock, EnvelopeError, RateLimit, Sleep, UpstreamClient, Venue
 
 SOURCE = "alternative.me fear & greed"
 PATH = "/fng/"
-VENUE = "alternative_me"
 # alternative.me asks for at most 60 requests a minute; a window is one request.
 REQUESTS_PER_MINUTE = 60
 # The classification alternative.me gives each value: (lowest value, name), ascending.
@@ -45,6 +44,10 @@ def fear_greed_envelope_error(body: Any) -> EnvelopeError | None:
         return EnvelopeError(-1, f"not a Fear & Greed answer: {str(body)[:160]}")
     error = (body.get("metadata") or {}).get("error")
     return EnvelopeError(-1, str(error)) if error else None
+
+
+# alternative.me: a bad parameter is answered 200 with `metadata.error`.
+VENUE = Venue("alternative_me", "fear_greed_url", envelope_check=fear_greed_envelope_error)
 
 
 def parse_fear_greed(body: Any, table: TableSpec, origin: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -74,7 +77,7 @@ def parse_fear_greed(body: Any, table: TableSpec, origin: str) -> tuple[pl.DataF
             reasons.append(f"timestamp {stamp} is not 00:00 UTC")
         if reasons:
             rejected.append({
-                "dataset": "fear_greed", "venue": VENUE, "market": "", "symbol": "", "timeframe": "1d",
+                "dataset": "fear_greed", "venue": VENUE.name, "market": "", "symbol": "", "timeframe": "1d",
                 "open_time": day, "reason": "; ".join(reasons), "payload": orjson.dumps(row).decode(),
                 "origin": origin, "source": "rest", "ingested_at": now,
             })
@@ -100,10 +103,9 @@ class FearGreedSource(UpstreamClient):
         self.table = table
         self._rows = 0
         self._clock = clock
-        self._http = PacedHttp(
-            SOURCE, base_url, WeightBudget.for_host(base_url, REQUESTS_PER_MINUTE, clock, sleep),
-            envelope_check=fear_greed_envelope_error, max_concurrency=1, max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s, sleep=sleep,
+        self._http = VENUE.http(
+            SOURCE, base_url, RateLimit(REQUESTS_PER_MINUTE), max_concurrency=1, max_attempts=max_attempts,
+            backoff_base_s=backoff_base_s, clock=clock, sleep=sleep,
         )
 
     def outcome(self) -> SourceOutcome:

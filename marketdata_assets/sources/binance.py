@@ -21,14 +21,7 @@ import polars as pl
 
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse
-from marketdata_assets.sources.http import (
-    Clock,
-    WeightBudget,
-    PacedHttp,
-    RequestStats,
-    Sleep,
-    UpstreamClient,
-)
+from marketdata_assets.sources.http import Clock, RateLimit, RequestStats, Sleep, UpstreamClient, Venue
 from marketdata_assets.timeframes import Timeframe, timeframe
 from marketdata_assets.validation import split_invalid_klines
 
@@ -86,6 +79,14 @@ def binance_error_detail(response: httpx.Response) -> tuple[str, int | None]:
         return f"code {body['code']}: {body['msg']}", int(body["code"])
     except (ValueError, KeyError, TypeError):
         return (response.text[:200] or response.reason_phrase), None
+
+
+# Binance's two REST hosts: weight reported on every answer, `{"code","msg"}` error bodies,
+# 429 then 418 (an IP ban) past the limit.
+BINANCE_SPOT = Venue("binance_spot", "binance_spot_url", error_detail=binance_error_detail,
+                     used_weight_header=USED_WEIGHT_HEADER)
+BINANCE_FUTURES = Venue("binance_futures", "binance_futures_url", error_detail=binance_error_detail,
+                        used_weight_header=USED_WEIGHT_HEADER)
 
 
 def _ms(moment: dt.datetime) -> int:
@@ -197,19 +198,12 @@ class BinanceKlinesClient(UpstreamClient):
         self.endpoint = ENDPOINTS[market]
         self._clock = clock
         self.rejected = []
-        self._http = PacedHttp(
-            self.endpoint.source,
-            base_url,
-            WeightBudget.for_host(
-                base_url + self.endpoint.path, weight_limit or self.endpoint.weight_limit, clock, sleep
-            ),
-            used_weight_header=USED_WEIGHT_HEADER,
-            error_detail=binance_error_detail,
-            max_concurrency=max_concurrency,
-            max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s,
-            timeout_s=timeout_s,
-            sleep=sleep,
+        venue = BINANCE_SPOT if market == "spot" else BINANCE_FUTURES
+        self._http = venue.http(
+            self.endpoint.source, base_url,
+            RateLimit(weight_limit or self.endpoint.weight_limit, scope=self.endpoint.path),
+            max_concurrency=max_concurrency, max_attempts=max_attempts, backoff_base_s=backoff_base_s,
+            timeout_s=timeout_s, clock=clock, sleep=sleep,
         )
 
     async def fetch(

@@ -23,11 +23,13 @@ from isal import isal_zlib
 
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamError
-from marketdata_assets.sources.http import PacedHttp, Sleep, UpstreamClient
+from marketdata_assets.sources.http import Sleep, UpstreamClient, Venue
 from marketdata_assets.timeframes import Timeframe, next_month
 from marketdata_assets.validation import split_invalid_klines
 
 ARCHIVE_SOURCE = "binance archive"
+# The archive is a file host: unmetered, plain error bodies, files missing are 404.
+BINANCE_ARCHIVE = Venue("binance_archive", "binance_archive_url")
 _MARKET_DIRS = {"spot": "spot", "perp": "futures/um"}
 # Columns of a kline CSV, as the futures header names them; spot files have the same order.
 _CSV_SCHEMA = pl.Schema(
@@ -298,15 +300,9 @@ class BinanceArchiveClient(UpstreamClient):
         timeout_s: float = 120.0,
         sleep: Sleep = asyncio.sleep,
     ):
-        self._http = PacedHttp(
-            ARCHIVE_SOURCE,
-            base_url,
-            None,
-            max_concurrency=max_concurrency,
-            max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s,
-            timeout_s=timeout_s,
-            sleep=sleep,
+        self._http = BINANCE_ARCHIVE.http(
+            ARCHIVE_SOURCE, base_url, None, max_concurrency=max_concurrency, max_attempts=max_attempts,
+            backoff_base_s=backoff_base_s, timeout_s=timeout_s, sleep=sleep,
         )
         self.archive_stats = ArchiveStats()
         self.rejected = []

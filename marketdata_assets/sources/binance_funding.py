@@ -1,5 +1,5 @@
 """Binance USD-M funding rates: REST `/fapi/v1/fundingRate` and the archive's monthly
-`futures/um/monthly/fundingRate` files, as frames in `schemas.FUNDING_RATES`.
+`futures/um/monthly/fundingRate` files, as frames in `sources.funding.FUNDING_RATES`.
 
 Windows are half-open, [start, end), UTC. Funding settles every 8 hours on most symbols; the times
 Binance reports jitter by a few milliseconds (…00:00:00.017) and are kept exactly. REST answers
@@ -15,8 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from marketdata_assets.schemas import FUNDING_RATES, funding_frame
-from marketdata_assets.sources.binance import USED_WEIGHT_HEADER, binance_error_detail
+from marketdata_assets.sources.binance import BINANCE_FUTURES
 from marketdata_assets.sources.binance_archive import (
     ARCHIVE_SOURCE,
     BinanceArchiveClient,
@@ -25,8 +24,8 @@ from marketdata_assets.sources.binance_archive import (
 )
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol
 from marketdata_assets.timeframes import next_month
-from marketdata_assets.sources.protocol import ReadsWholeWindows
-from marketdata_assets.sources.http import Clock, WeightBudget, PacedHttp, Sleep, UpstreamClient
+from marketdata_assets.sources.funding import FUNDING_RATES, ReadsWholeWindows, funding_frame
+from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
 
 FUNDING_PATH = "/fapi/v1/fundingRate"
 PAGE_LIMIT = 1000
@@ -83,16 +82,10 @@ class BinanceFundingClient(UpstreamClient):
         clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
     ):
         self.rejected = []
-        self._http = PacedHttp(
-            SOURCE,
-            base_url,
-            WeightBudget.for_host(base_url + FUNDING_PATH, weight_limit, clock, sleep),
-            used_weight_header=USED_WEIGHT_HEADER,
-            error_detail=binance_error_detail,
+        self._http = BINANCE_FUTURES.http(
+            SOURCE, base_url, RateLimit(weight_limit, scope=FUNDING_PATH),
             max_concurrency=1,  # pages follow one another: each starts after the last row of the one before
-            max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s,
-            sleep=sleep,
+            max_attempts=max_attempts, backoff_base_s=backoff_base_s, clock=clock, sleep=sleep,
         )
 
     async def fetch(self, symbol: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:

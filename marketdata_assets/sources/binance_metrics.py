@@ -1,5 +1,5 @@
-"""Binance USD-M futures statistics, every 5 minutes: open interest (`schemas.OPEN_INTEREST`) and
-the long/short ratios (`schemas.LONG_SHORT_RATIOS`).
+"""Binance USD-M futures statistics, every 5 minutes: open interest (`OPEN_INTEREST`) and
+the long/short ratios (`LONG_SHORT_RATIOS`).
 
 Two sources, and neither holds everything:
 - REST `/futures/data/{openInterestHist, globalLongShortAccountRatio, topLongShortAccountRatio,
@@ -17,6 +17,7 @@ Windows are half-open, [start, end), UTC; wire times are ms.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import io
 import time
@@ -26,8 +27,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from marketdata_assets.schemas import LONG_SHORT_METRICS, LONG_SHORT_RATIOS, OPEN_INTEREST
-from marketdata_assets.sources.binance import binance_error_detail
+from marketdata_assets.schemas import UTC_TIME, TableSpec
+from marketdata_assets.sources.binance import BINANCE_FUTURES
 from marketdata_assets.sources.binance_archive import (
     ARCHIVE_SOURCE,
     BinanceArchiveClient,
@@ -44,8 +45,51 @@ from marketdata_assets.sources.errors import (
     read_columns,
     same_symbol,
 )
-from marketdata_assets.sources.http import Clock, PacedHttp, Sleep, UpstreamClient, WeightBudget
+from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
 from marketdata_assets.sources.protocol import SourceOutcome
+
+# Open interest of perpetual futures: one snapshot every 5 minutes.
+OPEN_INTEREST = TableSpec(
+    name="open_interest",
+    schema=pl.Schema(
+        {
+            "venue": pl.String,
+            "symbol": pl.String,
+            "snapshot_time": UTC_TIME,  # on the 5-minute grid
+            "open_interest": pl.Float64,  # contracts, in the base asset
+            "open_interest_value": pl.Float64,  # in the quote asset
+            "source": pl.String,  # 'rest' | 'archive'
+            "ingested_at": UTC_TIME,
+        }
+    ),
+    primary_key=("venue", "symbol", "snapshot_time"),
+)
+
+# Positioning of perpetual futures traders, one row per 5-minute snapshot and metric:
+#   global_account       longs / shorts among all accounts     long/short_value: account shares
+#   top_trader_account   the same among the top traders         account shares
+#   top_trader_position  top traders' long / short positions    position shares
+#   taker_volume         taker buy / sell volume                 buy and sell volume (base asset)
+LONG_SHORT_METRICS = ("global_account", "top_trader_account", "top_trader_position", "taker_volume")
+LONG_SHORT_RATIOS = TableSpec(
+    name="long_short_ratios",
+    schema=pl.Schema(
+        {
+            "venue": pl.String,
+            "symbol": pl.String,
+            "metric": pl.String,  # one of LONG_SHORT_METRICS
+            "snapshot_time": UTC_TIME,  # on the 5-minute grid
+            "ratio": pl.Float64,  # long / short (taker_volume: buy / sell)
+            "long_value": pl.Float64,  # null where the source has none (Binance's archive)
+            "short_value": pl.Float64,
+            "source": pl.String,  # 'rest' | 'archive'
+            "ingested_at": UTC_TIME,
+        }
+    ),
+    primary_key=("venue", "symbol", "metric", "snapshot_time"),
+    kept_when_null=("long_value", "short_value"),  # REST's detail outlives a re-read from the archive
+)
+
 
 SOURCE = "binance futures statistics"
 PERIOD = "5m"
@@ -198,6 +242,10 @@ def parse_metrics_archive(csv: bytes, file: MetricsFile) -> tuple[pl.DataFrame, 
     return open_interest, ratios
 
 
+# The statistics endpoints on the USD-M host, counted in requests: their answers report no weight.
+STATISTICS_HOST = dataclasses.replace(BINANCE_FUTURES, used_weight_header=None)
+
+
 class BinanceStatsClient(UpstreamClient):
     """The futures statistics over REST, 500 rows (about 41 hours) a request, several at once,
     paced to 1,000 requests per 5 minutes."""
@@ -207,15 +255,11 @@ class BinanceStatsClient(UpstreamClient):
         clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
     ):
         self.rejected = []
-        self._http = PacedHttp(
-            SOURCE,
-            base_url,
-            WeightBudget.for_host(base_url + "/futures/data", REQUESTS_PER_WINDOW, clock, sleep, REQUEST_WINDOW_S),
-            error_detail=binance_error_detail,
-            max_concurrency=max_concurrency,
-            max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s,
-            sleep=sleep,
+        # Its own budget, counted in requests; these answers carry no weight header.
+        self._http = STATISTICS_HOST.http(
+            SOURCE, base_url, RateLimit(REQUESTS_PER_WINDOW, REQUEST_WINDOW_S, "/futures/data"),
+            max_concurrency=max_concurrency, max_attempts=max_attempts, backoff_base_s=backoff_base_s,
+            clock=clock, sleep=sleep,
         )
 
     async def fetch(self, statistic: str, symbol: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:

@@ -1,5 +1,5 @@
 """Bybit: linear-perpetual funding rates from `/v5/market/funding/history`, as frames in
-`schemas.FUNDING_RATES` (no mark price: Bybit's history has none).
+`sources.funding.FUNDING_RATES` (no mark price: Bybit's history has none).
 
 Bybit answers newest first, at most 200 rows, inside `startTime`..`endTime`; `startTime` alone
 is an error, so every request sends both and pages backwards by moving `endTime`. Every answer
@@ -16,10 +16,9 @@ from typing import Any
 
 import polars as pl
 
-from marketdata_assets.schemas import FUNDING_RATES, funding_frame
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol, PieceFailure
-from marketdata_assets.sources.protocol import ReadsWholeWindows
-from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
+from marketdata_assets.sources.funding import FUNDING_RATES, ReadsWholeWindows, funding_frame
+from marketdata_assets.sources.http import Clock, EnvelopeError, RateLimit, Sleep, UpstreamClient, Venue
 
 SOURCE = "bybit funding"
 FUNDING_PATH = "/v5/market/funding/history"
@@ -35,6 +34,12 @@ def bybit_envelope_error(body: Any) -> EnvelopeError | None:
     if code == 0:
         return None
     return EnvelopeError(int(code), str(body.get("retMsg", "")), throttled=code == 10006)
+
+
+# Bybit: `{"retCode","retMsg","result"}` envelopes (10006 means slow down), and HTTP 403 for an IP
+# over its limit, banned for about ten minutes.
+VENUE = Venue("bybit", "bybit_url", envelope_check=bybit_envelope_error, default_retry_after_s=1.0,
+              ban_statuses=(403,), default_ban_s=600.0)
 
 
 def parse_bybit_funding(body: Any, symbol: str) -> pl.DataFrame:
@@ -69,10 +74,9 @@ class BybitFundingSource(ReadsWholeWindows, UpstreamClient):
         self.rejected = []
         self.failures: list[PieceFailure] = []  # Bybit keeps the whole history: none so far
         self.rows_by_source = {"archive": 0, "rest": 0}
-        self._http = PacedHttp(
-            SOURCE, base_url, WeightBudget.for_host(base_url, REQUESTS_PER_5S, clock, sleep, 5.0),
-            envelope_check=bybit_envelope_error, default_retry_after_s=1.0, ban_statuses=(403,), default_ban_s=600.0,
-            max_concurrency=1, max_attempts=max_attempts, backoff_base_s=backoff_base_s, sleep=sleep,
+        self._http = VENUE.http(
+            SOURCE, base_url, RateLimit(REQUESTS_PER_5S, 5.0),
+            max_concurrency=1, max_attempts=max_attempts, backoff_base_s=backoff_base_s, clock=clock, sleep=sleep,
         )
 
     @property

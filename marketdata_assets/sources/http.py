@@ -10,7 +10,7 @@ import datetime as dt
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import urlencode
 
@@ -375,3 +375,52 @@ def _retry_after(response: httpx.Response, default: float) -> float:
         return max(float(raw), 0.0)
     except ValueError:
         return default
+
+
+# --- venues ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A budget the upstream counts per IP: `limit` weight (or requests, each of weight 1) per
+    fixed window of `window_s` seconds of the UTC clock, over the paths under `scope`."""
+
+    limit: int
+    window_s: float = 60.0
+    scope: str = ""  # a path prefix: the endpoints that share the budget ('' the whole host)
+
+
+@dataclass(frozen=True)
+class Venue:
+    """One upstream as a declaration, as ccxt's `describe()` and freqtrade's `_ft_has` make one:
+    where it is (the setting naming its base URL), how it reports weight used, how it says no (an
+    error body, an error inside a 200 envelope, a ban), and how far back its history reaches per
+    dataset. `http()` builds the paced client every source of the venue sends through."""
+
+    name: str
+    url_setting: str  # the Settings attribute holding the base URL (settings.ENDPOINT_DEFAULTS)
+    error_detail: ErrorDetail = _plain_error_detail
+    envelope_check: EnvelopeCheck | None = None
+    used_weight_header: str | None = None
+    default_retry_after_s: float = 60.0  # a 429 (or "slow down" envelope) without Retry-After
+    ban_statuses: tuple[int, ...] = (418,)
+    default_ban_s: float = 120.0
+    retention: Mapping[str, dt.timedelta] = field(default_factory=dict)  # dataset -> history kept
+
+    def http(
+        self, source: str, base_url: str, limit: RateLimit | None, *, max_concurrency: int = 10,
+        max_attempts: int = 5, backoff_base_s: float = 0.5, timeout_s: float = 30.0,
+        clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
+    ) -> PacedHttp:
+        """A PacedHttp for `source` (its name in errors) at `base_url`, drawing on the one budget
+        of this process for `limit` (None: unmetered, as file hosts are)."""
+        budget = None
+        if limit is not None:
+            budget = WeightBudget.for_host(base_url.rstrip("/") + limit.scope, limit.limit, clock, sleep, limit.window_s)
+        return PacedHttp(
+            source, base_url, budget, used_weight_header=self.used_weight_header, error_detail=self.error_detail,
+            max_concurrency=max_concurrency, max_attempts=max_attempts, backoff_base_s=backoff_base_s,
+            timeout_s=timeout_s, sleep=sleep, envelope_check=self.envelope_check,
+            default_retry_after_s=self.default_retry_after_s, ban_statuses=self.ban_statuses,
+            default_ban_s=self.default_ban_s,
+        )

@@ -1,5 +1,5 @@
 """OKX: perpetual-swap funding rates from `/api/v5/public/funding-rate-history`, as frames in
-`schemas.FUNDING_RATES` (no mark price: OKX's history has none).
+`sources.funding.FUNDING_RATES` (no mark price: OKX's history has none).
 
 OKX answers newest first, pages backwards with `after` (older than a ms time), and keeps only
 about three months. A window reaching further back than OKX serves is not read as empty: the part
@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import polars as pl
 
-from marketdata_assets.schemas import FUNDING_RATES, funding_frame
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol, NoSourceHolds, PieceFailure
-from marketdata_assets.sources.protocol import ReadsWholeWindows
-from marketdata_assets.sources.http import Clock, EnvelopeError, PacedHttp, Sleep, UpstreamClient, WeightBudget
+from marketdata_assets.sources.funding import FUNDING_RATES, ReadsWholeWindows, funding_frame
+from marketdata_assets.sources.http import Clock, EnvelopeError, RateLimit, Sleep, UpstreamClient, Venue
 
 SOURCE = "okx funding"
 FUNDING_PATH = "/api/v5/public/funding-rate-history"
@@ -47,6 +46,12 @@ def okx_error_detail(response: httpx.Response) -> tuple[str, int | None]:
         return f"code {body['code']}: {body['msg']}", int(body["code"])
     except (ValueError, KeyError, TypeError):
         return (response.text[:200] or response.reason_phrase), None
+
+
+# OKX: `{"code","msg","data"}` envelopes (51001 comes with HTTP 200; 50011 means slow down),
+# and about three months of funding history (a seed asks only for the 90 days surely inside).
+VENUE = Venue("okx", "okx_url", error_detail=okx_error_detail, envelope_check=okx_envelope_error,
+              default_retry_after_s=2.0, retention={"funding": dt.timedelta(days=90)})
 
 
 def parse_okx_funding(body: Any, inst_id: str) -> pl.DataFrame:
@@ -82,10 +87,9 @@ class OkxFundingSource(ReadsWholeWindows, UpstreamClient):
         self.failures: list[PieceFailure] = []
         self.rows_by_source = {"archive": 0, "rest": 0}
         self._clock = clock
-        self._http = PacedHttp(
-            SOURCE, base_url, WeightBudget.for_host(base_url + FUNDING_PATH, REQUESTS_PER_2S, clock, sleep, 2.0),
-            error_detail=okx_error_detail, envelope_check=okx_envelope_error, default_retry_after_s=2.0,
-            max_concurrency=1, max_attempts=max_attempts, backoff_base_s=backoff_base_s, sleep=sleep,
+        self._http = VENUE.http(
+            SOURCE, base_url, RateLimit(REQUESTS_PER_2S, 2.0, FUNDING_PATH),
+            max_concurrency=1, max_attempts=max_attempts, backoff_base_s=backoff_base_s, clock=clock, sleep=sleep,
         )
 
     @property

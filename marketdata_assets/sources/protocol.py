@@ -45,25 +45,3 @@ class Source(Protocol):
     def outcome(self) -> SourceOutcome:
         """What the reads so far met; rejected rows are handed over once."""
         ...
-
-
-class ReadsWholeWindows:
-    """The protocol for a source whose `fetch(symbol, start, end)` reads a whole window into one
-    frame, keeping `failures`, `rows_by_source` and `requests` (funding on every venue)."""
-
-    failures: list[PieceFailure]
-    rows_by_source: dict[str, int]
-    requests: int
-
-    async def fetch(self, symbol: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame: ...
-
-    async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
-        yield await self.fetch(series.symbol, start, end)
-
-    def outcome(self) -> SourceOutcome:
-        take = getattr(self, "take_rejected", None)
-        return SourceOutcome(
-            failures=list(self.failures), rejected=take() if take else [], requests=self.requests,
-            rows_by_source=dict(self.rows_by_source),
-            metadata={f"rows_from_{origin}": rows for origin, rows in sorted(self.rows_by_source.items())},
-        )
