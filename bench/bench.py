@@ -98,15 +98,13 @@ def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
     home = run_dir / ".marketdata" / "dagster"
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    from marketdata_assets.settings import ENDPOINT_DEFAULTS
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_"))}
     env.update(
         DAGSTER_HOME=str(home),
         PYTHONPATH=str(REPO),
-        MARKETDATA_BINANCE_SPOT_URL=url,
-        MARKETDATA_BINANCE_FUTURES_URL=url,
-        MARKETDATA_BINANCE_ARCHIVE_URL=url,
-        MARKETDATA_OKX_URL=url,
-        MARKETDATA_BYBIT_URL=url,
+        **{variable: url for variable, _ in ENDPOINT_DEFAULTS.values()},  # every upstream, emulated
         **extra,
     )
     return env
@@ -266,7 +264,7 @@ def per_partition_runs(work: Path, url: str) -> dict:
 def child_data_path(url: str, write: bool) -> dict:
     """6 years of 1m spot through the ingest path alone, no Dagster: with or without writing."""
     from marketdata_assets.ingest import ingest_klines
-    from marketdata_assets.sources.binance import BinanceKlinesClient
+    from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient
     from marketdata_assets.sources.binance_archive import BinanceArchiveClient
     from marketdata_assets.sources.binance_klines import BinanceKlinesSource
     from marketdata_assets.warehouse.duckdb import DuckDBWarehouse
@@ -293,7 +291,7 @@ def child_warehouse(url: str) -> dict:
     import polars as pl
 
     from marketdata_assets.schemas import KLINES
-    from marketdata_assets.sources.binance import BinanceKlinesClient
+    from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient
     from marketdata_assets.sources.binance_archive import BinanceArchiveClient
     from marketdata_assets.sources.binance_klines import BinanceKlinesSource
     from marketdata_assets.warehouse.duckdb import DuckDBWarehouse

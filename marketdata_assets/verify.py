@@ -17,7 +17,7 @@ import polars as pl
 from marketdata_assets.audit import Interval, count_bars, describe_interval, subtract_intervals
 from marketdata_assets.coverage import AssetCoverage
 from marketdata_assets.schemas import KLINES, KNOWN_GAPS, REJECTED_ROWS
-from marketdata_assets.sources.binance import BinanceKlinesClient
+from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient
 from marketdata_assets.sources.errors import UpstreamError
 from marketdata_assets.validation import rejected_frame
 from marketdata_assets.warehouse import Warehouse

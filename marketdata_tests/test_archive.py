@@ -17,7 +17,7 @@ import pytest
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
 from marketdata_assets.emulator.config import ArchiveFaults
 from marketdata_assets.ingest import ingest_klines
-from marketdata_assets.sources.binance import BinanceKlinesClient, fetch_klines
+from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient, fetch_klines
 from marketdata_assets.sources.binance_archive import (
     ArchiveChecksumMismatch,
     ArchiveFile,

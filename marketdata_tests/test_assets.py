@@ -21,7 +21,7 @@ from marketdata_assets.definitions import build_definitions
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
 from marketdata_assets.emulator.config import ArchiveFaults, Faults
 from marketdata_assets.settings import Settings
-from marketdata_assets.sources.binance import fetch_klines
+from marketdata_assets.sources.binance_klines_rest import fetch_klines
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, utc, with_settings, write_catalog
 

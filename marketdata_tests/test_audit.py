@@ -19,7 +19,7 @@ from marketdata_assets.emulator import EmulatorConfig, EmulatorServer, FailingWi
 from marketdata_assets.emulator.scenario import documented_outages
 from marketdata_assets.ingest import ingest_klines
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.binance import BinanceKlinesClient, fetch_klines
+from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient, fetch_klines
 from marketdata_assets.sources.binance_archive import ArchiveFile, BinanceArchiveClient, read_zipped_csv
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource
 from marketdata_assets.warehouse import open_warehouse

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer, LoopbackServer
 from marketdata_assets.emulator.config import Faults
-from marketdata_assets.sources.binance import BinanceKlinesClient, fetch_klines, parse_klines
+from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient, fetch_klines, parse_klines
 from marketdata_assets.sources.errors import (
     MalformedResponse,
     UpstreamBanned,

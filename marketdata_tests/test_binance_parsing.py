@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.binance import parse_klines
+from marketdata_assets.sources.binance_klines_rest import parse_klines
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.timeframes import timeframe
 from marketdata_tests.conftest import FIXTURES

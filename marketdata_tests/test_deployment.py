@@ -315,9 +315,15 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
             page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
             switches = "return Array.from(document.querySelectorAll('input[type=checkbox]'))" \
                        ".filter(e => e.parentElement.className.includes('formatSwitch')).map(e => e.checked)"
-            deadline = time.monotonic() + 30  # the switches render once each one's state has loaded
-            while len(driver.execute_script(switches)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.5)
+            # The switches render once each one's state has loaded, which a busy webserver (the
+            # daemon ticks every minute here) can take a while to answer: ask the page once more.
+            for attempt in range(2):
+                deadline = time.monotonic() + 45
+                while len(driver.execute_script(switches)) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                if driver.execute_script(switches) or attempt:
+                    break
+                page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
             assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
 
         # Dagster's partition status, as the UI shows it

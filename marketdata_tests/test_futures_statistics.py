@@ -14,11 +14,11 @@ import pytest
 
 from marketdata_assets.emulator.config import ArchiveFaults, EmulatorConfig
 from marketdata_assets.emulator.server import EmulatorServer
-from marketdata_assets.sources.binance_metrics import LONG_SHORT_RATIOS, OPEN_INTEREST
+from marketdata_assets.sources.binance_futures_statistics import LONG_SHORT_RATIOS, OPEN_INTEREST
 from marketdata_assets.sources.binance_archive import BinanceArchiveClient, MetricsFile, read_zipped_csv
-from marketdata_assets.sources.binance_metrics import (
-    BinanceMetricsSource,
-    BinanceStatsClient,
+from marketdata_assets.sources.binance_futures_statistics import (
+    BinanceStatisticsSource,
+    BinanceStatisticsClient,
     parse_metrics_archive,
     parse_open_interest_rows,
     parse_ratio_rows,
@@ -102,7 +102,7 @@ def test_rest_and_the_archive_agree_on_the_days_both_hold(emulator):
     day = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=5)
 
     async def both():
-        async with BinanceStatsClient(emulator.url) as rest, BinanceArchiveClient(emulator.url) as archive:
+        async with BinanceStatisticsClient(emulator.url) as rest, BinanceArchiveClient(emulator.url) as archive:
             over_rest = pl.concat([
                 await rest.fetch(metric, "BTCUSDT", day, day + dt.timedelta(days=1))
                 for metric in ("global_account", "top_trader_account", "top_trader_position", "taker_volume")
@@ -227,7 +227,7 @@ def test_checks_name_a_gap_a_negative_open_interest_and_a_zero_ratio(any_warehou
     from marketdata_assets.datasets.futures_statistics import snapshot_check_results
 
     async def fetch():
-        async with BinanceMetricsSource(BinanceStatsClient(emulator.url), BinanceArchiveClient(emulator.url)) as source:
+        async with BinanceStatisticsSource(BinanceStatisticsClient(emulator.url), BinanceArchiveClient(emulator.url)) as source:
             return (await source.fetch("open_interest", "BTCUSDT", utc(2024, 1, 1), utc(2024, 1, 3)),
                     await source.fetch("long_short", "BTCUSDT", utc(2024, 1, 1), utc(2024, 1, 3)))
 
@@ -268,7 +268,7 @@ def test_rest_detail_outlives_a_later_read_from_the_archive(any_warehouse_url):
 
 def test_the_rest_client_refuses_to_read_before_rest_retention(emulator):
     async def old():
-        async with BinanceStatsClient(emulator.url) as rest:
+        async with BinanceStatisticsClient(emulator.url) as rest:
             await rest.fetch("open_interest", "BTCUSDT", utc(2024, 1, 1), utc(2024, 1, 2))
 
     with pytest.raises(UpstreamRejected, match=r"code -1130: parameter 'startTime' is invalid"):

@@ -20,7 +20,7 @@ from marketdata_assets.coverage import klines_assets, klines_coverage
 from marketdata_assets.definitions import build_definitions
 from marketdata_assets.settings import Settings
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.binance import fetch_klines
+from marketdata_assets.sources.binance_klines_rest import fetch_klines
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, utc, with_settings
 from marketdata_tests.test_assets import BTC_SPOT_1M, dagster_materialize, run_range, spot_catalog, webserver

@@ -22,7 +22,7 @@ from marketdata_assets.datasets.base import Bounds, Dataset, Missing
 from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
 from marketdata_assets.sources.binance import BINANCE_FUTURES
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
-from marketdata_assets.sources.binance_metrics import BinanceMetricsSource, BinanceStatsClient
+from marketdata_assets.sources.binance_futures_statistics import BinanceStatisticsSource, BinanceStatisticsClient
 from marketdata_assets.warehouse import Warehouse
 
 METRICS_FROM = dt.date(2021, 12, 1)
@@ -74,9 +74,9 @@ class FuturesStatistic(Dataset):
             f"(ratios only), from {METRICS_FROM:%B %Y}. A day neither holds fails its partition."
         )
 
-    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceMetricsSource:
-        return BinanceMetricsSource(
-            BinanceStatsClient(upstreams.url(BINANCE_FUTURES.url_setting)),
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceStatisticsSource:
+        return BinanceStatisticsSource(
+            BinanceStatisticsClient(upstreams.url(BINANCE_FUTURES.url_setting)),
             BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)),
             dataset=self.name, listing_window_end=bounds.first_window_end,  # type: ignore[arg-type]
         )

@@ -3,7 +3,7 @@ all accounts, top-trader accounts and positions, taker buy/sell volume
 (`binance_perp/long_short/<SYMBOL>`), in market_data.long_short_ratios."""
 
 from marketdata_assets.datasets.futures_statistics import FuturesStatistic
-from marketdata_assets.sources.binance_metrics import LONG_SHORT_METRICS, LONG_SHORT_RATIOS
+from marketdata_assets.sources.binance_futures_statistics import LONG_SHORT_METRICS, LONG_SHORT_RATIOS
 
 
 class LongShort(FuturesStatistic):

@@ -2,7 +2,7 @@
 in market_data.open_interest: `open_interest` in the base asset, `open_interest_value` in the quote."""
 
 from marketdata_assets.datasets.futures_statistics import FuturesStatistic
-from marketdata_assets.sources.binance_metrics import OPEN_INTEREST
+from marketdata_assets.sources.binance_futures_statistics import OPEN_INTEREST
 
 
 class OpenInterest(FuturesStatistic):

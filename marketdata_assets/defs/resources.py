@@ -4,7 +4,8 @@ these two; its dataset opens its source from `upstreams` (datasets/<name>.py, `o
 import dagster as dg
 
 from marketdata_assets.settings import ENDPOINT_DEFAULTS, Settings
-from marketdata_assets.sources.binance import BINANCE_FUTURES, BINANCE_SPOT, BinanceKlinesClient, Market
+from marketdata_assets.sources.binance import BINANCE_FUTURES, BINANCE_SPOT
+from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient, Market
 from marketdata_assets.warehouse import Warehouse, open_warehouse
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 import polars as pl
 
 from marketdata_assets.schemas import KLINES
-from marketdata_assets.sources.binance import BinanceKlinesClient
+from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient
 from marketdata_assets.sources.binance_archive import (
     ARCHIVE_SOURCE,
     ArchiveFile,

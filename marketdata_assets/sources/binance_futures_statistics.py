@@ -8,7 +8,7 @@ Two sources, and neither holds everything:
 - the archive's daily `futures/um/daily/metrics/SYM/SYM-metrics-YYYY-MM-DD.zip` files hold the
   days before, from about December 2021, with the ratios alone (their parts are stored NULL).
 
-`BinanceMetricsSource` reads whole UTC days from REST from the first midnight inside REST's 30
+`BinanceStatisticsSource` reads whole UTC days from REST from the first midnight inside REST's 30
 days, and the days before from the archive, so the seam falls on a midnight and moves only once
 a day. A day that neither holds is a failure naming the file it lacks; it never reads as empty.
 Windows are half-open, [start, end), UTC; wire times are ms.
@@ -246,7 +246,7 @@ def parse_metrics_archive(csv: bytes, file: MetricsFile) -> tuple[pl.DataFrame, 
 STATISTICS_HOST = dataclasses.replace(BINANCE_FUTURES, used_weight_header=None)
 
 
-class BinanceStatsClient(UpstreamClient):
+class BinanceStatisticsClient(UpstreamClient):
     """The futures statistics over REST, 500 rows (about 41 hours) a request, several at once,
     paced to 1,000 requests per 5 minutes."""
 
@@ -286,7 +286,7 @@ class BinanceStatsClient(UpstreamClient):
 
 
 @dataclass
-class MetricsFetch:
+class StatisticsFetch:
     """What a window gave: its rows, the days no source could give, and where rows came from."""
 
     frame: pl.DataFrame
@@ -303,12 +303,12 @@ def rest_from(now: dt.datetime) -> dt.datetime:
     return midnight if midnight == edge else midnight + _DAY
 
 
-class BinanceMetricsSource:
+class BinanceStatisticsSource:
     """Open interest or long/short ratios for a window: REST from `rest_from(now)`, the archive's
     daily files before it. Days that cannot be read are `failures` of the fetch, the rest is read."""
 
     def __init__(
-        self, rest: BinanceStatsClient, archive: BinanceArchiveClient, clock: Clock = time.time, *,
+        self, rest: BinanceStatisticsClient, archive: BinanceArchiveClient, clock: Clock = time.time, *,
         dataset: Dataset | None = None, listing_window_end: dt.datetime | None = None,
     ):
         self.rest = rest
@@ -317,7 +317,7 @@ class BinanceMetricsSource:
         # What `read` (the source protocol) reads: one dataset, and the end of its listing window.
         self.dataset = dataset
         self.listing_window_end = listing_window_end
-        self._fetched: list[MetricsFetch] = []
+        self._fetched: list[StatisticsFetch] = []
 
     async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
         assert self.dataset is not None, "read() needs the source built for one dataset"
@@ -339,7 +339,7 @@ class BinanceMetricsSource:
         }
         return outcome
 
-    async def __aenter__(self) -> BinanceMetricsSource:
+    async def __aenter__(self) -> BinanceStatisticsSource:
         await self.rest.__aenter__()
         await self.archive.__aenter__()
         return self
@@ -350,12 +350,12 @@ class BinanceMetricsSource:
 
     async def fetch(
         self, dataset: Dataset, symbol: str, start: dt.datetime, end: dt.datetime, listing_window_end: dt.datetime | None = None
-    ) -> MetricsFetch:
+    ) -> StatisticsFetch:
         """The rows of `dataset` in [start, end) (UTC midnights). Days before `listing_window_end`
         that precede the first day the archive holds are before the listing: skipped, not failed."""
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         seam = rest_from(now)
-        result = MetricsFetch(TABLES[dataset].empty_frame())
+        result = StatisticsFetch(TABLES[dataset].empty_frame())
         parts = []
         rest_start, rest_end = max(start, seam), min(end, now)
         if rest_start < rest_end:
