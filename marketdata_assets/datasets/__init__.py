@@ -10,9 +10,9 @@ import importlib
 import pkgutil
 from functools import cache
 
-from marketdata_assets.datasets.base import Bounds, Dataset, Missing
+from marketdata_assets.datasets.base import Bounds, Dataset, InstrumentDataset, Missing
 
-__all__ = ["Bounds", "Dataset", "Missing", "all_datasets", "dataset", "groups", "venue_datasets"]
+__all__ = ["Bounds", "Dataset", "InstrumentDataset", "Missing", "all_datasets", "dataset", "groups", "venue_datasets"]
 
 
 @cache

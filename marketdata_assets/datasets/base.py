@@ -152,7 +152,8 @@ class Dataset:
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
         bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> list[dg.AssetCheckResult]:
-        """The results of the checks `names` over [start, end); each one's metadata names the window."""
+        """The results of the checks over [start, end) (at least those in `names`: the others are
+        dropped); each one's metadata names the window."""
         return []
 
     # --- the audit ---------------------------------------------------------------------------
@@ -181,3 +182,31 @@ class Dataset:
     def describe_series(self, series: Series, partitions: dg.TimeWindowPartitionsDefinition) -> str:
         return (f"{self.title} ({series.describe()}), in {self.table.qualified_name}; monthly UTC partitions "
                 f"from {partitions.start:%Y-%m-%d}, the one in progress included.")
+
+
+class InstrumentDataset(Dataset):
+    """A dataset of exchange instruments (catalog `instruments:` entries): one series per
+    instrument that keeps it, its rows found by venue and symbol, its key `<venue>_<market>/<name>/<SYMBOL>`."""
+
+    # The market of every instrument whose rows the table keeps without a market column.
+    table_market: ClassVar[str] = "perp"
+
+    def series_of(self, catalog: Catalog) -> list[Series]:
+        from marketdata_assets.catalog import Series
+
+        return [
+            Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument)
+            for instrument in catalog.instruments
+            if instrument.has_dataset(self.name) and instrument.start_date is not None
+        ]
+
+    def row_filter(self, series: Series) -> tuple[str, list[Any]]:
+        return "venue = ? AND symbol = ?", [series.venue, series.symbol]
+
+    def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
+        return (
+            f"SELECT venue || '_{self.table_market}/{self.name}/' || replace(symbol, '-', '_') AS series, "
+            f"count(*) AS rows, min({self.time_column}) AS first_time, max({self.time_column}) AS last_time "
+            f"FROM {self.table.qualified_name} WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) GROUP BY 1",
+            [symbol, symbol],
+        )

@@ -101,7 +101,7 @@ class FearGreed(Dataset):
         due = _day(now) - DAY
         reaches_today = end > now
         fresh = not reaches_today or (newest is not None and newest >= due)
-        results = [
+        return [
             dg.AssetCheckResult(
                 asset_key=key, check_name=VALUES_VALID, passed=rows.is_empty() and rejected.is_empty(),
                 severity=dg.AssetCheckSeverity.ERROR if rows.height else dg.AssetCheckSeverity.WARN,
@@ -130,7 +130,6 @@ class FearGreed(Dataset):
                 metadata={"window": window, "newest_day": str(newest or "none"), "due_day": str(due)},
             ),
         ]
-        return [result for result in results if result.check_name in names]
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,

@@ -16,8 +16,8 @@ import dagster as dg
 import polars as pl
 
 from marketdata_assets.audit import SAMPLES, samples_table
-from marketdata_assets.catalog import Catalog, Series
-from marketdata_assets.datasets.base import Bounds, Dataset, Missing
+from marketdata_assets.catalog import Series
+from marketdata_assets.datasets.base import Bounds, InstrumentDataset, Missing
 from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
 from marketdata_assets.sources.funding import FUNDING_RATES
 from marketdata_assets.sources import bybit, okx
@@ -142,7 +142,7 @@ def funding_check_results(
 
 
 
-class Funding(Dataset):
+class Funding(InstrumentDataset):
     name = "funding"
     table = FUNDING_RATES
     time_column = "funding_time"
@@ -154,13 +154,6 @@ class Funding(Dataset):
     gap_check = FUNDING_CADENCE
     instrument_venues = {"binance": ("perp",), "okx": ("perp",), "bybit": ("perp",)}
     moment_names = ("first_funding_time", "last_funding_time")
-
-    def series_of(self, catalog: Catalog) -> list[Series]:
-        return [
-            Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument)
-            for instrument in catalog.instruments
-            if instrument.has_dataset(self.name) and instrument.start_date is not None
-        ]
 
     def describe_series(self, series: Series, partitions: dg.TimeWindowPartitionsDefinition) -> str:
         return (f"Funding settlements of {series.describe()} at their exact reported times, in "
@@ -188,12 +181,8 @@ class Funding(Dataset):
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
         bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> list[dg.AssetCheckResult]:
-        results = funding_check_results(warehouse, key, series.venue, str(series.symbol), start, end,
-                                        bounds.first_window_end, bounds.current_window_start, now)
-        return [result for result in results if result.check_name in names]
-
-    def row_filter(self, series: Series) -> tuple[str, list[Any]]:
-        return "venue = ? AND symbol = ?", [series.venue, series.symbol]
+        return funding_check_results(warehouse, key, series.venue, str(series.symbol), start, end,
+                                     bounds.first_window_end, bounds.current_window_start, now)
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,
@@ -202,14 +191,6 @@ class Funding(Dataset):
         audit = audit_funding(warehouse, series.venue, str(series.symbol), start, end, bounds.first_window_end,
                               bounds.current_window_start, now)
         return Missing(audit.expected, len(audit.missing), [(m, m + FUNDING_INTERVAL) for m in audit.missing])
-
-    def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
-        return (
-            "SELECT venue || '_perp/funding/' || replace(symbol, '-', '_') AS series, count(*) AS rows, "
-            "min(funding_time) AS first_time, max(funding_time) AS last_time FROM market_data.funding_rates "
-            "WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) GROUP BY 1",
-            [symbol, symbol],
-        )
 
 
 DATASET = Funding()

@@ -17,8 +17,8 @@ import dagster as dg
 import polars as pl
 
 from marketdata_assets.audit import SAMPLES, Interval, samples_table
-from marketdata_assets.catalog import Catalog, Series
-from marketdata_assets.datasets.base import Bounds, Dataset, Missing
+from marketdata_assets.catalog import Series
+from marketdata_assets.datasets.base import Bounds, InstrumentDataset, Missing
 from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
 from marketdata_assets.sources.binance import BINANCE_FUTURES
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
@@ -46,7 +46,7 @@ class SnapshotAudit:
         return sum(int((b - a) / SNAPSHOT_INTERVAL) for a, b in self.gaps)
 
 
-class FuturesStatistic(Dataset):
+class FuturesStatistic(InstrumentDataset):
     time_column = "snapshot_time"
     unit = "snapshots"
     earliest = METRICS_FROM
@@ -59,13 +59,6 @@ class FuturesStatistic(Dataset):
     broken_sql: ClassVar[str]
     rule: ClassVar[str]
     what: ClassVar[str]  # the series, in words
-
-    def series_of(self, catalog: Catalog) -> list[Series]:
-        return [
-            Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument)
-            for instrument in catalog.instruments
-            if instrument.has_dataset(self.name) and instrument.start_date is not None
-        ]
 
     def describe_series(self, series: Series, partitions: dg.TimeWindowPartitionsDefinition) -> str:
         return (
@@ -168,12 +161,8 @@ class FuturesStatistic(Dataset):
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
         bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> list[dg.AssetCheckResult]:
-        results = self.snapshot_checks(warehouse, key, series.venue, str(series.symbol), start, end,
-                                       bounds.first_window_end, bounds.current_window_start, now)
-        return [result for result in results if result.check_name in names]
-
-    def row_filter(self, series: Series) -> tuple[str, list[Any]]:
-        return "venue = ? AND symbol = ?", [series.venue, series.symbol]
+        return self.snapshot_checks(warehouse, key, series.venue, str(series.symbol), start, end,
+                                    bounds.first_window_end, bounds.current_window_start, now)
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,
@@ -184,14 +173,6 @@ class FuturesStatistic(Dataset):
                                 bounds.current_window_start, now):
             found.add(Missing(audit.expected, audit.missing, list(audit.gaps)))
         return found
-
-    def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
-        return (
-            f"SELECT venue || '_perp/{self.name}/' || replace(symbol, '-', '_') AS series, count(*) AS rows, "
-            f"min(snapshot_time) AS first_time, max(snapshot_time) AS last_time FROM {self.table.qualified_name} "
-            "WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) GROUP BY 1",
-            [symbol, symbol],
-        )
 
 
 def snapshot_check_results(

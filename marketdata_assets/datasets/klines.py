@@ -14,7 +14,7 @@ import dagster as dg
 
 from marketdata_assets.audit import BarSeries
 from marketdata_assets.catalog import Catalog, Instrument, Series
-from marketdata_assets.datasets.base import Bounds, Dataset
+from marketdata_assets.datasets.base import Bounds, InstrumentDataset
 from marketdata_assets.defs.checks import GAP_COUNT, KLINES_CHECKS, klines_check_results, klines_check_specs
 from marketdata_assets.defs.partitions import monthly_partitions, partition_bounds
 from marketdata_assets.schemas import KLINES
@@ -44,7 +44,7 @@ def klines_series(instrument: Instrument, tf: Timeframe, partitions: dg.TimeWind
                      current_window_start)
 
 
-class Klines(Dataset):
+class Klines(InstrumentDataset):
     name = "klines"
     table = KLINES
     time_column = "open_time"

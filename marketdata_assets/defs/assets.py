@@ -61,8 +61,9 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         names = {check.name for check in context.selected_asset_check_keys}
 
         def checks() -> list[dg.AssetCheckResult]:
-            return dataset.check_results(store, key, series, window.start, window.end, bounds,
-                                         dt.datetime.now(dt.UTC), names)
+            results = dataset.check_results(store, key, series, window.start, window.end, bounds,
+                                            dt.datetime.now(dt.UTC), names)
+            return [result for result in results if result.check_name in names]
 
         if key not in context.selected_asset_keys:  # the checks alone
             yield from checks()
