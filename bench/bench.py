@@ -364,7 +364,7 @@ def build_report_state(work: Path) -> tuple[Path, dict[str, str]]:
 
     from marketdata_assets.catalog import load_catalog
     from marketdata_assets.coverage import klines_assets
-    from marketdata_assets.defs.checks import KLINES_CHECKS
+    from marketdata_assets.defs.quality.checks import KLINES_CHECKS
     from marketdata_assets.warehouse.duckdb import DuckDBWarehouse
 
     catalog_path = work / "report_catalog.yaml"

@@ -7,7 +7,7 @@ import dagster as dg
 
 from marketdata_assets.catalog import load_catalog
 from marketdata_assets.datasets import dataset
-from marketdata_assets.defs.resources import resources_from
+from marketdata_assets.defs.ingest.resources import resources_from
 from marketdata_assets.settings import Settings
 
 settings = Settings.from_env()

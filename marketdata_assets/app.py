@@ -142,7 +142,7 @@ def backfill_selection(
     from marketdata_assets import backfills
     from marketdata_assets.catalog import CatalogError
     from marketdata_assets.definitions import build_definitions
-    from marketdata_assets.defs.partitions import partitions_between
+    from marketdata_assets.defs.ingest.partitions import partitions_between
 
     now = dt.datetime.now(dt.UTC)
     wanted = [s.strip() for raw in symbols for s in raw.split(",") if s.strip()]

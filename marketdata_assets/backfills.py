@@ -20,8 +20,8 @@ from marketdata_assets.dagster_internals import (
 )
 
 from marketdata_assets.datasets import all_datasets, dataset as dataset_named, groups
-from marketdata_assets.defs.automation import dataset_of
-from marketdata_assets.defs.partitions import adjacent_runs, partitions_between
+from marketdata_assets.defs.operations import dataset_of
+from marketdata_assets.defs.ingest.partitions import adjacent_runs, partitions_between
 
 
 class BackfillError(Exception):

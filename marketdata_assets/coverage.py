@@ -38,9 +38,9 @@ from marketdata_assets.audit import (
 )
 from marketdata_assets.catalog import Catalog, Instrument, Series
 from marketdata_assets.datasets import Bounds, Dataset, Missing, dataset
-from marketdata_assets.defs.checks import KLINES_CHECKS
+from marketdata_assets.defs.quality.checks import KLINES_CHECKS
 from marketdata_assets.datasets.klines import KLINES_CADENCE, klines_asset_key, klines_partitions, klines_series
-from marketdata_assets.defs.partitions import partition_bounds
+from marketdata_assets.defs.ingest.partitions import partition_bounds
 from marketdata_assets.timeframes import next_month, timeframe
 from marketdata_assets.warehouse import Warehouse
 

@@ -6,8 +6,8 @@ import dagster as dg
 
 from marketdata_assets.catalog import load_catalog
 from marketdata_assets.datasets import dataset
-from marketdata_assets.defs.automation import automation
-from marketdata_assets.defs.resources import resources_from
+from marketdata_assets.defs.operations import automation
+from marketdata_assets.defs.ingest.resources import resources_from
 from marketdata_assets.settings import Settings
 
 

@@ -12,14 +12,14 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
 
 from marketdata_assets.definitions import build_definitions
-from marketdata_assets.defs.automation import (
+from marketdata_assets.defs.operations.repair import (
     REPAIR_ATTEMPTS,
     REPAIR_BACKOFF,
     REPAIR_RUNS_PER_TICK,
-    IncrementalJob,
     RepairState,
     plan_repairs,
 )
+from marketdata_assets.defs.operations.schedules import IncrementalJob
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import with_settings, write_catalog
 from marketdata_tests.test_assets import MATERIALIZED

@@ -115,19 +115,19 @@ class Dataset:
         return dg.AssetKey([series.source, self.name, *([series.slug] if series.key else [])])
 
     def partitions(self, series: Series) -> dg.TimeWindowPartitionsDefinition:
-        from marketdata_assets.defs.partitions import monthly_partitions
+        from marketdata_assets.defs.ingest.partitions import monthly_partitions
 
         start = max(series.start_date, self.earliest) if self.earliest else series.start_date
         return monthly_partitions(start)
 
     def build_asset(self, series: Series, warehouse_kind: str) -> dg.AssetsDefinition:
-        """The asset of one series: the one asset body (defs/assets.py)."""
-        from marketdata_assets.defs.assets import build_dataset_asset
+        """The asset of one series: the one asset body (defs/ingest/assets.py)."""
+        from marketdata_assets.defs.ingest.assets import build_dataset_asset
 
         return build_dataset_asset(self, series, warehouse_kind)
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> Any:
-        """The source (sources/protocol.py) of `series`, from `upstreams` (defs/resources.py)."""
+        """The source (sources/protocol.py) of `series`, from `upstreams` (defs/ingest/resources.py)."""
         raise NotImplementedError(f"{self.name} declares no source")
 
     def asset_metadata(self, series: Series) -> dict[str, Any]:

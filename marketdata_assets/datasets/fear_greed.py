@@ -17,7 +17,7 @@ import polars as pl
 from marketdata_assets.audit import SAMPLES, samples_table
 from marketdata_assets.catalog import Series
 from marketdata_assets.datasets.base import Bounds, Dataset, Missing
-from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
+from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
 from marketdata_assets.schemas import UTC_TIME, TableSpec
 from marketdata_assets.sources.alternative_me import BANDS, VENUE, FearGreedSource
 from marketdata_assets.warehouse import Warehouse

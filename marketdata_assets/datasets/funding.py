@@ -18,7 +18,7 @@ import polars as pl
 from marketdata_assets.audit import SAMPLES, samples_table
 from marketdata_assets.catalog import Series
 from marketdata_assets.datasets.base import Bounds, InstrumentDataset, Missing
-from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
+from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
 from marketdata_assets.sources.funding import FUNDING_RATES
 from marketdata_assets.sources import bybit, okx
 from marketdata_assets.sources.binance import BINANCE_FUTURES

@@ -19,7 +19,7 @@ import polars as pl
 from marketdata_assets.audit import SAMPLES, Interval, samples_table
 from marketdata_assets.catalog import Series
 from marketdata_assets.datasets.base import Bounds, InstrumentDataset, Missing
-from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
+from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
 from marketdata_assets.sources.binance import BINANCE_FUTURES
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
 from marketdata_assets.sources.binance_futures_statistics import BinanceStatisticsSource, BinanceStatisticsClient

@@ -1,7 +1,7 @@
 """Klines: closed candles of exchange instruments, one asset per instrument and timeframe
 (`<venue>_<market>/klines_<tf>/<SYMBOL>`), in market_data.klines, from Binance's archive and REST.
 
-Monthly partitions for every timeframe (defs/partitions.py says why; a month is also the
+Monthly partitions for every timeframe (defs/ingest/partitions.py says why; a month is also the
 archive's file), the one in progress included. Checks: `ohlc_valid`, `gap_count`, `no_unclosed_bars`.
 """
 
@@ -15,8 +15,8 @@ import dagster as dg
 from marketdata_assets.audit import BarSeries
 from marketdata_assets.catalog import Catalog, Instrument, Series
 from marketdata_assets.datasets.base import Bounds, InstrumentDataset
-from marketdata_assets.defs.checks import GAP_COUNT, KLINES_CHECKS, klines_check_results, klines_check_specs
-from marketdata_assets.defs.partitions import monthly_partitions, partition_bounds
+from marketdata_assets.defs.quality.checks import GAP_COUNT, KLINES_CHECKS, klines_check_results, klines_check_specs
+from marketdata_assets.defs.ingest.partitions import monthly_partitions, partition_bounds
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource

@@ -61,7 +61,7 @@ def klines_check_specs(key: dg.AssetKey, partitions_def: dg.PartitionsDefinition
 
 
 # Every gap check (each dataset's `gap_check`) lists the windows it found missing and
-# could not explain, for the gap-repair sensor to map onto partitions (defs/automation.py).
+# could not explain, for the gap-repair sensor to map onto partitions (defs/operations/repair.py).
 UNEXPLAINED_WINDOWS = "unexplained_windows"
 WINDOWS_LISTED = 500
 

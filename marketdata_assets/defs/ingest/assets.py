@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from marketdata_assets.defs.partitions import partial_outcome, partition_bounds, venue_pool
+from marketdata_assets.defs.ingest.partitions import partial_outcome, partition_bounds, venue_pool
 from marketdata_assets.ingest import ingest
 
 if TYPE_CHECKING:

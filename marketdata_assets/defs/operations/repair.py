@@ -1,15 +1,6 @@
-"""Daily operations: the incremental schedules and the gap-repair sensor, on by default.
-
-**Schedules, not `AutomationCondition.on_cron`.** Our partitions are months, the one in progress
-included, so "the newest closed day" is a re-run of the current month, and after the daemon was
-down across a month's end the closing days of the month before are missing too. `on_cron`
-requests only the latest time window, and no built-in condition knows that a partition was last
-materialized before its window closed. A schedule's evaluation reads exactly that from the
-instance and requests one range run per job, its reasons in the tick log.
-
-One job (and schedule) per dataset and PartitionsDefinition: a run of partition keys needs every
-asset it selects to share one.
-"""
+"""The gap-repair sensor, on by default: it re-runs the partitions whose latest run failed and
+those whose gap check (each dataset's `gap_check`) found unexplained gaps, bounded and backed off,
+and never windows verified empty."""
 
 from __future__ import annotations
 
@@ -17,25 +8,16 @@ import datetime as dt
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import dagster as dg
-from marketdata_assets.dagster_internals import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    NOT_FINISHED_STATUSES,
-    AssetCheckExecutionRecordStatus,
-)
 
 from marketdata_assets.coverage import partition_statuses, status_subsets
-from marketdata_assets.datasets import Dataset, dataset as dataset_named
-from marketdata_assets.defs.checks import UNEXPLAINED_WINDOWS, parse_window_text
-from marketdata_assets.defs.partitions import adjacent_runs, partitions_between
-
-RANGE_START, RANGE_END = ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG
-TRIGGER_TAG = "marketdata/trigger"
+from marketdata_assets.dagster_internals import NOT_FINISHED_STATUSES, AssetCheckExecutionRecordStatus
+from marketdata_assets.defs.ingest.partitions import adjacent_runs, partitions_between
+from marketdata_assets.defs.operations.schedules import RANGE_END, RANGE_START, TRIGGER_TAG, IncrementalJob, Plan
+from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, parse_window_text
 
 # Repairs: at most this many re-runs of a window, waiting this long after each one, and at most
 # this many runs a tick, so a venue that is down gets a trickle of runs, not a storm.
@@ -43,159 +25,6 @@ REPAIR_ATTEMPTS = 3
 REPAIR_BACKOFF = (dt.timedelta(minutes=15), dt.timedelta(hours=1), dt.timedelta(hours=4))
 REPAIR_RUNS_PER_TICK = 5
 REPAIR_INTERVAL_S = 300
-
-
-def dataset_of(asset: dg.AssetsDefinition | dg.AssetSpec) -> str:
-    """The dataset an asset keeps: every asset's metadata names it."""
-    spec = asset if isinstance(asset, dg.AssetSpec) else next(iter(asset.specs))
-    return str(spec.metadata["dataset"])
-
-
-@dataclass(frozen=True)
-class IncrementalJob:
-    """The assets of one dataset sharing a PartitionsDefinition: one job, one schedule."""
-
-    dataset: str
-    partitions: dg.TimeWindowPartitionsDefinition
-    keys: tuple[dg.AssetKey, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset}_from_{self.partitions.start:%Y_%m}"
-
-    @property
-    def declared(self) -> Dataset:
-        return dataset_named(self.dataset)
-
-    @cached_property
-    def job(self) -> dg.UnresolvedAssetJobDefinition:
-        return dg.define_asset_job(
-            self.name,
-            selection=dg.AssetSelection.assets(*self.keys),
-            description=f"{self.dataset} of {len(self.keys)} assets whose partitions begin {self.partitions.start:%Y-%m}.",
-        )
-
-
-def incremental_jobs(assets: Iterable[dg.AssetsDefinition]) -> list[IncrementalJob]:
-    groups: dict[tuple[str, dg.TimeWindowPartitionsDefinition], list[dg.AssetKey]] = defaultdict(list)
-    for asset in assets:
-        assert isinstance(asset.partitions_def, dg.TimeWindowPartitionsDefinition)
-        groups[(dataset_of(asset), asset.partitions_def)].append(asset.key)
-    return [
-        IncrementalJob(dataset, partitions, tuple(sorted(keys, key=lambda k: k.path)))
-        for (dataset, partitions), keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1].start))
-    ]
-
-
-@dataclass
-class Plan:
-    """What an evaluation requests, and why, one line per decision."""
-
-    requests: list[dg.RunRequest] = field(default_factory=list)
-    decisions: list[str] = field(default_factory=list)
-
-
-def _latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> float | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-    ).records
-    return records[0].timestamp if records else None
-
-
-def stale_partitions(
-    instance: dg.DagsterInstance, key: dg.AssetKey, partitions: dg.TimeWindowPartitionsDefinition, now: dt.datetime,
-) -> tuple[list[str], str]:
-    """The partitions of `key` an incremental at `now` must run, and since when they were missed.
-
-    Missed is everything whose window ends after the newest partition was last materialized (on
-    a fresh instance: after the day before `now`), unless it was materialized after it closed.
-    So a daily run re-reads the month in progress, and after days without runs the months those
-    days fell in are read again, the one that closed meanwhile included. If the partition before
-    the newest was last materialized before it closed (the newest was run by hand while the
-    daemon was down across its start), missed begins there.
-    """
-    keys = list(partitions.get_partition_keys(current_time=now))
-    materialized = instance.get_materialized_partitions(key)
-    done = [k for k in keys if k in materialized]
-    done_at: dict[str, float | None] = {}
-
-    def materialized_at(partition: str) -> float | None:
-        if partition not in done_at:
-            done_at[partition] = _latest_materialization(instance, key, partition) if partition in materialized else None
-        return done_at[partition]
-
-    def closed_since(partition: str) -> bool:
-        at = materialized_at(partition)
-        return at is not None and at >= partitions.time_window_for_partition_key(partition).end.timestamp()
-
-    head_time = materialized_at(done[-1]) if done else None
-    if len(done) > 1 and head_time is not None and not closed_since(done[-2]):
-        head_time = min(head_time, materialized_at(done[-2]))  # type: ignore[type-var]
-    since = (
-        dt.datetime.fromtimestamp(head_time, dt.UTC) if head_time is not None else now - dt.timedelta(days=1)
-    )
-    stale = [
-        partition for partition in keys
-        if partitions.time_window_for_partition_key(partition).end > since and not closed_since(partition)
-    ]
-    reason = f"last materialized {since:%Y-%m-%d %H:%M} UTC" if head_time is not None else "never materialized"
-    return stale, reason
-
-
-def plan_incremental(
-    instance: dg.DagsterInstance, job: IncrementalJob, now: dt.datetime, tick: str,
-) -> Plan:
-    """One range run per set of assets of `job` that missed the same partitions."""
-    plan = Plan()
-    in_flight = instance.get_runs(dg.RunsFilter(job_name=job.name, statuses=NOT_FINISHED_STATUSES), limit=1)
-    if in_flight:
-        plan.decisions.append(f"{job.name}: run {in_flight[0].run_id} is still {in_flight[0].status.value}; "
-                              "the next tick picks up what it leaves")
-        return plan
-    by_range: dict[tuple[str, str], list[dg.AssetKey]] = defaultdict(list)
-    for key in job.keys:
-        stale, reason = stale_partitions(instance, key, job.partitions, now)
-        if not stale:
-            plan.decisions.append(f"{key.to_user_string()}: up to date ({reason})")
-            continue
-        plan.decisions.append(
-            f"{key.to_user_string()}: {reason}; runs {stale[0]}...{stale[-1]} ({len(stale)} partitions)"
-        )
-        by_range[(stale[0], stale[-1])].append(key)
-    for (first, last), keys in sorted(by_range.items()):
-        plan.requests.append(dg.RunRequest(
-            run_key=f"{tick}:{first}...{last}:{','.join(k.to_user_string() for k in keys)}",
-            asset_selection=keys,
-            tags={RANGE_START: first, RANGE_END: last, TRIGGER_TAG: "incremental"},
-        ))
-    return plan
-
-
-def incremental_schedule(job: IncrementalJob, cron: str | None) -> dg.ScheduleDefinition:
-    cron = cron or job.declared.cron
-
-    @dg.schedule(
-        name=f"{job.name}_incremental",
-        job=job.job,
-        cron_schedule=cron,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=(
-            f"Keeps {job.dataset} current ({cron} UTC): re-runs the month in progress and every "
-            "partition missed since the last run, in one range run."
-        ),
-    )
-    def incremental(context: dg.ScheduleEvaluationContext):
-        tick = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).isoformat()
-        plan = plan_incremental(context.instance, job, dt.datetime.now(dt.UTC), tick)
-        for line in plan.decisions:
-            context.log.info(line)
-        return plan.requests or dg.SkipReason("; ".join(plan.decisions))
-
-    return incremental
-
-
-# --- gap repair ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -391,13 +220,3 @@ def gap_repair_sensor(jobs: Sequence[IncrementalJob]) -> dg.SensorDefinition:
         )
 
     return gap_repair
-
-
-def automation(assets: Sequence[dg.AssetsDefinition], cron: str | None = None):
-    """(jobs, schedules, sensors) for `assets`: a daily incremental per job, and the repair sensor."""
-    jobs = incremental_jobs(assets)
-    return (
-        [job.job for job in jobs],
-        [incremental_schedule(job, cron) for job in jobs],
-        [gap_repair_sensor(jobs)] if jobs else [],
-    )

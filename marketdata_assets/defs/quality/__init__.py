@@ -1,0 +1,1 @@
+"""Quality: the checks (klines' own, and what every dataset's checks share)."""
