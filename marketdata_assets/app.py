@@ -52,17 +52,19 @@ def coverage(symbols: Sequence[str], dataset: str | None = "klines") -> Coverage
     from marketdata_assets.datasets import all_datasets
     from marketdata_assets.warehouse import WarehouseError, open_warehouse
 
-    known = [each.name for each in all_datasets()]
+    known = {each.name: each for each in all_datasets()}
     if dataset is not None and dataset not in known:
         raise AppError(f"unknown dataset {dataset!r} (known: {', '.join(known)})")
+    # klines' bars are audited in detail (their own table); every other dataset by its `missing` rule
+    detailed = dataset is None or known[dataset].detailed_audit
     try:
         settings = Settings.from_env()
         catalog = load_catalog(settings.catalog_path)
         warehouse = open_warehouse(settings.warehouse_url)
     except (CatalogError, WarehouseError, ValueError) as exc:
         raise AppError(str(exc)) from None
-    assets = klines_assets(catalog, symbols) if dataset in (None, "klines") else []
-    others = series_assets(catalog, symbols, [dataset] if dataset else []) if dataset != "klines" else []
+    assets = klines_assets(catalog, symbols) if detailed else []
+    others = series_assets(catalog, symbols, [dataset] if dataset else []) if dataset is None or not detailed else []
     unknown = sorted(set(symbols) - {asset.instrument.symbol for asset in assets} - {a.series.symbol for a in others})
     if unknown:
         raise AppError(f"no {dataset + ' ' if dataset else ''}asset for symbol {', '.join(unknown)} in the catalog")
