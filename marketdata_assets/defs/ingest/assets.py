@@ -72,7 +72,7 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end)
         outcome = report.outcome
         context.log.info(
-            f"{series.describe()} {dataset.name} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
+            f"{key.to_user_string()} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
             f"{report.rows_written} rows in {report.seconds:.1f} s, "
             + ", ".join(f"{rows} from {origin}" for origin, rows in sorted(outcome.rows_by_source.items()))
             + f"; {outcome.requests} requests, {report.rows_rejected} rows rejected, {len(report.failures)} windows failed"
@@ -81,8 +81,7 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         if report.failures:
             # Some windows could not be read: record the partitions that did land, then fail.
             yield from partial_outcome(
-                context, key, partitions, report.failures, report.rows_written,
-                f"{series.describe()} {dataset.name}", results,
+                context, key, partitions, report.failures, report.rows_written, key.to_user_string(), results,
             )
             return
         yield dg.MaterializeResult(asset_key=key, check_results=results, metadata={
