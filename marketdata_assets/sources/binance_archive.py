@@ -100,7 +100,7 @@ class ArchiveFile:
 
 @dataclass(frozen=True)
 class FundingFile:
-    """One month of a USD-M perpetual's funding rates in the archive."""
+    """One month of a USD-M perpetual's `fundingRate` file in the archive."""
 
     symbol: str
     month: dt.date  # first day of the month
