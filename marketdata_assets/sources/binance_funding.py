@@ -25,6 +25,7 @@ from marketdata_assets.sources.binance_archive import (
 from marketdata_assets.sources.errors import MalformedResponse, read_columns, same_symbol
 from marketdata_assets.timeframes import next_month
 from marketdata_assets.sources.funding import FUNDING_RATES, ReadsWholeWindows, funding_frame
+from marketdata_assets.sources.protocol import RestAndArchive
 from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
 
 FUNDING_PATH = "/fapi/v1/fundingRate"
@@ -110,7 +111,7 @@ class BinanceFundingClient(UpstreamClient):
         return pl.concat(parts) if parts else FUNDING_RATES.empty_frame()
 
 
-class BinanceFundingSource(ReadsWholeWindows):
+class BinanceFundingSource(RestAndArchive, ReadsWholeWindows):
     """Funding rates from the archive's monthly files for months that are over (REST where a file
     is missing) and from REST for the month in progress."""
 
@@ -124,15 +125,6 @@ class BinanceFundingSource(ReadsWholeWindows):
     @property
     def requests(self) -> int:
         return self.rest.stats.requests
-
-    async def __aenter__(self) -> BinanceFundingSource:
-        await self.rest.__aenter__()
-        await self.archive.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.rest.__aexit__(*exc_info)
-        await self.archive.__aexit__(*exc_info)
 
     async def fetch(self, symbol: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
         """Every settlement with funding_time in [start, end), ascending, each once."""

@@ -46,7 +46,7 @@ from marketdata_assets.sources.errors import (
     same_symbol,
 )
 from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
-from marketdata_assets.sources.protocol import SourceOutcome
+from marketdata_assets.sources.protocol import RestAndArchive, SourceOutcome
 
 # Open interest of perpetual futures: one snapshot every 5 minutes.
 OPEN_INTEREST = TableSpec(
@@ -303,7 +303,7 @@ def rest_from(now: dt.datetime) -> dt.datetime:
     return midnight if midnight == edge else midnight + _DAY
 
 
-class BinanceStatisticsSource:
+class BinanceStatisticsSource(RestAndArchive):
     """Open interest or long/short ratios for a window: REST from `rest_from(now)`, the archive's
     daily files before it. Days that cannot be read are `failures` of the fetch, the rest is read."""
 
@@ -338,15 +338,6 @@ class BinanceStatisticsSource:
             "days_before_listing": sum(len(f.before_listing) for f in self._fetched),
         }
         return outcome
-
-    async def __aenter__(self) -> BinanceStatisticsSource:
-        await self.rest.__aenter__()
-        await self.archive.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.rest.__aexit__(*exc_info)
-        await self.archive.__aexit__(*exc_info)
 
     async def fetch(
         self, dataset: Dataset, symbol: str, start: dt.datetime, end: dt.datetime, listing_window_end: dt.datetime | None = None

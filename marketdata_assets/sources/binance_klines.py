@@ -35,7 +35,7 @@ from marketdata_assets.sources.binance_archive import (
 )
 from marketdata_assets.sources.errors import PieceFailure, UpstreamBanned, UpstreamError, UpstreamRejected
 from marketdata_assets.sources.http import Clock
-from marketdata_assets.sources.protocol import SourceOutcome
+from marketdata_assets.sources.protocol import RestAndArchive, SourceOutcome
 from marketdata_assets.timeframes import Timeframe, next_month, timeframe
 
 SourceMode = Literal["auto", "archive", "rest"]
@@ -106,7 +106,7 @@ def _clip(frame: pl.DataFrame, start: dt.datetime, end: dt.datetime) -> pl.DataF
     return frame.filter((pl.col("open_time") >= start) & (pl.col("open_time") < end))
 
 
-class BinanceKlinesSource:
+class BinanceKlinesSource(RestAndArchive):
     """Closed klines of one Binance market from the archive and/or REST, per `mode`.
 
     Use as `async with BinanceKlinesSource(...) as source: async for frame in source.frames(...)`.
@@ -134,17 +134,6 @@ class BinanceKlinesSource:
         self.rows_by_source: Counter[str] = Counter()
         self.failures: list[PieceFailure] = []
         self.rest_bars_per_frame = 200_000  # REST bars a frame of `read` holds at most
-
-    async def __aenter__(self) -> BinanceKlinesSource:
-        await self.rest.__aenter__()
-        if self.archive is not None:
-            await self.archive.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.rest.__aexit__(*exc_info)
-        if self.archive is not None:
-            await self.archive.__aexit__(*exc_info)
 
     async def frames(
         self, symbol: str, timeframe_name: str, start: dt.datetime, end: dt.datetime, rest_bars_per_frame: int

@@ -45,3 +45,22 @@ class Source(Protocol):
     def outcome(self) -> SourceOutcome:
         """What the reads so far met; rejected rows are handed over once."""
         ...
+
+
+class RestAndArchive:
+    """A source reading from a REST client and (when it has one) an archive client: `async with`
+    opens both and closes both."""
+
+    rest: Any
+    archive: Any
+
+    async def __aenter__(self) -> Any:
+        await self.rest.__aenter__()
+        if self.archive is not None:
+            await self.archive.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.rest.__aexit__(*exc_info)
+        if self.archive is not None:
+            await self.archive.__aexit__(*exc_info)
