@@ -44,6 +44,13 @@ def _start_not_in_future(start: dt.date | None) -> dt.date | None:
     return start
 
 
+def _earliest(dataset_name: str) -> dt.date | None:
+    """The first day a dataset has anywhere, if it declares one (registry, imported late)."""
+    from marketdata_assets.datasets import dataset
+
+    return dataset(dataset_name).earliest
+
+
 class CatalogError(ValueError):
     """The catalog cannot be used; the message names the file, the entry and the field."""
 
@@ -246,6 +253,9 @@ class Catalog(BaseModel):
         object.__setattr__(self, "instruments", tuple(filled))
         keys_seen: dict[tuple[str, str, str | None], int] = {}
         for index, entry in enumerate(self.series):
+            if entry.start_date is None and self.start_date is None and _earliest(entry.dataset) is None:
+                raise ValueError(f"series[{index}] ({entry.describe()}): start_date is required "
+                                 "(on the entry or at the top level)")
             for key in entry.keys or (None,):
                 ident = (entry.source, entry.dataset, key)
                 if ident in keys_seen:
