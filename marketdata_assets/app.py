@@ -119,7 +119,7 @@ def plan_seed(env: Mapping[str, str], from_raw: str | None, to_raw: str | None) 
     that is not materialized yet, with the settings of `env`."""
     from marketdata_assets import backfills
     from marketdata_assets.catalog import CatalogError
-    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.defs.location import build_definitions
 
     now = dt.datetime.now(dt.UTC)
     try:
@@ -143,7 +143,7 @@ def backfill_selection(
     partitions of its assets (of `symbols`, comma-separated or repeated) overlapping from..to."""
     from marketdata_assets import backfills
     from marketdata_assets.catalog import CatalogError
-    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.defs.location import build_definitions
     from marketdata_assets.defs.ingest.partitions import partitions_between
 
     now = dt.datetime.now(dt.UTC)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from marketdata_assets.timeframes import TIMEFRAMES
 
 PACKAGED_CATALOG = "catalog.yaml"
-_SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]*$")
+_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]*")  # the whole symbol (fullmatch): no whitespace, no newline
 
 
 def _venue_datasets() -> dict[str, dict[str, tuple[str, ...]]]:
@@ -80,7 +80,7 @@ class Instrument(BaseModel):
     @field_validator("symbol")
     @classmethod
     def _venue_native_symbol(cls, symbol: str) -> str:
-        if not _SYMBOL.match(symbol):
+        if not _SYMBOL.fullmatch(symbol):
             raise ValueError(
                 f"{symbol!r} is not a venue-native symbol (upper-case letters and digits, "
                 "e.g. BTCUSDT or BTC-USDT)"
@@ -229,6 +229,11 @@ class Catalog(BaseModel):
     start_date: dt.date | None = None
     instruments: tuple[Instrument, ...] = ()
     series: tuple[SeriesEntry, ...] = ()
+
+    @field_validator("start_date")
+    @classmethod
+    def _not_in_future(cls, start: dt.date | None) -> dt.date | None:
+        return _start_not_in_future(start)
 
     @model_validator(mode="after")
     def _fill_start_and_reject_duplicates(self) -> Catalog:

@@ -170,7 +170,7 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
     """Fetch every unexplained gap again: store what comes back, record what does not as
     verified empty (market_data.known_gaps), then run the checks of the partitions concerned
     again, so the UI shows the same. Exit 1 if a gap could not be fetched."""
-    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.defs.location import build_definitions
     from marketdata_assets.defs.quality.checks import run_klines_checks
     from marketdata_assets.defs.ingest.resources import resources_from
     from marketdata_assets.verify import verify_gaps

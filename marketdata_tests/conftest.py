@@ -45,6 +45,15 @@ class TimeWarp:
         time.sleep((target - now) / self.speed)
 
 
+@pytest.fixture(autouse=True)
+def no_ban_outlives_its_test() -> Iterator[None]:
+    """A ban an emulator gave is that emulator's: its port may be handed to the next test's."""
+    yield
+    from marketdata_assets.sources.http import Bans
+
+    Bans.clear()
+
+
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[EmulatorServer]:
     """The default emulator: Binance's real limits, no faults."""

@@ -178,6 +178,32 @@ def test_an_ip_ban_stops_the_fetch_and_says_when_it_ends():
     assert f"IP banned until {ban_end:%Y-%m-%d %H:%M:%S} UTC" in str(caught.value)
 
 
+def test_after_a_ban_no_client_of_the_process_asks_that_host_again_until_it_ends():
+    from marketdata_assets.sources.binance_funding import BinanceFundingClient
+
+    config = EmulatorConfig(spot_weight_limit=4, futures_weight_limit=4, ban_after_violations=1, ban_grace_s=0,
+                            ban_seconds=600)
+    with EmulatorServer(config) as emu:
+        for _ in range(4):  # someone on this IP ignores the 429 and earns the ban
+            httpx.get(emu.url + "/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1d", "limit": 1})
+        with pytest.raises(UpstreamBanned) as first:
+            fetch_klines("spot", emu.url, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 1, 2))
+        sent = sum(emu.binance.ledgers["spot"].answers.values()) + sum(emu.binance.ledgers["perp"].answers.values())
+
+        async def funding():
+            async with BinanceFundingClient(emu.url) as client:
+                return await client.fetch("BTCUSDT", utc(2024, 1, 1), utc(2024, 1, 2))
+
+        for again in (lambda: fetch_klines("perp", emu.url, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 1, 2)),
+                      lambda: asyncio.run(funding())):
+            with pytest.raises(UpstreamBanned) as caught:
+                again()
+            assert abs(caught.value.until - first.value.until) < dt.timedelta(seconds=1)  # the same ban
+            assert "earned earlier by this process" in str(caught.value)
+        after = sum(emu.binance.ledgers["spot"].answers.values()) + sum(emu.binance.ledgers["perp"].answers.values())
+    assert after == sent  # not one request more to the banned host
+
+
 def _server(handler) -> LoopbackServer:
     async def endpoint(request: Request) -> Response:
         status, body, headers = handler(dict(request.query_params))

@@ -11,6 +11,7 @@ import pytest
 
 from marketdata_assets.catalog import CatalogError, load_catalog
 from marketdata_tests.conftest import write_catalog
+from marketdata_tests.test_cli import marketdata
 
 
 def test_packaged_catalog_has_btc_and_eth_spot_and_perps_on_three_venues_at_their_listing_dates():
@@ -78,6 +79,8 @@ GOOD = {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes":
         ({**GOOD, "timeframes": ["1m", "1m"]}, "timeframes are listed twice"),
         ({**GOOD, "source": "s3"},
          "instruments[0] (binance perp BTCUSDT), field 'source': Input should be 'auto', 'archive' or 'rest'"),
+        ({**GOOD, "symbol": "BTCUSDT\n"}, "field 'symbol': 'BTCUSDT\\n' is not a venue-native symbol"),
+        ({**GOOD, "symbol": "BTC USDT"}, "field 'symbol': 'BTC USDT' is not a venue-native symbol"),
     ],
 )
 def test_bad_entry_fails_naming_entry_and_field(tmp_path: Path, entry: dict, expected: str):
@@ -118,3 +121,21 @@ def test_dagster_refuses_to_load_a_bad_catalog_and_names_the_entry(tmp_path: Pat
     )
     assert result.returncode != 0
     assert "instruments[1] (binance perp ETHUSDT), field 'timeframes': unsupported timeframe '2m'" in result.stderr
+
+
+def test_a_future_top_level_start_date_is_named(tmp_path: Path):
+    path = write_catalog(tmp_path / "catalog.yaml", [GOOD], start_date="2999-01-01")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    assert str(caught.value) == f"catalog {path}: field 'start_date': start_date 2999-01-01 is in the future"
+
+
+def test_a_bad_catalog_is_one_line_and_exit_2_for_backfill_and_seed_too(tmp_path: Path):
+    path = write_catalog(tmp_path / "catalog.yaml", [{**GOOD, "timeframes": ["2m"]}])
+    env = {"MARKETDATA_CATALOG": str(path), "DAGSTER_HOME": str(tmp_path / "home")}
+    expected = f"catalog {path}: instruments[0] (binance perp BTCUSDT), field 'timeframes': unsupported timeframe '2m'"
+    for args in (("backfill", "klines", "--local"), ("seed",), ("report",)):
+        result = marketdata(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"marketdata {args[0]}: {expected}"), (args, line)

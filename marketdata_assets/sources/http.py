@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
@@ -136,6 +136,34 @@ class WeightBudget:
 ErrorDetail = Callable[[httpx.Response], tuple[str, int | None]]
 
 
+class Bans:
+    """The IP bans this process has earned, by host. A ban is of the IP, not of one request: once
+    a host has banned us, no client of this process sends it anything until the ban ends (another
+    request would only lengthen it)."""
+
+    _until: dict[str, tuple[dt.datetime, str]] = {}
+
+    @classmethod
+    def note(cls, host: str, until: dt.datetime, detail: str) -> None:
+        known = cls._until.get(host)
+        if known is None or until > known[0]:
+            cls._until[host] = (until, detail)
+
+    @classmethod
+    def clear(cls) -> None:
+        """Forget every ban (tests: an emulator's port may be handed to the next one)."""
+        cls._until.clear()
+
+    @classmethod
+    def active(cls, host: str) -> tuple[dt.datetime, str] | None:
+        """(until, detail) of the ban on `host` still running, if any."""
+        known = cls._until.get(host)
+        if known is not None and known[0] <= dt.datetime.now(dt.UTC):
+            del cls._until[host]
+            return None
+        return known
+
+
 @dataclass(frozen=True)
 class EnvelopeError:
     """An error a vendor reports inside a 200 answer's body (OKX's `code`, Bybit's `retCode`)."""
@@ -193,6 +221,7 @@ class PacedHttp:
         self._ban_statuses = ban_statuses
         self._default_ban = default_ban_s
         self.base_url = base_url.rstrip("/")
+        self._host = urlsplit(self.base_url).netloc
         self.budget = budget
         self.stats = RequestStats()
         self._used_header = used_weight_header
@@ -252,6 +281,9 @@ class PacedHttp:
         attempt = throttled = 0
         while True:
             attempt += 1
+            banned = Bans.active(self._host)
+            if banned is not None:
+                raise UpstreamBanned(self.source, request, banned[0], f"{banned[1]}; earned earlier by this process")
             try:
                 async with self._slots:
                     # Reserve weight only once a slot is free, right before sending: a request
@@ -280,6 +312,7 @@ class PacedHttp:
                 retry_after = _retry_after(response, default=self._default_ban)
                 until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=retry_after)
                 detail, _ = self._error_detail(response)
+                Bans.note(self._host, until, detail)
                 raise UpstreamBanned(self.source, request, until, detail)
             if status >= 500:
                 await self._retry_or_give_up(request, attempt, f"HTTP {status}")
