@@ -22,12 +22,14 @@ class AppError(Exception):
 
 
 def local_instance(env: Mapping[str, str] | None = None) -> dg.DagsterInstance:
-    """The Dagster instance of DAGSTER_HOME, or of .marketdata/dagster (made if missing)."""
+    """The Dagster instance of DAGSTER_HOME, or of .marketdata/dagster (made if missing). A home
+    without a dagster.yaml gets the repository's, or one that keeps Dagster's telemetry off."""
     env = os.environ if env is None else env
     home = Path(env.get("DAGSTER_HOME") or ".marketdata/dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists() and Path("dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(Path("dagster.yaml").read_text())
+    if not (home / "dagster.yaml").exists():
+        config = Path("dagster.yaml")
+        (home / "dagster.yaml").write_text(config.read_text() if config.exists() else "telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.from_config(str(home))
 
 

@@ -288,12 +288,24 @@ def run_here(
             finished.set()
             watcher.join()
         errors = [
-            event.step_failure_data.error.message.strip()
+            failure_cause(event.step_failure_data.error)
             for event in result.all_events
             if event.event_type == dg.DagsterEventType.STEP_FAILURE and event.step_failure_data.error
         ]
         outcomes.append(LocalOutcome(selection, run_id, result.success, time.perf_counter() - began, errors))
     return outcomes
+
+
+def failure_cause(error) -> str:
+    """What a step failure says once Dagster's wrapping is peeled off: the innermost error, as
+    `ClassName: message` (Dagster's own says only "Error occurred while executing op …:")."""
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    qualified, _, text = message.partition(": ")
+    if error.cls_name and qualified.endswith(error.cls_name) and text:
+        return f"{error.cls_name}: {text}"
+    return message
 
 
 def _watch(instance: dg.DagsterInstance, run_id: str, progress: Callable[[int], None], finished: threading.Event):

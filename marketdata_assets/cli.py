@@ -40,6 +40,20 @@ def emulator(
 
     Defaults come from MARKETDATA_EMULATOR_* variables; options override them.
     """
+    import socket
+
+    if not 0 <= port <= 65535:
+        _fail("emulator", f"--port {port} is not a port (0 to 65535; 0 picks a free one)")
+    for option, share in (("--fault-5xx-rate", fault_5xx_rate), ("--fault-truncate-rate", fault_truncate_rate)):
+        if share is not None and not 0 <= share <= 1:
+            _fail("emulator", f"{option} {share} is not a share of requests (0 to 1)")
+    if fault_latency_ms is not None and fault_latency_ms < 0:
+        _fail("emulator", f"--fault-latency-ms {fault_latency_ms} is negative")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            _fail("emulator", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     import dataclasses
 
     import uvicorn

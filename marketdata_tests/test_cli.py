@@ -123,3 +123,32 @@ def test_backfill_local_runs_here_with_progress_and_records_the_partitions(tmp_p
             BTC_SPOT_1M, ["2024-01-01", "2024-02-01", "2024-03-01"], dg.MonthlyPartitionsDefinition("2024-01-01", end_offset=1)
         )
     assert statuses == {"2024-01-01": MATERIALIZED, "2024-02-01": MATERIALIZED, "2024-03-01": None}
+
+
+def test_a_failed_local_backfill_names_its_cause_and_a_fresh_home_keeps_telemetry_off(tmp_path, settings):
+    from marketdata_tests.conftest import cli_env, write_catalog
+
+    catalog = write_catalog(tmp_path / "catalog.yaml", [
+        {"venue": "binance", "market": "spot", "symbol": "NOPEUSDT", "timeframes": ["1h"], "source": "rest"}],
+        start_date="2024-01-01")
+    home = tmp_path / "fresh_home"  # no dagster.yaml, and none in the working directory either
+    result = marketdata("backfill", "klines", "--from", "2024-01-01", "--to", "2024-01-10", "--local",
+                        cwd=tmp_path, env=cli_env(settings, home, catalog))
+    assert result.returncode == 1
+    failed, cause = result.stdout.strip().splitlines()
+    assert failed.startswith("FAILED binance_spot/klines_1h/NOPEUSDT 2024-01-01...2024-01-01 (1 partitions), run ")
+    assert cause.startswith("  UpstreamRejected: binance spot: GET /api/v3/klines?symbol=NOPEUSDT")
+    assert cause.endswith("rejected with HTTP 400: code -1121: Invalid symbol.")
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_bad_emulator_options_get_one_line_and_exit_2(tmp_path, emulator):
+    port = emulator.url.rsplit(":", 1)[1]  # taken
+    for args, message in [
+        (("--port", "99999"), "--port 99999 is not a port (0 to 65535; 0 picks a free one)"),
+        (("--port", port), f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+        (("--fault-5xx-rate", "2"), "--fault-5xx-rate 2.0 is not a share of requests (0 to 1)"),
+        (("--fault-latency-ms", "-5"), "--fault-latency-ms -5.0 is negative"),
+    ]:
+        result = marketdata("emulator", *args, cwd=tmp_path, timeout=60)
+        assert (result.returncode, result.stderr.strip()) == (2, f"marketdata emulator: {message}"), args
