@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from marketdata_assets.settings import Settings, SettingsError
+from marketdata_assets.settings import Settings, SettingsError, redact
 
 
 class AppError(Exception):
@@ -87,7 +87,7 @@ def coverage(symbols: Sequence[str], dataset: str | None = "klines") -> Coverage
 
 
 def summary(symbol: str | None) -> tuple[str, pl.DataFrame]:
-    """(warehouse URL, one row per stored series: series (its asset key), rows, first_time, last_time)."""
+    """(warehouse URL fit to print, one row per stored series: series (its asset key), rows, first_time, last_time)."""
     from marketdata_assets.datasets import all_datasets
     from marketdata_assets.warehouse import WarehouseError, open_warehouse
 
@@ -99,7 +99,7 @@ def summary(symbol: str | None) -> tuple[str, pl.DataFrame]:
         )
     except WarehouseError as exc:
         raise AppError(str(exc)) from None
-    return settings.warehouse_url, frame
+    return redact(settings.warehouse_url), frame
 
 
 # --- seed -------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from marketdata_assets.settings import Settings
+from marketdata_assets.settings import Settings, redact
 
 
 @click.group()
@@ -371,7 +371,7 @@ def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
         plan = app.plan_seed(env, from_raw, to_raw)
     except app.AppError as exc:
         _fail("seed", str(exc))
-    click.echo(f"seeding {plan.start:%Y-%m-%d %H:%M} .. {plan.end:%Y-%m-%d %H:%M} UTC into {plan.settings.warehouse_url}")
+    click.echo(f"seeding {plan.start:%Y-%m-%d %H:%M} .. {plan.end:%Y-%m-%d %H:%M} UTC into {redact(plan.settings.warehouse_url)}")
     for note in plan.notes:
         click.echo(note)
     if not plan.chosen:

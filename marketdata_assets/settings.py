@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_WAREHOUSE_URL = "duckdb:///.marketdata/warehouse.duckdb"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
@@ -24,6 +25,30 @@ ENDPOINT_DEFAULTS = {
     "deribit_url": ("MARKETDATA_DERIBIT_URL", "https://www.deribit.com"),
     "databento_url": ("MARKETDATA_DATABENTO_URL", "https://hist.databento.com"),
 }
+
+
+_SECRET_PARAMS = {"password", "pass", "passwd", "api_key", "apikey", "key", "token", "secret"}
+
+
+def redact(url: str) -> str:
+    """`url` fit to print, log or store: its password and any secret query parameter as `***`
+    (`postgresql://postgres:***@host/db`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<an unreadable URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = "&".join(
+        f"{name}=***" if name.lower() in _SECRET_PARAMS else f"{name}={value}" if value or "=" in pair else name
+        for pair in parts.query.split("&") if pair
+        for name, _, value in [pair.partition("=")]
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing secret (and `duckdb:///path` keeps its empty host)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class SettingsError(ValueError):
@@ -84,6 +109,9 @@ class Settings:
     schedule_cron: str | None = None
     # The Dagster webserver `marketdata backfill` talks to.
     dagster_url: str = DEFAULT_DAGSTER_URL
+    # The warehouse URL came from the process's MARKETDATA_WAREHOUSE_URL: resources take it from
+    # there at run time (dg.EnvVar), so the UI shows the variable's name, never the URL's password.
+    warehouse_url_in_environment: bool = False
     fred_api_key: str | None = field(default=None, repr=False)
     databento_api_key: str | None = field(default=None, repr=False)
 
@@ -96,6 +124,7 @@ class Settings:
         catalog = env.get("MARKETDATA_CATALOG")
         return cls(
             warehouse_url=env.get("MARKETDATA_WAREHOUSE_URL") or DEFAULT_WAREHOUSE_URL,
+            warehouse_url_in_environment=env is os.environ and bool(env.get("MARKETDATA_WAREHOUSE_URL")),
             catalog_path=Path(catalog) if catalog else None,
             binance_spot_weight_limit=_int_setting(
                 env, "MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT", 6000

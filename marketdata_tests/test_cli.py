@@ -152,3 +152,33 @@ def test_bad_emulator_options_get_one_line_and_exit_2(tmp_path, emulator):
     ]:
         result = marketdata("emulator", *args, cwd=tmp_path, timeout=60)
         assert (result.returncode, result.stderr.strip()) == (2, f"marketdata emulator: {message}"), args
+
+
+def test_a_warehouse_password_is_never_printed(tmp_path):
+    from marketdata_tests.conftest import POSTGRES, postgres_database
+
+    secret = "S3cretPW"
+    with postgres_database() as url:  # trust auth: the server never asks for the password
+        with_password = url.replace("postgres@", f"postgres:{secret}@", 1)
+        assert with_password != url
+        env = {"MARKETDATA_WAREHOUSE_URL": with_password, "DAGSTER_HOME": str(tmp_path / "home")}
+        summary = marketdata("summary", cwd=tmp_path, env=env)
+        assert summary.returncode == 0, summary.stderr
+        assert summary.stdout.strip() == f"nothing stored in {with_password.replace(secret, '***')}"
+        seed = marketdata("seed", cwd=tmp_path, env={**env, "MARKETDATA_CATALOG": str(_klines_only(tmp_path)),
+                                                     "SKIP_KLINES": "1"})  # plans, fetches nothing
+        assert seed.returncode == 0, seed.stderr
+        assert f"UTC into {with_password.replace(secret, '***')}" in seed.stdout
+        assert secret not in seed.stdout + seed.stderr
+    for bad in (f"mysql://root:{secret}@127.0.0.1/db", f"{POSTGRES}:1/nodb?password={secret}"):
+        result = marketdata("summary", cwd=tmp_path, env={"MARKETDATA_WAREHOUSE_URL": bad})
+        assert result.returncode == 2, result.stderr
+        assert secret not in result.stdout + result.stderr and "***" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _klines_only(tmp_path):
+    from marketdata_tests.conftest import write_catalog
+
+    return write_catalog(tmp_path / "catalog.yaml", [
+        {"venue": "binance", "market": "spot", "symbol": "BTCUSDT", "timeframes": ["1d"], "start_date": "2024-01-01"}])

@@ -168,6 +168,8 @@ BACKFILL = """query ($id: String!) { partitionBackfillOrError(backfillId: $id) {
   ... on PartitionBackfill { status numPartitions runs(limit: 10) { status } } } }"""
 CANCEL = """mutation ($id: String!) { cancelPartitionBackfill(backfillId: $id) { __typename
   ... on CancelBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+RESOURCES = """{ allTopLevelResourceDetailsOrError(repositorySelector: {repositoryName: "__repository__",
+  repositoryLocationName: "marketdata"}) { ... on ResourceDetailsList { results { name configuredValues { key value type } } } } }"""
 STATUS = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
   assetPartitionStatuses { ... on TimePartitionStatuses { ranges { startKey endKey status } } } } } }"""
 
@@ -327,6 +329,13 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
                     break
                 page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
             assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
+
+        # The warehouse URL (it may hold a password) is configured through its variable: the UI's
+        # resources page and GraphQL show the variable's name, never the URL.
+        resources = deployed.graphql(RESOURCES)["allTopLevelResourceDetailsOrError"]["results"]
+        (warehouse,) = [r["configuredValues"] for r in resources if r["name"] == "warehouse"]
+        assert warehouse == [{"key": "url", "value": "MARKETDATA_WAREHOUSE_URL", "type": "ENV_VAR"}]
+        assert deployed.warehouse_url not in json.dumps(resources)
 
         # Dagster's partition status, as the UI shows it
         ranges = deployed.graphql(STATUS, key={"path": ETH_1M.path})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]

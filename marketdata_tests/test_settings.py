@@ -49,3 +49,15 @@ def test_bad_numbers_name_the_variable(value, message):
 def test_an_unknown_klines_source_is_named():
     with pytest.raises(SettingsError, match="MARKETDATA_KLINES_SOURCE='s3' is not one of auto, archive, rest"):
         Settings.from_env({"MARKETDATA_KLINES_SOURCE": "s3"})
+
+
+def test_urls_are_redacted_before_they_are_shown():
+    from marketdata_assets.settings import redact
+
+    assert redact("postgresql://postgres:S3cret@db.internal:5432/md") == "postgresql://postgres:***@db.internal:5432/md"
+    assert redact("postgresql://postgres@db/md?sslmode=require&password=S3cret") == \
+        "postgresql://postgres@db/md?sslmode=require&password=***"
+    assert redact("https://api.stlouisfed.org/fred?series_id=DGS10&api_key=abc123") == \
+        "https://api.stlouisfed.org/fred?series_id=DGS10&api_key=***"
+    for plain in ("duckdb:///.marketdata/warehouse.duckdb", "duckdb:////tmp/w.duckdb", "postgresql://u@h/db"):
+        assert redact(plain) == plain

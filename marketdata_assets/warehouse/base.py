@@ -104,7 +104,9 @@ def open_warehouse(url: str) -> Warehouse:
         from marketdata_assets.warehouse.postgres import PostgresWarehouse
 
         return PostgresWarehouse(url)
+    from marketdata_assets.settings import redact
+
     raise WarehouseError(
-        f"MARKETDATA_WAREHOUSE_URL={url!r} is not a warehouse URL "
+        f"MARKETDATA_WAREHOUSE_URL={redact(url)!r} is not a warehouse URL "
         "(duckdb:///path.duckdb or postgresql://user@host/db)"
     )

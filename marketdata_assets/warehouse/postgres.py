@@ -20,6 +20,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from marketdata_assets.schemas import TableSpec
+from marketdata_assets.settings import redact
 from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys
 
 # Taken while creating the schema: concurrent CREATE … IF NOT EXISTS can still collide in PostgreSQL.
@@ -55,7 +56,7 @@ class PostgresWarehouse(Warehouse):
 
     @property
     def _where(self) -> str:
-        return self.url.split("@")[-1]
+        return redact(self.url).split("@")[-1]  # host, port and database; a secret query parameter as ***
 
     @contextmanager
     def connect(self) -> Iterator[psycopg2.extensions.connection]:

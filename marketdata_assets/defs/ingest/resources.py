@@ -44,7 +44,9 @@ class UpstreamsResource(dg.ConfigurableResource):
 
 def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
-        "warehouse": WarehouseResource(url=settings.warehouse_url),
+        "warehouse": WarehouseResource(
+            url=dg.EnvVar("MARKETDATA_WAREHOUSE_URL") if settings.warehouse_url_in_environment else settings.warehouse_url
+        ),
         "upstreams": UpstreamsResource(
             urls={name: getattr(settings, name) for name in ENDPOINT_DEFAULTS},
             binance_spot_weight_limit=settings.binance_spot_weight_limit,
