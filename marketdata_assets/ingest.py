@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from marketdata_assets.catalog import Series
 
 DEFAULT_ROWS_PER_WRITE = 200_000
-DEFAULT_BARS_PER_WRITE = DEFAULT_ROWS_PER_WRITE
 
 
 @dataclass
@@ -145,7 +144,7 @@ def ingest_klines(
     start: dt.datetime,
     end: dt.datetime,
     *,
-    bars_per_write: int = DEFAULT_BARS_PER_WRITE,
+    bars_per_write: int = DEFAULT_ROWS_PER_WRITE,
 ) -> KlinesIngestReport:
     """`ingest` for one klines series of `source`'s market, by symbol and timeframe name."""
     from marketdata_assets.catalog import Series

@@ -36,8 +36,9 @@ def dataset(name: str) -> Dataset:
     raise KeyError(f"unknown dataset {name!r} (known: {', '.join(d.name for d in all_datasets())})")
 
 
+@cache
 def groups() -> dict[str, tuple[str, ...]]:
-    """Each family name (sentiment, macro, …) and the datasets in it."""
+    """Each family name (sentiment, macro, …) and the datasets in it (computed once: do not change it)."""
     found: dict[str, list[str]] = {}
     for each in all_datasets():
         if each.group:
@@ -45,8 +46,10 @@ def groups() -> dict[str, tuple[str, ...]]:
     return {group: tuple(names) for group, names in found.items()}
 
 
+@cache
 def venue_datasets() -> dict[str, dict[str, tuple[str, ...]]]:
-    """venue -> market -> the datasets a catalog instrument there can keep."""
+    """venue -> market -> the datasets a catalog instrument there can keep (computed once, as the
+    catalog asks it for every instrument: do not change it)."""
     found: dict[str, dict[str, list[str]]] = {}
     for each in all_datasets():
         for venue, markets in each.instrument_venues.items():

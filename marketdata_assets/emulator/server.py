@@ -39,9 +39,7 @@ def build_app(config: EmulatorConfig | None = None, clock: Callable[[], float] =
     emulators = upstream_emulators(config, FailureBudget(config.scenario.failing_windows), clock)
 
     async def stats(request: Request) -> Response:
-        body = {
-            ("binance_archive" if name == "archive" else name): emulator.stats() for name, emulator in emulators.items()
-        }
+        body = {name: emulator.stats() for name, emulator in emulators.items()}
         return Response(orjson.dumps(body), media_type="application/json")
 
     routes = [route for emulator in emulators.values() for route in emulator.routes()]
