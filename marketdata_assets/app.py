@@ -43,6 +43,7 @@ class Coverage:
     instance: dg.DagsterInstance
     klines: list  # coverage.AssetCoverage
     others: list  # coverage.SeriesCoverage, every dataset but klines
+    dead_runs: list  # run_health.DeadRun: runs whose process was gone, marked failed first
 
 
 def coverage(symbols: Sequence[str], dataset: str | None = "klines") -> Coverage:
@@ -75,9 +76,12 @@ def coverage(symbols: Sequence[str], dataset: str | None = "klines") -> Coverage
     except DagsterHomeNotSetError:
         raise AppError("DAGSTER_HOME is not set: partition status and check results live in the Dagster "
                        "instance that `dagster asset materialize` and `dagster dev` use; point DAGSTER_HOME at it") from None
+    from marketdata_assets.run_health import fail_dead_runs
+
+    dead = fail_dead_runs(instance)
     try:
         return Coverage(settings, warehouse, instance, klines_coverage(instance, warehouse, assets),
-                        series_coverage(instance, warehouse, others))
+                        series_coverage(instance, warehouse, others), dead)
     except WarehouseError as exc:
         instance.dispose()
         raise AppError(str(exc)) from None
@@ -130,9 +134,21 @@ def plan_seed(env: Mapping[str, str], from_raw: str | None, to_raw: str | None) 
         definitions = build_definitions(settings)
     except (backfills.BackfillError, CatalogError, SettingsError) as exc:
         raise AppError(str(exc)) from None
+    check_warehouse(settings)
     instance = local_instance(env)
     chosen, notes = backfills.plan_seed(definitions, instance, start, end, now, backfills.skipped_datasets(env))
     return SeedPlan(settings, definitions, instance, start, end, chosen, notes)
+
+
+def check_warehouse(settings: Settings) -> None:
+    """Open the warehouse before anything is launched: a bad URL, an unknown host or database,
+    or a refused login is one line, not a failed run."""
+    from marketdata_assets.warehouse import WarehouseError, open_warehouse
+
+    try:
+        open_warehouse(settings.warehouse_url).query("SELECT 1 AS ok")
+    except WarehouseError as exc:
+        raise AppError(str(exc)) from None
 
 
 # --- backfill -----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from marketdata_assets.dagster_internals import (
 from marketdata_assets.datasets import all_datasets, dataset as dataset_named, groups
 from marketdata_assets.defs.operations import dataset_of
 from marketdata_assets.defs.ingest.partitions import adjacent_runs, partitions_between
+from marketdata_assets.run_health import process_tags
 
 
 class BackfillError(Exception):
@@ -282,7 +283,7 @@ def run_here(
                 run_config=QUIET,
                 raise_on_error=False,
                 tags={ASSET_PARTITION_RANGE_START_TAG: selection.first, ASSET_PARTITION_RANGE_END_TAG: selection.last,
-                      **(tags or {})},
+                      **process_tags(), **(tags or {})},
             )
         finally:
             finished.set()

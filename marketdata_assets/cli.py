@@ -166,6 +166,8 @@ def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps
 
     found = _coverage("report", symbols, dataset)
     found.instance.dispose()
+    for run in found.dead_runs:
+        click.echo(f"marketdata report: {run.describe()}", err=True)
     items, others = found.klines, found.others
     click.echo(render(items, others, fmt))
     if fail_on_gaps and (any(item.gaps.unexplained for item in items) or any(item.missing for item in others)):
@@ -257,7 +259,10 @@ def _selection(command: str, dataset: str, symbols: tuple[str, ...], from_raw: s
 def _run_here(definitions, chosen, instance, tags=None) -> bool:
     """Run `chosen` in this process with a progress bar over its partitions; print each outcome."""
     from marketdata_assets.backfills import run_here
+    from marketdata_assets.run_health import fail_dead_runs
 
+    for run in fail_dead_runs(instance):
+        click.echo(run.describe(), err=True)
     total = sum(selection.size for selection in chosen)
     with click.progressbar(length=total, label=f"{total} partitions", show_pos=True, file=sys.stderr) as bar:
         outcomes = run_here(definitions, chosen, instance, bar.update, tags)
@@ -288,8 +293,12 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
 
     settings, definitions, chosen = _selection("backfill", dataset, symbols, from_raw, to_raw)
     if local:
-        from marketdata_assets.app import local_instance
+        from marketdata_assets.app import AppError, check_warehouse, local_instance
 
+        try:
+            check_warehouse(settings)
+        except AppError as exc:
+            _fail("backfill", str(exc))
         instance = local_instance()
         ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata backfill --local"})
         instance.dispose()

@@ -182,3 +182,23 @@ def _klines_only(tmp_path):
 
     return write_catalog(tmp_path / "catalog.yaml", [
         {"venue": "binance", "market": "spot", "symbol": "BTCUSDT", "timeframes": ["1d"], "start_date": "2024-01-01"}])
+
+
+def test_a_bad_warehouse_url_is_one_line_and_exit_2_before_anything_runs(tmp_path):
+    from marketdata_tests.conftest import POSTGRES
+
+    home = tmp_path / "home"
+    catalog = str(_klines_only(tmp_path))
+    for command, url, message in [
+        (("backfill", "klines", "--from", "2024-01-01", "--to", "2024-01-02", "--local"),
+         f"{POSTGRES.replace('postgres@', 'postgres:S3cret@')}/no_such_database",
+         "marketdata backfill: PostgreSQL warehouse 127.0.0.1:5432/no_such_database: connection to server at "
+         "\"127.0.0.1\", port 5432 failed: FATAL:  database \"no_such_database\" does not exist"),
+        (("seed",), "sqlite:///warehouse.db",
+         "marketdata seed: MARKETDATA_WAREHOUSE_URL='sqlite:///warehouse.db' is not a warehouse URL "
+         "(duckdb:///path.duckdb or postgresql://user@host/db)"),
+    ]:
+        result = marketdata(*command, cwd=tmp_path, env={
+            "MARKETDATA_WAREHOUSE_URL": url, "MARKETDATA_CATALOG": catalog, "DAGSTER_HOME": str(home)})
+        assert (result.returncode, result.stderr.strip(), result.stdout) == (2, message, ""), command
+        assert not home.exists()  # no run was started, not even an instance made

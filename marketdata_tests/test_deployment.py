@@ -38,6 +38,10 @@ from marketdata_tests.test_automation import month_key, months_back, record_mate
 from marketdata_tests.test_cli import marketdata
 
 DOCKER = REPO / "docker"
+# Secrets the deployment runs with (trust auth: the server never checks the password); none may
+# appear in any output, log, event, GraphQL answer or page.
+SECRETS = {"warehouse password": "S3cretPW-w4rehouse", "FRED_API_KEY": "fred-S3cret-k3y",
+           "DATABENTO_API_KEY": "db-S3cret-k3y"}
 BTC_1H = dg.AssetKey(["binance_spot", "klines_1h", "BTCUSDT"])
 ETH_1M = dg.AssetKey(["binance_spot", "klines_1m", "ETHUSDT"])
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -91,10 +95,13 @@ def deployment(tmp_path: Path, emulator_url: str, catalog: Path, before_start=No
         server.update(host="127.0.0.1", port=grpc_port)  # the compose service name, here on loopback
         (home / "workspace.yaml").write_text(yaml.safe_dump(compose_workspace))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_"))}
+        warehouse_url = warehouse_url.replace("postgres@", f"postgres:{SECRETS['warehouse password']}@", 1)
         env.update(
             DAGSTER_HOME=str(home),
             DAGSTER_POSTGRES_URL=dagster_url,
             MARKETDATA_WAREHOUSE_URL=warehouse_url,
+            FRED_API_KEY=SECRETS["FRED_API_KEY"],
+            DATABENTO_API_KEY=SECRETS["DATABENTO_API_KEY"],
             MARKETDATA_CATALOG=str(catalog),
             MARKETDATA_BINANCE_SPOT_URL=emulator_url,
             MARKETDATA_BINANCE_FUTURES_URL=emulator_url,
@@ -172,6 +179,24 @@ RESOURCES = """{ allTopLevelResourceDetailsOrError(repositorySelector: {reposito
   repositoryLocationName: "marketdata"}) { ... on ResourceDetailsList { results { name configuredValues { key value type } } } } }"""
 STATUS = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
   assetPartitionStatuses { ... on TimePartitionStatuses { ranges { startKey endKey status } } } } } }"""
+
+
+def instance_tables(dagster_url: str) -> dict[str, str]:
+    """Every table of the Dagster instance's database, as text."""
+    import psycopg2
+
+    con = psycopg2.connect(dagster_url)
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            tables = [name for (name,) in cur.fetchall()]
+            found = {}
+            for table in tables:
+                cur.execute(f'SELECT t::text FROM "{table}" AS t')
+                found[f"instance table {table}"] = "\n".join(row for (row,) in cur.fetchall())
+        return found
+    finally:
+        con.close()
 
 
 def launch(deployed: Deployment, key: dg.AssetKey, months: list[str]) -> str:
@@ -330,21 +355,37 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
                 page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
             assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
 
-        # The warehouse URL (it may hold a password) is configured through its variable: the UI's
+        # The warehouse URL (it holds a password) is configured through its variable: the UI's
         # resources page and GraphQL show the variable's name, never the URL.
         resources = deployed.graphql(RESOURCES)["allTopLevelResourceDetailsOrError"]["results"]
         (warehouse,) = [r["configuredValues"] for r in resources if r["name"] == "warehouse"]
-        assert warehouse == [{"key": "url", "value": "MARKETDATA_WAREHOUSE_URL", "type": "ENV_VAR"}]
-        assert deployed.warehouse_url not in json.dumps(resources)
+        assert {"key": "url", "value": "MARKETDATA_WAREHOUSE_URL", "type": "ENV_VAR"} in warehouse
+        with browser() as driver:
+            page = page_text(driver, f"{deployed.url}/locations/marketdata/resources/warehouse",
+                             ["MARKETDATA_WAREHOUSE_URL"])
+        # Nothing anywhere holds a secret: outputs, the processes' logs, every table of the
+        # instance (events and their metadata, runs, tags, tick logs), GraphQL, the page.
+        seen = {"GraphQL resources": json.dumps(resources), "the resources page": page,
+                "the CLI's --wait backfill": out + err, "backfill jobs": listing.stdout + listing.stderr}
+        seen |= {path.name: path.read_text(errors="replace") for path in tmp_path.glob("*.log")}
+        seen |= {str(path): path.read_text(errors="replace")
+                 for path in deployed.home.rglob("*") if path.is_file() and path.stat().st_size < 10_000_000}
+        seen |= instance_tables(deployed.dagster_url)
+        for what, secret in SECRETS.items():
+            leaks = [where for where, text in seen.items() if secret in text]
+            assert not leaks, f"the {what} shows in {leaks}"
 
         # Dagster's partition status, as the UI shows it
         ranges = deployed.graphql(STATUS, key={"path": ETH_1M.path})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
         assert all(r["status"] != "MATERIALIZED" or r["startKey"] >= month_key(now - dt.timedelta(days=1))
                    for r in ranges), ranges  # the cancelled run marked none of its months
         with dg.DagsterInstance.from_config(str(deployed.home)) as instance:
-            btc_months = [month_key(months_back(now, n)) for n in range(3)] + ["2024-01-01", "2024-02-01"]
+            btc_months = [month_key(months_back(now, n)) for n in range(1, 3)] + ["2024-01-01", "2024-02-01"]
             partitions = dg.MonthlyPartitionsDefinition("2024-01-01", end_offset=1)
             assert set(instance.get_status_by_partition(BTC_1H, btc_months, partitions).values()) == {MATERIALIZED}
+            # the month in progress: materialized, and re-run by the per-minute schedule meanwhile
+            (current,) = instance.get_status_by_partition(BTC_1H, [month_key(now)], partitions).values()
+            assert current in (MATERIALIZED, dg.AssetPartitionStatus.IN_PROGRESS)
             assert instance.get_status_by_partition(BTC_1H, ["2024-03-01"], partitions) == {"2024-03-01": None}
 
     scheduled = {tuple(r.dagster_run.asset_selection): (r.dagster_run.tags["dagster/asset_partition_range_start"],
@@ -409,6 +450,9 @@ def test_compose_names_the_processes_this_suite_runs_and_mounts_what_they_need()
         mounts = {volume.split(":")[1] for volume in services[name]["volumes"]}
         assert {"/opt/dagster/home/dagster.yaml", "/opt/dagster/home/workspace.yaml"} <= mounts
         assert services[name]["image"] == services["user_code"]["image"]
+    # nothing is published beyond loopback: the UI has no login
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published == ["127.0.0.1:3000:3000"]
     # every Dagster process reads the instance and the warehouse from PostgreSQL
     for name in ("user_code", "webserver", "daemon"):
         env = services[name]["environment"]

@@ -128,3 +128,66 @@ def test_bad_urls_and_the_ambiguous_file_name_are_refused(tmp_path):
     message = str(refused.value)
     assert message.startswith("PostgreSQL warehouse 127.0.0.1:5432/no_such_database: ")
     assert "no_such_database" in message and "secret" not in message
+
+
+def _terminate_writes(url: str, times: int, write):
+    """Start `write()` while market_data.klines is locked, so it waits inside its transaction,
+    then terminate the backend of that write and of its next `times - 1` attempts with
+    `pg_terminate_backend`, as a server restart or an administrator would. (the future of
+    `write()`, what each terminated backend was running)."""
+    import time
+
+    import psycopg2
+
+    admin = psycopg2.connect(url)
+    caught: dict[int, str] = {}
+    try:
+        with admin.cursor() as cur:
+            cur.execute("LOCK TABLE market_data.klines IN ACCESS EXCLUSIVE MODE")
+            writing = write()
+            deadline = time.monotonic() + 30
+            while len(caught) < times and time.monotonic() < deadline:
+                cur.execute("SELECT pg_stat_clear_snapshot()")  # the view is a snapshot per transaction
+                cur.execute("SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")
+                for pid, query in cur.fetchall():
+                    if pid not in caught:
+                        cur.execute("SELECT pg_terminate_backend(%s)", [pid])
+                        caught[pid] = query
+                time.sleep(0.02)
+            assert len(caught) == times, caught
+        admin.rollback()  # the lock goes: a next attempt proceeds
+        return writing, list(caught.values())
+    finally:
+        admin.close()
+
+
+def test_a_postgresql_connection_lost_mid_write_is_written_again_once_then_fails_naming_the_cause(postgres_url):
+    import concurrent.futures
+
+    warehouse = open_warehouse(postgres_url)
+    first = klines_frame("BTCUSDT", T0, 500)
+    warehouse.upsert(KLINES, first)
+    later = klines_frame("BTCUSDT", T0 + dt.timedelta(minutes=250), 500, bump=1.0)  # 250 stored, 250 new
+    third = klines_frame("BTCUSDT", T0 + dt.timedelta(minutes=600), 400, bump=2.0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # lost once: written again on a new connection, every row once
+        writing, caught = _terminate_writes(postgres_url, 1, lambda: pool.submit(warehouse.upsert, KLINES, later))
+        assert writing.result(timeout=60) == 500
+        rows = stored(warehouse)
+        assert rows.height == 750 and rows["open_time"].is_unique().all()
+        assert rows["high"].to_list() == first["high"][:250].to_list() + later["high"].to_list()
+        # lost twice: the write fails naming the server's reason, and nothing of it is visible
+        writing, more = _terminate_writes(postgres_url, 2, lambda: pool.submit(warehouse.upsert, KLINES, third))
+        with pytest.raises(WarehouseError) as failed:
+            writing.result(timeout=60)
+    assert all("market_data.klines" in query for query in caught + more), caught + more
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"PostgreSQL warehouse 127.0.0.1:5432/{postgres_url.rsplit('/', 1)[1]}: writing 400 rows "
+                              "to market_data.klines failed (and again on a new connection), nothing of them written: ")
+    # the server's reason as the client saw it, not the rollback's "connection already closed"
+    assert ("terminating connection due to administrator command" in message
+            or "server closed the connection unexpectedly" in message), message
+    assert "already closed" not in message
+    assert stored(warehouse).equals(rows)

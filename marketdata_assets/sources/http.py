@@ -155,6 +155,11 @@ class Bans:
         cls._until.clear()
 
     @classmethod
+    def all(cls) -> dict[str, tuple[dt.datetime, str]]:
+        """host -> (until, detail) of every ban still running."""
+        return {host: ban for host in list(cls._until) if (ban := cls.active(host)) is not None}
+
+    @classmethod
     def active(cls, host: str) -> tuple[dt.datetime, str] | None:
         """(until, detail) of the ban on `host` still running, if any."""
         known = cls._until.get(host)

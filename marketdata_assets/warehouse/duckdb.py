@@ -75,7 +75,10 @@ class DuckDBWarehouse(Warehouse):
                         self._schema_ready = True
                 yield con
             finally:
-                con.close()
+                try:
+                    con.close()
+                except duckdb.Error:
+                    pass  # invalidated by an error already raised
 
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
         if frame.is_empty():
@@ -93,11 +96,22 @@ class DuckDBWarehouse(Warehouse):
                     # No stored row shares a key: a plain insert, twice as fast as ON CONFLICT.
                     con.execute(insert)
                 con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
+            except BaseException as exc:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a failed write (a full disk) may have ended the transaction already
+                if isinstance(exc, (duckdb.IOException, duckdb.FatalException)):  # the disk, not the rows
+                    raise WarehouseError(
+                        f"DuckDB file {self.path}: writing {frame.height} rows to {table.qualified_name} failed, "
+                        f"nothing of them written: {' '.join(str(exc).split())}"
+                    ) from None
                 raise
             finally:
-                con.unregister("incoming")
+                try:
+                    con.unregister("incoming")
+                except duckdb.Error:
+                    pass  # a database invalidated by the failure above: that failure is the one to tell
         return frame.height
 
     @staticmethod

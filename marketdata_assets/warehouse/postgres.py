@@ -43,6 +43,21 @@ def _placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def _cause(exc: psycopg2.Error) -> str:
+    """The server's message, on one line."""
+    return " ".join(str(exc).split())
+
+
+def _rollback(con: psycopg2.extensions.connection) -> None:
+    """End a failed transaction; on a connection already lost there is nothing to end (and its
+    error must not hide the one that lost it)."""
+    if not con.closed:
+        try:
+            con.rollback()
+        except psycopg2.Error:
+            pass
+
+
 class PostgresWarehouse(Warehouse):
     # Separate transactions of one process write at once; the server serializes only what collides.
     concurrent_writes = 2
@@ -82,13 +97,31 @@ class PostgresWarehouse(Warehouse):
             con.close()
 
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
+        """One transaction; a connection lost on the way (server restart, `pg_terminate_backend`,
+        network) writes nothing, and the window is written once more on a new connection."""
         if frame.is_empty():
             return 0
         frame = distinct_keys(table, frame.select(table.columns))
-        columns = ", ".join(table.columns)
         csv = io.BytesIO()
         frame.write_csv(csv, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
-        csv.seek(0)
+        for attempt in (1, 2):
+            csv.seek(0)
+            try:
+                self._write(table, csv)
+                return frame.height
+            except psycopg2.Error as exc:
+                lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+                if lost and attempt == 1:
+                    continue
+                again = " (and again on a new connection)" if lost else ""
+                raise WarehouseError(
+                    f"PostgreSQL warehouse {self._where}: writing {frame.height} rows to "
+                    f"{table.qualified_name} failed{again}, nothing of them written: {_cause(exc)}"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _write(self, table: TableSpec, csv: io.BytesIO) -> None:
+        columns = ", ".join(table.columns)
         with self.connect() as con:
             try:
                 with con.cursor() as cur:
@@ -101,13 +134,9 @@ class PostgresWarehouse(Warehouse):
                         f"{table.on_conflict_update}"
                     )
                 con.commit()
-            except psycopg2.Error as exc:
-                con.rollback()
-                raise WarehouseError(
-                    f"PostgreSQL warehouse {self._where}: writing {frame.height} rows to "
-                    f"{table.qualified_name} failed, nothing of them written: {str(exc).strip()}"
-                ) from None
-        return frame.height
+            except psycopg2.Error:
+                _rollback(con)
+                raise
 
     def _read(self, con: psycopg2.extensions.connection, sql: str, params: list[Any]) -> pl.DataFrame:
         try:
@@ -117,8 +146,8 @@ class PostgresWarehouse(Warehouse):
                 rows = cur.fetchall()
             con.rollback()  # reads only: end the transaction
         except psycopg2.Error as exc:
-            con.rollback()
-            raise WarehouseError(f"PostgreSQL warehouse {self._where}: query failed: {str(exc).strip()}") from None
+            _rollback(con)
+            raise WarehouseError(f"PostgreSQL warehouse {self._where}: query failed: {_cause(exc)}") from None
         return pl.DataFrame(rows, schema=schema, orient="row")
 
 

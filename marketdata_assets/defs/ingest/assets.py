@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from marketdata_assets.defs.ingest.bans import adopt, record
 from marketdata_assets.defs.ingest.partitions import partial_outcome, partition_bounds, venue_pool
 from marketdata_assets.ingest import ingest
+from marketdata_assets.run_health import tag_run
 
 if TYPE_CHECKING:
     from marketdata_assets.catalog import Series
@@ -55,6 +57,7 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         required_resource_keys={"warehouse", "upstreams"},
     )
     def materialize(context: dg.AssetExecutionContext):
+        tag_run(context.instance, context.run.run_id)  # so a run whose process dies is noticed (run_health)
         window = context.partition_time_window
         store = context.resources.warehouse.open()
         bounds = Bounds(*partition_bounds(partitions))
@@ -68,8 +71,13 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         if key not in context.selected_asset_keys:  # the checks alone
             yield from checks()
             return
+        adopt(context.instance)  # bans other runs earned: nothing is sent to a host that banned our IP
         source = dataset.open_source(series, context.resources.upstreams, bounds)
-        report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end)
+        try:
+            report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end,
+                            rows_per_write=context.resources.warehouse.rows_per_write)
+        finally:
+            record(context.instance, series.venue, context.run.run_id)  # and those this run earned, for the others
         outcome = report.outcome
         context.log.info(
             f"{key.to_user_string()} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "

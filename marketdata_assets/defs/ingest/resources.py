@@ -3,6 +3,7 @@ these two; its dataset opens its source from `upstreams` (datasets/<name>.py, `o
 
 import dagster as dg
 
+from marketdata_assets.ingest import DEFAULT_ROWS_PER_WRITE
 from marketdata_assets.settings import ENDPOINT_DEFAULTS, Settings
 from marketdata_assets.sources.binance import BINANCE_FUTURES, BINANCE_SPOT
 from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient, Market
@@ -10,9 +11,10 @@ from marketdata_assets.warehouse import Warehouse, open_warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The warehouse named by MARKETDATA_WAREHOUSE_URL."""
+    """The warehouse named by MARKETDATA_WAREHOUSE_URL, written `rows_per_write` rows a transaction."""
 
     url: str
+    rows_per_write: int = DEFAULT_ROWS_PER_WRITE
 
     def open(self) -> Warehouse:
         return open_warehouse(self.url)
@@ -45,7 +47,8 @@ class UpstreamsResource(dg.ConfigurableResource):
 def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(
-            url=dg.EnvVar("MARKETDATA_WAREHOUSE_URL") if settings.warehouse_url_in_environment else settings.warehouse_url
+            url=dg.EnvVar("MARKETDATA_WAREHOUSE_URL") if settings.warehouse_url_in_environment else settings.warehouse_url,
+            rows_per_write=settings.rows_per_write,
         ),
         "upstreams": UpstreamsResource(
             urls={name: getattr(settings, name) for name in ENDPOINT_DEFAULTS},

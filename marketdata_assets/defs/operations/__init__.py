@@ -17,5 +17,6 @@ def automation(assets: Sequence[dg.AssetsDefinition], cron: str | None = None):
     return (
         [job.job for job in jobs],
         [incremental_schedule(job, cron) for job in jobs],
-        [gap_repair_sensor(jobs)] if jobs else [],
+        [gap_repair_sensor(jobs, {a.key.to_user_string(): str(next(iter(a.specs)).metadata["venue"]) for a in assets})]
+        if jobs else [],
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,9 +14,11 @@ import dagster as dg
 
 from marketdata_assets.coverage import partition_statuses, status_subsets
 from marketdata_assets.dagster_internals import NOT_FINISHED_STATUSES, AssetCheckExecutionRecordStatus
+from marketdata_assets.defs.ingest.bans import banned_venues
 from marketdata_assets.defs.ingest.partitions import adjacent_runs, partitions_between
 from marketdata_assets.defs.operations.schedules import RANGE_END, RANGE_START, TRIGGER_TAG, IncrementalJob, Plan
 from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, parse_window_text
+from marketdata_assets.run_health import fail_dead_runs
 
 # Repairs: at most this many re-runs of a window, waiting this long after each one, and at most
 # this many runs a tick, so a venue that is down gets a trickle of runs, not a storm.
@@ -124,11 +125,13 @@ def failed_partitions(instance: dg.DagsterInstance, jobs: Sequence[IncrementalJo
 
 def plan_repairs(
     state: RepairState, failed: dict[str, str], busy: set[str], now: float,
-    job_of: dict[str, IncrementalJob], tick: str,
+    job_of: dict[str, IncrementalJob], tick: str, banned: dict[str, str] | None = None,
 ) -> Plan:
     """Re-runs of the windows that failed or hold unexplained gaps: each at most REPAIR_ATTEMPTS
     times, REPAIR_BACKOFF apart, REPAIR_RUNS_PER_TICK runs a tick (one per asset and run of
-    adjacent partitions). `busy`: assets a run is already materializing. Updates `state`."""
+    adjacent partitions). `busy`: assets a run is already materializing; `banned`: assets whose
+    venue banned our IP, and until when. Updates `state`."""
+    banned = banned or {}
     plan = Plan()
     wanted = {**state.gaps, **failed}
     for window_id in sorted(set(state.attempts) - set(wanted)):
@@ -141,6 +144,8 @@ def plan_repairs(
         why = wanted[window_id]
         if asset in busy:
             plan.decisions.append(f"{window_id}: {why}; a run of {asset} is in progress, so waiting for it")
+        elif asset in banned:
+            plan.decisions.append(f"{window_id}: {why}; {banned[asset]}, so waiting for the ban to end")
         elif attempts >= REPAIR_ATTEMPTS:
             plan.decisions.append(
                 f"{window_id}: {why} after {attempts} re-runs; giving up. Fix the cause and run it again "
@@ -187,7 +192,8 @@ def _busy_assets(instance: dg.DagsterInstance) -> set[str]:
     return {key.to_user_string() for run in runs for key in (run.asset_selection or ())}
 
 
-def gap_repair_sensor(jobs: Sequence[IncrementalJob]) -> dg.SensorDefinition:
+def gap_repair_sensor(jobs: Sequence[IncrementalJob], venue_of: dict[str, str]) -> dg.SensorDefinition:
+    """The sensor over `jobs`; `venue_of`: asset (user string) -> the venue it reads."""
     job_of = {key.to_user_string(): job for job in jobs for key in job.keys}
 
     @dg.sensor(
@@ -204,11 +210,13 @@ def gap_repair_sensor(jobs: Sequence[IncrementalJob]) -> dg.SensorDefinition:
     )
     def gap_repair(context: dg.SensorEvaluationContext):
         state = RepairState.from_cursor(context.cursor)
-        decisions: list[str] = []
+        decisions = [run.describe() for run in fail_dead_runs(context.instance)]
         read_gap_checks(context.instance, jobs, state, decisions)
+        now = dt.datetime.now(dt.UTC)
+        bans = banned_venues(context.instance, now)
         plan = plan_repairs(
-            state, failed_partitions(context.instance, jobs), _busy_assets(context.instance), time.time(), job_of,
-            tick=dt.datetime.now(dt.UTC).isoformat(),
+            state, failed_partitions(context.instance, jobs), _busy_assets(context.instance), now.timestamp(), job_of,
+            tick=now.isoformat(), banned={a: bans[v] for a, v in venue_of.items() if v in bans},
         )
         for line in decisions + plan.decisions:
             context.log.info(line)

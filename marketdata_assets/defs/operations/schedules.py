@@ -28,6 +28,7 @@ from marketdata_assets.dagster_internals import (
     NOT_FINISHED_STATUSES,
 )
 from marketdata_assets.datasets import Dataset, dataset as dataset_named
+from marketdata_assets.run_health import fail_dead_runs
 
 RANGE_START, RANGE_END = ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG
 TRIGGER_TAG = "marketdata/trigger"
@@ -134,7 +135,7 @@ def plan_incremental(
     instance: dg.DagsterInstance, job: IncrementalJob, now: dt.datetime, tick: str,
 ) -> Plan:
     """One range run per set of assets of `job` that missed the same partitions."""
-    plan = Plan()
+    plan = Plan(decisions=[run.describe() for run in fail_dead_runs(instance)])
     in_flight = instance.get_runs(dg.RunsFilter(job_name=job.name, statuses=NOT_FINISHED_STATUSES), limit=1)
     if in_flight:
         plan.decisions.append(f"{job.name}: run {in_flight[0].run_id} is still {in_flight[0].status.value}; "
