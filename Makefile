@@ -11,8 +11,12 @@ install:
 		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --compile-bytecode
 
+# Two pytest workers (pytest-xdist): the end-to-end tests wait on daemons and servers as much as
+# they compute, so two share this 2-core machine well. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(UV) run pytest
+	$(UV) run pytest -n $(TEST_WORKERS) --dist worksteal
 
 # `marketdata seed` against the local emulators (FROM_DATE, TO_DATE, SKIP_<DATASET>=1 apply).
 demo: install

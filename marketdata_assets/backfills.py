@@ -82,6 +82,13 @@ class Selection:
     def describe(self) -> str:
         return f"{', '.join(k.to_user_string() for k in self.keys)} {self.first}...{self.last}"
 
+    def again(self) -> str:
+        """The command that runs this selection again, here."""
+        symbols = sorted({key.path[2] for key in self.keys if len(key.path) > 2})
+        last_day = self.partitions.time_window_for_partition_key(self.last).end - dt.timedelta(days=1)
+        return (f"marketdata backfill {self.keys[0].path[1]}" + (f" --symbols {','.join(symbols)}" if symbols else "")
+                + f" --from {self.first} --to {min(last_day, dt.datetime.now(dt.UTC)):%Y-%m-%d} --local")
+
 
 def _names(spec: dg.AssetSpec) -> set[str]:
     """What `marketdata backfill` accepts for an asset: its dataset, the key's dataset part

@@ -274,6 +274,7 @@ def _run_here(definitions, chosen, instance, tags=None) -> bool:
             click.echo(f"FAILED {what}, run {outcome.run_id}:")
             for error in outcome.errors:
                 click.echo("  " + error.replace("\n", "\n  "))
+            click.echo(f"  once fixed, run it again: {outcome.selection.again()}")
     return all(outcome.success for outcome in outcomes)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from marketdata_assets.catalog import CatalogError, load_catalog
 from marketdata_tests.conftest import write_catalog
-from marketdata_tests.test_cli import marketdata
+from marketdata_tests.test_cli import marketdata_here
 
 
 def test_packaged_catalog_has_btc_and_eth_spot_and_perps_on_three_venues_at_their_listing_dates():
@@ -135,7 +135,7 @@ def test_a_bad_catalog_is_one_line_and_exit_2_for_backfill_and_seed_too(tmp_path
     env = {"MARKETDATA_CATALOG": str(path), "DAGSTER_HOME": str(tmp_path / "home")}
     expected = f"catalog {path}: instruments[0] (binance perp BTCUSDT), field 'timeframes': unsupported timeframe '2m'"
     for args in (("backfill", "klines", "--local"), ("seed",), ("report",)):
-        result = marketdata(*args, cwd=tmp_path, env=env)
+        result = marketdata_here(*args, cwd=tmp_path, env=env)
         assert result.returncode == 2, (args, result.stderr)
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"marketdata {args[0]}: {expected}"), (args, line)

@@ -283,8 +283,10 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
         cancel = cli(deployed, tmp_path, "backfill", "cancel", long_id)
         assert cancel.returncode == 0, cancel.stderr
         assert cancel.stdout.startswith(f"canceling {long_id}: no more of its runs start and the running ones are stopped")
-        done = _wait(lambda: backfill(deployed, long_id)["status"] == "CANCELED" and backfill(deployed, long_id),
-                     "the daemon to cancel the backfill", 240, deployed.processes)
+        # (its run stopped; the backfill itself ends CANCELED an iteration of the daemon later, awaited below)
+        done = _wait(lambda: (found := backfill(deployed, long_id))["runs"]
+                     and all(run["status"] == "CANCELED" for run in found["runs"]) and found,
+                     "the daemon to stop the backfill's run", 240, deployed.processes)
         assert [run["status"] for run in done["runs"]] == ["CANCELED"]
         rows = stored(deployed, "ETHUSDT", utc(2026, 1, 1))
         time.sleep(3)
@@ -324,6 +326,8 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
         assert newest["BTCUSDT"] >= tick.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
         assert newest["ETHUSDT"] >= tick.replace(second=0, microsecond=0) - dt.timedelta(minutes=2)
 
+        _wait(lambda: backfill(deployed, long_id)["status"] == "CANCELED", "the cancelled backfill to end", 240,
+              deployed.processes)
         listing = cli(deployed, tmp_path, "backfill", "jobs")
         lines = listing.stdout.splitlines()
         assert lines[0].split() == ["id", "status", "done", "failed", "total", "started", "(UTC)", "assets"]
@@ -354,18 +358,18 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
                     break
                 page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
             assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
+            # the warehouse resource's page names the variable its URL comes from
+            resources_page = page_text(driver, f"{deployed.url}/locations/marketdata/resources/warehouse",
+                                       ["MARKETDATA_WAREHOUSE_URL"])
 
         # The warehouse URL (it holds a password) is configured through its variable: the UI's
         # resources page and GraphQL show the variable's name, never the URL.
         resources = deployed.graphql(RESOURCES)["allTopLevelResourceDetailsOrError"]["results"]
         (warehouse,) = [r["configuredValues"] for r in resources if r["name"] == "warehouse"]
         assert {"key": "url", "value": "MARKETDATA_WAREHOUSE_URL", "type": "ENV_VAR"} in warehouse
-        with browser() as driver:
-            page = page_text(driver, f"{deployed.url}/locations/marketdata/resources/warehouse",
-                             ["MARKETDATA_WAREHOUSE_URL"])
         # Nothing anywhere holds a secret: outputs, the processes' logs, every table of the
         # instance (events and their metadata, runs, tags, tick logs), GraphQL, the page.
-        seen = {"GraphQL resources": json.dumps(resources), "the resources page": page,
+        seen = {"GraphQL resources": json.dumps(resources), "the resources page": resources_page,
                 "the CLI's --wait backfill": out + err, "backfill jobs": listing.stdout + listing.stderr}
         seen |= {path.name: path.read_text(errors="replace") for path in tmp_path.glob("*.log")}
         seen |= {str(path): path.read_text(errors="replace")

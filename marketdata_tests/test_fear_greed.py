@@ -18,7 +18,7 @@ from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, utc, with_settings
 from marketdata_tests.test_assets import MATERIALIZED, run_range
-from marketdata_tests.test_cli import marketdata
+from marketdata_tests.test_cli import marketdata, marketdata_here
 
 KEY = dg.AssetKey(["alternative_me", "fear_greed"])
 SERIES_ONLY = {"series": [{"source": "alternative_me", "dataset": "fear_greed"}]}
@@ -133,7 +133,7 @@ def test_the_cli_reports_summarizes_backfills_and_seeds_the_index(tmp_path, ware
                               cwd=tmp_path, env=env)
         assert backfill.returncode == 0, backfill.stderr
         assert backfill.stdout.startswith("done   alternative_me/fear_greed 2024-01-01...2024-02-01 (2 partitions) in ")
-        report = marketdata("report", "--dataset", "fear_greed", "--format", "json", cwd=tmp_path, env=env)
+        report = marketdata_here("report", "--dataset", "fear_greed", "--format", "json", cwd=tmp_path, env=env)
         assert report.returncode == 0, report.stderr
         (row,) = json.loads(report.stdout)
         assert (row["asset"], row["venue"], row["symbol"], row["rows"]) == ("alternative_me/fear_greed", "alternative_me", None, 59)
@@ -147,10 +147,10 @@ def test_the_cli_reports_summarizes_backfills_and_seeds_the_index(tmp_path, ware
         summary = marketdata("summary", cwd=tmp_path, env=env)
         assert summary.stdout.splitlines()[1].split() == ["alternative_me/fear_greed", "59", "2024-01-01", "00:00",
                                                          "2024-02-29", "00:00"]
-        skipped = marketdata("seed", cwd=tmp_path, env={**env, "SKIP_SENTIMENT": "1"})
+        skipped = marketdata_here("seed", cwd=tmp_path, env={**env, "SKIP_SENTIMENT": "1"})
         assert "skipping sentiment (SKIP_SENTIMENT=1)" in skipped.stdout
         assert "nothing to fetch" in skipped.stdout
-        unknown = marketdata("report", "--dataset", "fear_and_greed", cwd=tmp_path, env=env)
+        unknown = marketdata_here("report", "--dataset", "fear_and_greed", cwd=tmp_path, env=env)
         assert unknown.returncode == 2
         assert unknown.stderr.strip().startswith("marketdata report: unknown dataset 'fear_and_greed' (known: klines, ")
 

@@ -20,6 +20,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from marketdata_assets.backfills import failure_cause
 from marketdata_assets.defs.location import build_definitions
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
 from marketdata_assets.emulator.config import Faults
@@ -148,11 +149,13 @@ def test_a_disk_that_fills_fails_the_window_naming_the_file_and_loses_nothing(tm
                       preexec_fn=_file_size_limit(size + 1_000_000))
     out, err = full.communicate(timeout=300)
     assert full.returncode == 1, out + err
-    failed, cause = out.strip().splitlines()
+    failed, cause, again = out.strip().splitlines()
     assert failed.startswith("FAILED binance_spot/klines_1m/BTCUSDT 2024-02-01...2024-03-01 (2 partitions), run ")
     assert cause.startswith(f"  WarehouseError: DuckDB file {settings.warehouse_url.removeprefix('duckdb:///')}: "
                             "writing "), cause
     assert "rows to market_data.klines failed, nothing of them written: " in cause and "File too large" in cause
+    assert again == "  once fixed, run it again: marketdata backfill klines_1m --symbols BTCUSDT --from 2024-02-01 " \
+                    "--to 2024-03-31 --local"
     after = open_warehouse(settings.warehouse_url).query("SELECT * FROM market_data.klines ORDER BY open_time")
     assert after.equals(before)  # the month stored before is whole
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
@@ -181,10 +184,14 @@ def test_a_ban_mid_run_stops_every_request_fails_naming_its_end_and_the_repair_s
         banner.join()
         assert not result.success
         answers = dict(ledger.answers)
-        failure = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-        message = failure[0].step_failure_data.error.message if failure else ""
-        assert re.search(r"IP banned until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", str(result.all_events)), message
-        assert answers.get(418, 0) <= 8, answers  # the requests in flight when it came, not one per window
+        (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+        cause = failure_cause(failure.step_failure_data.error)  # what `backfill --local` prints
+        said = re.search(r"IP banned until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", cause)
+        assert said, cause
+        until = dt.datetime.strptime(said.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
+        assert abs(until.timestamp() - ledger.banned_until) < 2, cause  # the ban's real end
+        # the requests in flight when it came (at most the client's concurrency), not one per window
+        assert answers.get(418, 0) <= local.binance_max_concurrency, answers
         written, distinct = klines_counts(local.warehouse_url)
         assert written == distinct < BARS
         month_status = statuses(instance, asset, MONTHS)

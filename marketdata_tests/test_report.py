@@ -25,7 +25,7 @@ from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, utc, with_settings
 from marketdata_tests.test_assets import BTC_SPOT_1M, dagster_materialize, run_range, spot_catalog, webserver
 from marketdata_tests.test_automation import repair_tick
-from marketdata_tests.test_cli import marketdata
+from marketdata_tests.test_cli import marketdata, marketdata_here
 
 
 @contextlib.contextmanager
@@ -62,7 +62,7 @@ def materialize(env: dict[str, str], partition_range: str) -> tuple[int, str]:
 
 
 def report_json(env: dict[str, str], cwd) -> dict:
-    result = marketdata("report", "--format", "json", cwd=cwd, env=env)
+    result = marketdata_here("report", "--format", "json", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
     (record,) = json.loads(result.stdout)
     return record
@@ -121,7 +121,7 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
 
         # 3. gaps verify fetches the outage again: still nothing, so it is recorded as verified
         #    empty, and January is checked again (explained gaps and the rejected row: WARN).
-        verify = marketdata("gaps", "verify", cwd=tmp_path, env=env)
+        verify = marketdata_here("gaps", "verify", cwd=tmp_path, env=env)
         assert verify.returncode == 0, verify.stderr
         assert verify.stdout.splitlines() == [
             "binance_spot/klines_1m/BTCUSDT [2024-01-10 00:00, 2024-01-10 02:00) UTC, 120 bars: "
@@ -149,12 +149,12 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         instance.dispose()
 
         # 5. The audit has converged: no unexplained gap, nothing failed, nothing invented.
-        assert marketdata("report", "--fail-on-gaps", cwd=tmp_path, env=env).returncode == 0
+        assert marketdata_here("report", "--fail-on-gaps", cwd=tmp_path, env=env).returncode == 0
         record = report_json(env, tmp_path)
         assert (record["partitions_materialized"], record["failed_partitions"]) == (3, [])
         assert (record["unexplained_bars"], record["known_gap_bars"], record["rejected_bars"]) == (0, 120, 1)
         assert record["rows"] == (31 + 29 + 31) * 1440 - 120 - 1
-        assert marketdata("gaps", "verify", cwd=tmp_path, env=env).stdout.strip() == "no unexplained gaps"
+        assert marketdata_here("gaps", "verify", cwd=tmp_path, env=env).stdout.strip() == "no unexplained gaps"
         rows = open_warehouse(settings.warehouse_url).query("SELECT * FROM market_data.klines ORDER BY open_time")
         served = fetch_klines("spot", url, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 4, 1)).frame
         assert rows.drop("source", "ingested_at").equals(served.drop("source", "ingested_at"))
@@ -211,10 +211,10 @@ def test_the_report_names_where_dagster_and_the_warehouse_disagree(tmp_path, set
 
 def test_report_refuses_an_unknown_symbol_and_a_missing_dagster_home(tmp_path, settings, dagster_home):
     env = cli_env(settings, dagster_home, spot_catalog(tmp_path))
-    result = marketdata("report", "--symbol", "DOGEUSDT", cwd=tmp_path, env=env)
+    result = marketdata_here("report", "--symbol", "DOGEUSDT", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == "marketdata report: no asset for symbol DOGEUSDT in the catalog"
     env.pop("DAGSTER_HOME")
-    result = marketdata("gaps", "verify", cwd=tmp_path, env=env)
+    result = marketdata_here("gaps", "verify", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert result.stderr.startswith("marketdata gaps verify: DAGSTER_HOME is not set")
