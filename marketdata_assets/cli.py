@@ -13,6 +13,12 @@ from marketdata_assets.settings import Settings, redact
 @click.group()
 def main() -> None:
     """Historical market-data backfill and incremental updates on Dagster."""
+    import os
+
+    # Whatever DAGSTER_HOME's dagster.yaml says (a home made elsewhere may say nothing, which
+    # Dagster reads as "on"), this command's runs upload no telemetry: Dagster uploads nothing
+    # while the variable is set.
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
 @main.command()
