@@ -8,6 +8,7 @@ import sys
 import click
 
 from marketdata_assets.settings import Settings, redact
+from marketdata_assets.wording import counted
 
 
 @click.group()
@@ -224,7 +225,7 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
     failed = [v for v in verdicts if v.error]
     empty_bars = sum(v.empty_bars for v in verdicts)
     click.echo(
-        f"{len(verdicts)} gaps fetched again: {sum(v.stored for v in verdicts)} bars stored, "
+        f"{counted(len(verdicts), 'gap')} fetched again: {counted(sum(v.stored for v in verdicts), 'bar')} stored, "
         f"{empty_bars} bars verified empty, {sum(v.rejected for v in verdicts)} rejected, {len(failed)} failed"
     )
     if failed:
@@ -270,10 +271,10 @@ def _run_here(definitions, chosen, instance, tags=None) -> bool:
     for run in fail_dead_runs(instance):
         click.echo(run.describe(), err=True)
     total = sum(selection.size for selection in chosen)
-    with click.progressbar(length=total, label=f"{total} partitions", show_pos=True, file=sys.stderr) as bar:
+    with click.progressbar(length=total, label=counted(total, "partition"), show_pos=True, file=sys.stderr) as bar:
         outcomes = run_here(definitions, chosen, instance, bar.update, tags)
     for outcome in outcomes:
-        what = f"{outcome.selection.describe()} ({outcome.selection.size} partitions)"
+        what = f"{outcome.selection.describe()} ({counted(outcome.selection.size, 'partition')})"
         if outcome.success:
             click.echo(f"done   {what} in {outcome.seconds:.1f} s, run {outcome.run_id}")
         else:

@@ -107,6 +107,15 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
         this_month = dt.datetime.now(dt.UTC).date().replace(day=1).isoformat()
         assert partitions.get_last_partition_key() == this_month
     assert specs["binance_spot/klines_1m/ETHUSDT"].partitions_def.get_first_partition_key() == "2017-08-01"
+    # each asset's description speaks of its own dataset and of no other's
+    own = {"klines": "candles", "funding": "funding settlements", "open_interest": "open interest",
+           "long_short": "long/short", "fear_greed": "fear & greed"}
+    for key, spec in specs.items():
+        text = (spec.description or "").lower()
+        assert own[spec.metadata["dataset"]] in text, (key, spec.description)
+        assert not [word for name, word in own.items() if name != spec.metadata["dataset"] and word in text], \
+            (key, spec.description)
+    assert "ratio" not in specs["binance_perp/open_interest/BTCUSDT"].description
 
 
 def test_range_run_stores_the_archives_candles_and_records_every_partition(tmp_path, settings, emulator, instance):

@@ -14,7 +14,6 @@ from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
 from marketdata_assets.definitions import build_definitions
 from marketdata_assets.defs.operations.repair import (
     REPAIR_ATTEMPTS,
-    REPAIR_BACKOFF,
     REPAIR_RUNS_PER_TICK,
     RepairState,
     plan_repairs,
@@ -168,6 +167,13 @@ def test_repairs_are_bounded_backed_off_and_capped_per_tick():
               f"{btc}|2024-06-01": "its latest run failed"}
     state, now = RepairState(gaps={f"{ETH.to_user_string()}|2024-01-01": "gap_count found 2 unexplained gaps"}), 1e9
 
+    # Found now: nothing is re-run for 15 minutes (a transient fault gets time to pass), as the README says.
+    plan = plan_repairs(state, failed, set(), now, job_of, "t0")
+    assert not plan.requests
+    assert f"{btc}|2024-06-01: its latest run failed; re-run 1 of 3 waits until " \
+           f"{dt.datetime.fromtimestamp(now + 15 * 60, dt.UTC):%Y-%m-%d %H:%M} UTC" in plan.decisions
+    assert not plan_repairs(state, failed, set(), now + 14 * 60, job_of, "t0b").requests
+    now += 15 * 60
     plan = plan_repairs(state, failed, set(), now, job_of, "t1")
     # adjacent failed months share one run; each window is attempt 1
     assert sorted((r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
@@ -175,18 +181,20 @@ def test_repairs_are_bounded_backed_off_and_capped_per_tick():
                                               ("2024-06-01", "2024-06-01")]
     assert f"{btc} 2024-02-01...2024-03-01: its latest run failed; re-run 1 of {REPAIR_ATTEMPTS}" in plan.decisions
 
-    # Still failing a minute later: nothing is asked until the backoff has passed.
+    # Still failing a minute later: nothing is asked until an hour after the re-run.
     state = RepairState.from_cursor(state.to_cursor())
     plan = plan_repairs(state, failed, set(), now + 60, job_of, "t2")
     assert not plan.requests
-    assert any("re-run 2 of 3 waits until" in line for line in plan.decisions)
+    assert f"{btc}|2024-06-01: its latest run failed; re-run 2 of 3 waits until " \
+           f"{dt.datetime.fromtimestamp(now + 3600, dt.UTC):%Y-%m-%d %H:%M} UTC" in plan.decisions
     # Nor while a run of the asset is in progress.
     assert not plan_repairs(state, failed, {btc, ETH.to_user_string()}, now + 10**6, job_of, "t3").requests
 
-    # After each backoff, one more attempt, then it gives up and says what to do.
+    # After each wait (1 hour, then 4 hours), one more attempt, then it gives up and says what to do.
     clock = now
-    for attempt in (2, 3):
-        clock += REPAIR_BACKOFF[attempt - 2].total_seconds()
+    for attempt, wait_s in ((2, 3600), (3, 4 * 3600)):
+        assert not plan_repairs(state, failed, set(), clock + wait_s - 60, job_of, f"early{attempt}").requests
+        clock += wait_s
         plan = plan_repairs(state, failed, set(), clock, job_of, f"t{attempt}")
         assert {r.tags["marketdata/repair_attempt"] for r in plan.requests} == {str(attempt)}
     plan = plan_repairs(state, failed, set(), clock + 10**6, job_of, "t9")
@@ -202,7 +210,9 @@ def test_repairs_are_bounded_backed_off_and_capped_per_tick():
 
     # A venue that is down for many windows gets a trickle of runs, not a storm.
     many = {f"{btc}|2024-{m:02d}-01": "its latest run failed" for m in range(1, 13, 2)}
-    plan = plan_repairs(RepairState(), many, set(), now, job_of, "t11")
+    crowd = RepairState()
+    plan_repairs(crowd, many, set(), now, job_of, "t11")
+    plan = plan_repairs(crowd, many, set(), now + 15 * 60, job_of, "t12")
     assert len(plan.requests) == REPAIR_RUNS_PER_TICK
     assert f"{btc} 2024-11-01...2024-11-01: due, but {REPAIR_RUNS_PER_TICK} repair runs were requested this tick " \
            "already; the next tick asks again" in plan.decisions

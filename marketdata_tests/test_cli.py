@@ -156,7 +156,7 @@ def test_a_failed_local_backfill_names_its_cause_and_a_fresh_home_keeps_telemetr
                         cwd=tmp_path, env=cli_env(settings, home, catalog))
     assert result.returncode == 1
     failed, cause, again = result.stdout.strip().splitlines()
-    assert failed.startswith("FAILED binance_spot/klines_1h/NOPEUSDT 2024-01-01...2024-01-01 (1 partitions), run ")
+    assert failed.startswith("FAILED binance_spot/klines_1h/NOPEUSDT 2024-01-01...2024-01-01 (1 partition), run ")
     assert cause.startswith("  UpstreamRejected: binance spot: GET /api/v3/klines?symbol=NOPEUSDT")
     assert cause.endswith("rejected with HTTP 400: code -1121: Invalid symbol.")
     assert again == "  once fixed, run it again: marketdata backfill klines_1h --symbols NOPEUSDT --from 2024-01-01 " \

@@ -110,14 +110,15 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         assert "binance_spot/klines_1m/BTCUSDT: unexplained gap [2024-01-10 00:00, 2024-01-10 02:00) UTC, 120 bars" in table.stdout
         assert "binance_spot/klines_1m/BTCUSDT: failed partitions 2024-02-01" in table.stdout
 
-        # The repair sensor asks for January (its gap) and February (failed) again, in one run.
+        # The repair sensor finds January (its gap) and February (failed), and gives them 15 minutes
+        # before the first re-run (test_automation runs the re-runs themselves).
         definitions = build_definitions(Settings.from_env(env))
         instance = dg.DagsterInstance.from_config(str(dagster_home))
         repair, log = repair_tick(definitions, instance, None, capsys)
-        assert [(r.asset_selection, r.tags["dagster/asset_partition_range_start"],
-                 r.tags["dagster/asset_partition_range_end"], r.job_name) for r in repair.run_requests] == [
-            ([BTC_SPOT_1M], "2024-01-01", "2024-02-01", "klines_from_2024_01")]
-        assert "binance_spot/klines_1m/BTCUSDT 2024-01-01...2024-02-01: gap_count found 1 unexplained gaps; re-run 1 of 3" in log
+        assert not repair.run_requests
+        waits = [line.split(" waits until ")[0] for line in log if " waits until " in line]
+        assert waits == ["binance_spot/klines_1m/BTCUSDT|2024-01-01: gap_count found 1 unexplained gap; re-run 1 of 3",
+                         "binance_spot/klines_1m/BTCUSDT|2024-02-01: its latest run failed; re-run 1 of 3"], log
 
         # 3. gaps verify fetches the outage again: still nothing, so it is recorded as verified
         #    empty, and January is checked again (explained gaps and the rejected row: WARN).
@@ -128,15 +129,15 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
             "120 bars verified empty, recorded as a known gap",
             "checked binance_spot/klines_1m/BTCUSDT again over 2024-01-01...2024-01-01: "
             "ohlc_valid=WARN gap_count=WARN no_unclosed_bars=passed",
-            "1 gaps fetched again: 0 bars stored, 120 bars verified empty, 0 rejected, 0 failed",
+            "1 gap fetched again: 0 bars stored, 120 bars verified empty, 0 rejected, 0 failed",
         ]
         # The sensor does not re-run windows verified empty; February waits out its backoff.
         repair, log = repair_tick(definitions, instance, repair.cursor, capsys)
         assert not repair.run_requests
         assert "binance_spot/klines_1m/BTCUSDT: the gaps gap_count found over 2024-01-01..2024-02-01 are all " \
                "verified empty or documented maintenance: not re-run" in log
-        assert "binance_spot/klines_1m/BTCUSDT|2024-01-01: nothing left to repair (1 re-runs requested)" in log
-        assert any(line.startswith("binance_spot/klines_1m/BTCUSDT|2024-02-01: its latest run failed; re-run 2 of 3 "
+        assert "binance_spot/klines_1m/BTCUSDT|2024-01-01: nothing left to repair (before any re-run)" in log
+        assert any(line.startswith("binance_spot/klines_1m/BTCUSDT|2024-02-01: its latest run failed; re-run 1 of 3 "
                                    "waits until") for line in log)
 
         # 4. The failed partition again: the window's failures are spent now.
@@ -145,7 +146,7 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         repair, log = repair_tick(definitions, instance, repair.cursor, capsys)
         assert not repair.run_requests
         assert log == ["binance_spot/klines_1m/BTCUSDT|2024-02-01: gap_count passes now (or its gaps are verified empty)",
-                       "binance_spot/klines_1m/BTCUSDT|2024-02-01: nothing left to repair (1 re-runs requested)"]
+                       "binance_spot/klines_1m/BTCUSDT|2024-02-01: nothing left to repair (before any re-run)"]
         instance.dispose()
 
         # 5. The audit has converged: no unexplained gap, nothing failed, nothing invented.

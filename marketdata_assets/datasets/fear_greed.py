@@ -21,6 +21,7 @@ from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, window_te
 from marketdata_assets.schemas import UTC_TIME, TableSpec
 from marketdata_assets.sources.alternative_me import BANDS, VENUE, FearGreedSource
 from marketdata_assets.warehouse import Warehouse
+from marketdata_assets.wording import counted
 
 FEAR_GREED = TableSpec(
     name="fear_greed",
@@ -105,7 +106,7 @@ class FearGreed(Dataset):
             dg.AssetCheckResult(
                 asset_key=key, check_name=VALUES_VALID, passed=rows.is_empty() and rejected.is_empty(),
                 severity=dg.AssetCheckSeverity.ERROR if rows.height else dg.AssetCheckSeverity.WARN,
-                description=f"{rows.height} stored days break a rule; {rejected.height} rows rejected at ingest",
+                description=f"{counted(rows.height, 'stored day')} break a rule; {counted(rejected.height, 'row')} rejected at ingest",
                 metadata={
                     "window": window, "invalid_rows": rows.height, "rejected_rows": rejected.height,
                     "invalid_samples": dg.MetadataValue.md(samples_table(rows.head(SAMPLES).to_dicts())),

@@ -59,12 +59,15 @@ class FuturesStatistic(InstrumentDataset):
     broken_sql: ClassVar[str]
     rule: ClassVar[str]
     what: ClassVar[str]  # the series, in words
+    # What each source holds beyond the series, for the description ("" where both hold it all).
+    rest_holds: ClassVar[str] = ""
+    archive_holds: ClassVar[str] = ""
 
     def describe_series(self, series: Series, partitions: dg.TimeWindowPartitionsDefinition) -> str:
         return (
             f"{self.title} of {series.describe()} every 5 minutes, in {self.table.qualified_name}: REST for its last "
-            "30 days (with each ratio's long and short parts), the archive's daily metrics files before "
-            f"(ratios only), from {METRICS_FROM:%B %Y}. A day neither holds fails its partition."
+            f"30 days{self.rest_holds}, the archive's daily metrics files before{self.archive_holds}, "
+            f"from {METRICS_FROM:%B %Y}. A day neither holds fails its partition."
         )
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceStatisticsSource:

@@ -18,6 +18,8 @@ class LongShort(FuturesStatistic):
     broken_sql = "ratio <= 0 OR long_value < 0 OR short_value < 0"
     rule = "every ratio > 0, and its long and short parts (where REST gave them) ≥ 0"
     what = "each of the four long/short metrics"
+    rest_holds = " (with each ratio's long and short parts)"
+    archive_holds = " (ratios only)"
 
 
 DATASET = LongShort()

@@ -16,6 +16,7 @@ from marketdata_assets.defs.ingest.bans import adopt, record
 from marketdata_assets.defs.ingest.partitions import partial_outcome, partition_bounds, venue_pool
 from marketdata_assets.ingest import ingest
 from marketdata_assets.run_health import tag_run
+from marketdata_assets.wording import counted
 
 if TYPE_CHECKING:
     from marketdata_assets.catalog import Series
@@ -83,7 +84,8 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
             f"{key.to_user_string()} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
             f"{report.rows_written} rows in {report.seconds:.1f} s, "
             + ", ".join(f"{rows} from {origin}" for origin, rows in sorted(outcome.rows_by_source.items()))
-            + f"; {outcome.requests} requests, {report.rows_rejected} rows rejected, {len(report.failures)} windows failed"
+            + f"; {counted(outcome.requests, 'request')}, {counted(report.rows_rejected, 'row')} rejected, "
+            + f"{counted(len(report.failures), 'window')} failed"
         )
         results = checks()
         if report.failures:

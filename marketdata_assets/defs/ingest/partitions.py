@@ -8,6 +8,7 @@ from functools import cache
 import dagster as dg
 
 from marketdata_assets.sources.errors import PieceFailure
+from marketdata_assets.wording import counted
 
 
 def venue_pool(source: str, warehouse_kind: str) -> str:
@@ -93,7 +94,7 @@ def partial_outcome(
             )
     yield from checks
     raise WindowsFailed(
-        f"{what}: {len(failures)} windows could not be read, so partitions {', '.join(sorted(failed))} are not "
+        f"{what}: {counted(len(failures), 'window')} could not be read, so partitions {', '.join(sorted(failed))} are not "
         f"materialized; the other {len(context.partition_keys) - len(failed)} are:\n"
         + "\n".join(f"- {failure.describe()}" for failure in failures)
     )

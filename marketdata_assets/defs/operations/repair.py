@@ -19,13 +19,21 @@ from marketdata_assets.defs.ingest.partitions import adjacent_runs, partitions_b
 from marketdata_assets.defs.operations.schedules import RANGE_END, RANGE_START, TRIGGER_TAG, IncrementalJob, Plan
 from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, parse_window_text
 from marketdata_assets.run_health import fail_dead_runs
+from marketdata_assets.wording import counted
 
-# Repairs: at most this many re-runs of a window, waiting this long after each one, and at most
-# this many runs a tick, so a venue that is down gets a trickle of runs, not a storm.
+# Repairs: at most this many re-runs of a window, the first one REPAIR_BACKOFF[0] after the sensor
+# finds the window, each next one the following wait after the re-run before (a transient fault
+# gets time to pass), and at most this many runs a tick: a venue that is down gets a trickle of
+# runs, not a storm.
 REPAIR_ATTEMPTS = 3
 REPAIR_BACKOFF = (dt.timedelta(minutes=15), dt.timedelta(hours=1), dt.timedelta(hours=4))
 REPAIR_RUNS_PER_TICK = 5
 REPAIR_INTERVAL_S = 300
+
+
+def _wording(wait: dt.timedelta) -> str:
+    minutes = int(wait.total_seconds() // 60)
+    return counted(minutes // 60, "hour") if minutes % 60 == 0 else counted(minutes, "minute")
 
 
 @dataclass
@@ -95,7 +103,7 @@ def _fold_evaluation(
         count = sum(1 for a, b in windows if a < span.end and span.start < b)
         window_id = f"{asset}|{partition}"
         if count:
-            state.gaps[window_id] = f"{check_key.name} found {count} unexplained gaps"
+            state.gaps[window_id] = f"{check_key.name} found {counted(count, 'unexplained gap')}"
         elif state.gaps.pop(window_id, None):
             decisions.append(f"{window_id}: {check_key.name} passes now (or its gaps are verified empty)")
     known = evaluation.metadata.get("known_gap_bars")
@@ -128,19 +136,22 @@ def plan_repairs(
     job_of: dict[str, IncrementalJob], tick: str, banned: dict[str, str] | None = None,
 ) -> Plan:
     """Re-runs of the windows that failed or hold unexplained gaps: each at most REPAIR_ATTEMPTS
-    times, REPAIR_BACKOFF apart, REPAIR_RUNS_PER_TICK runs a tick (one per asset and run of
-    adjacent partitions). `busy`: assets a run is already materializing; `banned`: assets whose
+    times, after the waits of REPAIR_BACKOFF (the first counted from the tick that finds the
+    window), REPAIR_RUNS_PER_TICK runs a tick (one per asset and run of adjacent partitions). `busy`: assets a run is already materializing; `banned`: assets whose
     venue banned our IP, and until when. Updates `state`."""
     banned = banned or {}
     plan = Plan()
     wanted = {**state.gaps, **failed}
     for window_id in sorted(set(state.attempts) - set(wanted)):
         attempts, _ = state.attempts.pop(window_id)
-        plan.decisions.append(f"{window_id}: nothing left to repair ({attempts} re-runs requested)")
+        plan.decisions.append(f"{window_id}: nothing left to repair "
+                              + (f"({counted(attempts, 're-run')} requested)" if attempts else "(before any re-run)"))
     due: dict[str, list[str]] = defaultdict(list)
     for window_id in sorted(wanted):
         asset, partition = window_id.rsplit("|", 1)
-        attempts, next_at = state.attempts.get(window_id, (0, 0.0))
+        if window_id not in state.attempts:  # found now: its first re-run waits REPAIR_BACKOFF[0]
+            state.attempts[window_id] = (0, now + REPAIR_BACKOFF[0].total_seconds())
+        attempts, next_at = state.attempts[window_id]
         why = wanted[window_id]
         if asset in busy:
             plan.decisions.append(f"{window_id}: {why}; a run of {asset} is in progress, so waiting for it")
@@ -174,7 +185,8 @@ def plan_repairs(
             for partition in span:
                 window_id = f"{asset}|{partition}"
                 attempts = state.attempts.get(window_id, (0, 0.0))[0] + 1
-                state.attempts[window_id] = (attempts, now + REPAIR_BACKOFF[attempts - 1].total_seconds())
+                wait = REPAIR_BACKOFF[min(attempts, len(REPAIR_BACKOFF) - 1)]  # before the next re-run
+                state.attempts[window_id] = (attempts, now + wait.total_seconds())
                 attempt = max(attempt, attempts)
             plan.decisions.append(f"{asset} {first}...{last}: {wanted[f'{asset}|{first}']}; re-run {attempt} of {REPAIR_ATTEMPTS}")
             plan.requests.append(dg.RunRequest(
@@ -203,8 +215,9 @@ def gap_repair_sensor(jobs: Sequence[IncrementalJob], venue_of: dict[str, str]) 
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Re-runs the partitions whose latest run failed and those whose gap check found "
-            f"unexplained gaps: at most {REPAIR_ATTEMPTS} times each, waiting "
-            f"{', '.join(str(b) for b in REPAIR_BACKOFF)} between, {REPAIR_RUNS_PER_TICK} runs a tick. "
+            f"unexplained gaps: at most {REPAIR_ATTEMPTS} times each, the first {_wording(REPAIR_BACKOFF[0])} "
+            f"after it finds them, the next {' and '.join(_wording(b) for b in REPAIR_BACKOFF[1:])} after the "
+            f"re-run before; {REPAIR_RUNS_PER_TICK} runs a tick. "
             "Windows verified empty are never re-run."
         ),
     )

@@ -29,6 +29,7 @@ from marketdata_assets.dagster_internals import (
 )
 from marketdata_assets.datasets import Dataset, dataset as dataset_named
 from marketdata_assets.run_health import fail_dead_runs
+from marketdata_assets.wording import counted
 
 RANGE_START, RANGE_END = ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG
 TRIGGER_TAG = "marketdata/trigger"
@@ -148,7 +149,7 @@ def plan_incremental(
             plan.decisions.append(f"{key.to_user_string()}: up to date ({reason})")
             continue
         plan.decisions.append(
-            f"{key.to_user_string()}: {reason}; runs {stale[0]}...{stale[-1]} ({len(stale)} partitions)"
+            f"{key.to_user_string()}: {reason}; runs {stale[0]}...{stale[-1]} ({counted(len(stale), 'partition')})"
         )
         by_range[(stale[0], stale[-1])].append(key)
     for (first, last), keys in sorted(by_range.items()):

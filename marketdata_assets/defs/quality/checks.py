@@ -30,6 +30,7 @@ from marketdata_assets.audit import (
     stored_klines,
 )
 from marketdata_assets.warehouse import Warehouse
+from marketdata_assets.wording import counted
 
 OHLC_VALID = "ohlc_valid"
 GAP_COUNT = "gap_count"
@@ -113,7 +114,7 @@ def _ohlc_valid(ohlc: OhlcAudit, key: dg.AssetKey, window: dg.MetadataValue) -> 
         check_name=OHLC_VALID,
         passed=invalid == 0 and rejected == 0,
         severity=dg.AssetCheckSeverity.ERROR if invalid else dg.AssetCheckSeverity.WARN,
-        description=f"{invalid} stored bars break a rule; {rejected} rows rejected at ingest",
+        description=f"{counted(invalid, 'stored bar')} break a rule; {counted(rejected, 'row')} rejected at ingest",
         metadata={
             "window": window,
             "rows_checked": ohlc.rows,
