@@ -30,10 +30,12 @@ seed: install
 bench: install
 	$(UV) run python bench/bench.py
 
+# The UI, the daemon and the code location (pyproject.toml's [tool.dg]) on http://127.0.0.1:3000.
 dev: install
 	mkdir -p $(MARKETDATA_HOME)/dagster
-	test -f $(MARKETDATA_HOME)/dagster/dagster.yaml || cp dagster.yaml $(MARKETDATA_HOME)/dagster/dagster.yaml
-	DAGSTER_HOME=$(MARKETDATA_HOME)/dagster $(UV) run dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	test -f $(MARKETDATA_HOME)/dagster/dagster.yaml \
+		|| cp marketdata_assets/dagster_instance.yaml $(MARKETDATA_HOME)/dagster/dagster.yaml
+	DAGSTER_HOME=$(MARKETDATA_HOME)/dagster $(UV) run dg dev -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf .marketdata .pytest_cache

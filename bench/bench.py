@@ -97,7 +97,7 @@ def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
     """A fresh user environment: default warehouse and SQLite instance under run_dir/.marketdata."""
     home = run_dir / ".marketdata" / "dagster"
     home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "marketdata_assets" / "dagster_instance.yaml", home / "dagster.yaml")
     from marketdata_assets.settings import ENDPOINT_DEFAULTS
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_"))}
@@ -384,7 +384,7 @@ def build_report_state(work: Path) -> tuple[Path, dict[str, str]]:
         )
     home = work / "report_dagster"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "marketdata_assets" / "dagster_instance.yaml", home / "dagster.yaml")
     assets = klines_assets(load_catalog(catalog_path), cadence="daily")
     instance = dg.DagsterInstance.from_config(str(home))
     try:

@@ -8,6 +8,7 @@ import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,22 @@ import polars as pl
 from marketdata_assets.settings import Settings, SettingsError, redact
 
 
+# The dagster.yaml of a home `marketdata` makes (and `make dev`'s).
+INSTANCE_CONFIG = resources.files("marketdata_assets").joinpath("dagster_instance.yaml")
+
+
 class AppError(Exception):
     """The request cannot run as asked (bad input, settings, catalog or warehouse URL): one line."""
 
 
 def local_instance(env: Mapping[str, str] | None = None) -> dg.DagsterInstance:
     """The Dagster instance of DAGSTER_HOME, or of .marketdata/dagster (made if missing). A home
-    without a dagster.yaml gets the repository's, or one that keeps Dagster's telemetry off."""
+    without a dagster.yaml gets the packaged one (SQLite, telemetry off, run monitoring on)."""
     env = os.environ if env is None else env
     home = Path(env.get("DAGSTER_HOME") or ".marketdata/dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        config = Path("dagster.yaml")
-        (home / "dagster.yaml").write_text(config.read_text() if config.exists() else "telemetry:\n  enabled: false\n")
+        (home / "dagster.yaml").write_text(INSTANCE_CONFIG.read_text())
     return dg.DagsterInstance.from_config(str(home))
 
 

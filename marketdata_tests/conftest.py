@@ -130,7 +130,7 @@ def cli_env(settings: Settings, dagster_home: Path, catalog: Path | None = None)
 def dagster_home(tmp_path: Path) -> Path:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "marketdata_assets" / "dagster_instance.yaml").read_text())
     # Create the instance's storage once, as any first use does: concurrent first runs on a
     # brand-new SQLite instance race to create its tables (a Dagster start-up race, not ours).
     from dagster import DagsterInstance

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from marketdata_tests.conftest import REPO
 
 
@@ -38,7 +40,6 @@ def marketdata_here(*args: str, cwd: Path, env: dict[str, str] | None = None) ->
 
 
 def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is_stored(tmp_path):
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     result = marketdata("demo", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
@@ -63,7 +64,8 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
     # the packaged catalog's one series: a Fear & Greed value for every day of the two months
     assert "alternative_me/fear_greed 60 2024-01-01 00:00 2024-02-29 00:00" in " ".join(out.split())
     assert (tmp_path / ".marketdata" / "warehouse.duckdb").exists()
-    assert (tmp_path / ".marketdata" / "dagster" / "dagster.yaml").exists()
+    instance_config = (REPO / "marketdata_assets" / "dagster_instance.yaml").read_text()
+    assert (tmp_path / ".marketdata" / "dagster" / "dagster.yaml").read_text() == instance_config
 
     # A second run fetches nothing, and says so; a skipped dataset is named. (The seed the demo
     # ran, in this process: it asks no upstream, so needs no emulator.)
@@ -151,7 +153,7 @@ def test_a_failed_local_backfill_names_its_cause_and_a_fresh_home_keeps_telemetr
     catalog = write_catalog(tmp_path / "catalog.yaml", [
         {"venue": "binance", "market": "spot", "symbol": "NOPEUSDT", "timeframes": ["1h"], "source": "rest"}],
         start_date="2024-01-01")
-    home = tmp_path / "fresh_home"  # no dagster.yaml, and none in the working directory either
+    home = tmp_path / "fresh_home"  # no dagster.yaml
     result = marketdata("backfill", "klines", "--from", "2024-01-01", "--to", "2024-01-10", "--local",
                         cwd=tmp_path, env=cli_env(settings, home, catalog))
     assert result.returncode == 1
@@ -161,7 +163,8 @@ def test_a_failed_local_backfill_names_its_cause_and_a_fresh_home_keeps_telemetr
     assert cause.endswith("rejected with HTTP 400: code -1121: Invalid symbol.")
     assert again == "  once fixed, run it again: marketdata backfill klines_1h --symbols NOPEUSDT --from 2024-01-01 " \
                     "--to 2024-01-31 --local"
-    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert (config["telemetry"], config["run_monitoring"]) == ({"enabled": False}, {"enabled": True})
 
 
 def test_bad_emulator_options_get_one_line_and_exit_2(tmp_path, emulator):
@@ -224,3 +227,58 @@ def test_a_bad_warehouse_url_is_one_line_and_exit_2_before_anything_runs(tmp_pat
             "MARKETDATA_WAREHOUSE_URL": url, "MARKETDATA_CATALOG": catalog, "DAGSTER_HOME": str(home)})
         assert (result.returncode, result.stderr.strip(), result.stdout) == (2, message, ""), command
         assert not home.exists()  # no run was started, not even an instance made
+
+
+def test_make_dev_is_dg_dev_on_the_dg_project_and_starts_without_a_warning(tmp_path):
+    import json
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    # `dg` finds the code location from pyproject.toml's [tool.dg], as `uv run` (VIRTUAL_ENV) runs it
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_"))}
+    env |= {"VIRTUAL_ENV": sys.prefix, "MARKETDATA_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'w.duckdb'}"}
+    dg = str(Path(sys.executable).parent / "dg")
+    listed = subprocess.run([dg, "list", "defs", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.strip() == ""
+    defs = json.loads(listed.stdout)
+    assets = {asset["asset_key"] for asset in defs["assets"]}
+    assert {"binance_spot/klines_1m/BTCUSDT", "binance_perp/funding/ETHUSDT", "alternative_me/fear_greed"} <= assets
+    assert "gap_repair" in {sensor["name"] for sensor in defs["sensors"]}
+
+    # `make dev`: a home holding the packaged dagster.yaml, then `dg dev`, from the repository
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "marketdata_assets" / "dagster_instance.yaml").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "dev.log").open("w+")
+    dev = subprocess.Popen([dg, "dev", "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env={**env, "DAGSTER_HOME": str(home)},
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert dev.poll() is None and time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # the daemon's first ticks
+    finally:
+        os.killpg(dev.pid, signal.SIGTERM)
+        try:
+            dev.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+        log.close()
+    output = (tmp_path / "dev.log").read_text()
+    assert "Serving dagster-webserver on" in output
+    warned = [line for line in output.splitlines() if "warn" in line.lower()]
+    assert not warned, warned
