@@ -93,6 +93,16 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
     )
     btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
     assert btc_perp_1m.group_name == "binance_perp"
+    # Dagster's own table keys, so the UI names the table and lists its columns (README, Warehouse)
+    assert btc_perp_1m.metadata["dagster/table_name"] == "market_data.klines"
+    columns = btc_perp_1m.metadata["dagster/column_schema"].columns
+    assert [(c.name, c.type) for c in columns] == [
+        ("venue", "text"), ("market", "text"), ("symbol", "text"), ("timeframe", "text"), ("open_time", "timestamptz"),
+        ("open", "double"), ("high", "double"), ("low", "double"), ("close", "double"), ("volume", "double"),
+        ("quote_volume", "double"), ("trades", "bigint"), ("taker_buy_volume", "double"),
+        ("taker_buy_quote_volume", "double"), ("source", "text"), ("ingested_at", "timestamptz")]
+    assert [c.name for c in columns if c.description == "primary key"] == ["venue", "market", "symbol", "timeframe",
+                                                                          "open_time"]
     # runs take a slot of one DuckDB writer pool; with PostgreSQL, of their venue's pool
     assert definitions.resolve_assets_def(btc_perp_1m.key).op.pool == "duckdb_writer"
     on_postgres = build_definitions(with_settings(settings, warehouse_url="postgresql://u@h/db"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dagster as dg
+import polars as pl
 
 from marketdata_assets.schemas import TableSpec
 
@@ -47,6 +48,20 @@ class Bounds:
 
     first_window_end: dt.datetime
     current_window_start: dt.datetime
+
+
+_SQL_TYPES = {pl.Float64: "double", pl.Int64: "bigint", pl.Int32: "integer", pl.String: "text", pl.Date: "date",
+              pl.Boolean: "boolean", pl.Datetime: "timestamptz"}
+
+
+def column_schema(table: TableSpec) -> dg.TableSchema:
+    """`table`'s columns as Dagster's column schema, the primary key's marked."""
+    return dg.TableSchema(columns=[
+        dg.TableColumn(name, _SQL_TYPES.get(dtype.base_type(), str(dtype)),
+                       description="primary key" if name in table.primary_key else None,
+                       constraints=dg.TableColumnConstraints(nullable=name not in table.primary_key))
+        for name, dtype in table.schema.items()
+    ])
 
 
 class Dataset:
@@ -139,7 +154,12 @@ class Dataset:
             found["symbol"] = series.key
         if "timeframe" in series.options:
             found["timeframe"] = series.options["timeframe"]
-        return found | {"table": self.table.qualified_name}
+        return found | {
+            "table": self.table.qualified_name,
+            # Dagster's own keys: the UI names the table and lists its columns
+            "dagster/table_name": self.table.qualified_name,
+            "dagster/column_schema": column_schema(self.table),
+        }
 
     def retention(self, venue: str) -> dt.timedelta | None:
         """How far back `venue` still serves this dataset (None: its whole history)."""
