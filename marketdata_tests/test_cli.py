@@ -280,5 +280,10 @@ def test_make_dev_is_dg_dev_on_the_dg_project_and_starts_without_a_warning(tmp_p
         log.close()
     output = (tmp_path / "dev.log").read_text()
     assert "Serving dagster-webserver on" in output
-    warned = [line for line in output.splitlines() if "warn" in line.lower()]
+    # No warning of ours or of how it is started (`dagster dev` is superseded by `dg dev`; a
+    # dagster.yaml beside DAGSTER_HOME "will not be used"). On a busy machine Dagster may restart a
+    # code server that missed its heartbeat and say so: that is load, not configuration.
+    warned = [line for line in output.splitlines()
+              if ("warn" in line.lower() or "deprecat" in line.lower() or "superseded" in line)
+              and "Restarting the code server process" not in line]
     assert not warned, warned
