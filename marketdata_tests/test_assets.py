@@ -117,6 +117,14 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
         this_month = dt.datetime.now(dt.UTC).date().replace(day=1).isoformat()
         assert partitions.get_last_partition_key() == this_month
     assert specs["binance_spot/klines_1m/ETHUSDT"].partitions_def.get_first_partition_key() == "2017-08-01"
+    # schedules (and their jobs) say what they keep current and how often; since when where a
+    # dataset's assets begin in different months (spot 2017-08; Binance perps 2019-09 and 2019-11,
+    # OKX 2019-12, Bybit 2020-03 and 2020-10)
+    assert sorted(schedule.name for schedule in definitions.schedules) == [
+        "fear_greed_daily", "funding_8h_since_2019_09", "funding_8h_since_2019_11", "funding_8h_since_2019_12",
+        "funding_8h_since_2020_03", "funding_8h_since_2020_10", "klines_daily_since_2017_08",
+        "klines_daily_since_2019_09", "klines_daily_since_2019_11", "long_short_daily", "open_interest_daily"]
+    assert all(definitions.resolve_job_def(s.name).name == s.job_name == s.name for s in definitions.schedules)
     # each asset's description speaks of its own dataset and of no other's
     own = {"klines": "candles", "funding": "funding settlements", "open_interest": "open interest",
            "long_short": "long/short", "fear_greed": "fear & greed"}

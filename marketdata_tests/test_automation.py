@@ -147,7 +147,7 @@ def test_the_incremental_schedule_runs_the_newest_closed_day_and_catches_up_what
         run = instance.create_run_for_job(job, run_id=None, tags={}, status=dg.DagsterRunStatus.STARTED)
         data, log = evaluate(definitions, schedule.name, instance, capsys)
         assert not data.run_requests
-        assert f"klines_from_2024_01: run {run.run_id} is still STARTED; the next tick picks up what it leaves" in log
+        assert f"klines_daily: run {run.run_id} is still STARTED; the next tick picks up what it leaves" in log
 
 
 def test_a_bad_schedule_cron_setting_is_named(two_symbols):
@@ -160,7 +160,7 @@ def test_a_bad_schedule_cron_setting_is_named(two_symbols):
 
 def test_repairs_are_bounded_backed_off_and_capped_per_tick():
     partitions = dg.MonthlyPartitionsDefinition("2024-01-01", end_offset=1)
-    job = IncrementalJob("klines", partitions, (BTC, ETH))
+    job = IncrementalJob("klines", partitions, (BTC, ETH), "klines_daily")
     job_of = {BTC.to_user_string(): job, ETH.to_user_string(): job}
     btc = BTC.to_user_string()
     failed = {f"{btc}|2024-02-01": "its latest run failed", f"{btc}|2024-03-01": "its latest run failed",

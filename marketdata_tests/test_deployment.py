@@ -345,7 +345,7 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
             page = page_text(driver, f"{deployed.url}/runs/b/{short_id}?tab=overview",
                              ["2024-01-01...2024-02-01", "binance_spot / klines_1h / BTCUSDT\n100% completed\n2\n0\n2\n0"])
             assert f"Runs / {short_id}" in page
-            page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
+            page_text(driver, f"{deployed.url}/automation", ["klines_daily", "gap_repair"])
             switches = "return Array.from(document.querySelectorAll('input[type=checkbox]'))" \
                        ".filter(e => e.parentElement.className.includes('formatSwitch')).map(e => e.checked)"
             # The switches render once each one's state has loaded, which a busy webserver (the
@@ -356,7 +356,7 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
                     time.sleep(0.5)
                 if driver.execute_script(switches) or attempt:
                     break
-                page_text(driver, f"{deployed.url}/automation", ["klines_from_2024_01_incremental", "gap_repair"])
+                page_text(driver, f"{deployed.url}/automation", ["klines_daily", "gap_repair"])
             assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
             # the warehouse resource's page names the variable its URL comes from
             resources_page = page_text(driver, f"{deployed.url}/locations/marketdata/resources/warehouse",

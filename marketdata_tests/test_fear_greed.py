@@ -163,7 +163,7 @@ def test_the_packaged_catalog_keeps_the_index_with_a_daily_schedule():
     spec = next(s for s in definitions.resolve_all_asset_specs() if s.key == KEY)
     assert spec.partitions_def.get_first_partition_key() == "2018-02-01"
     assert spec.group_name == "alternative_me"
-    schedule = definitions.resolve_schedule_def("fear_greed_from_2018_02_incremental")
+    schedule = definitions.resolve_schedule_def("fear_greed_daily")
     assert schedule.cron_schedule == "10 0 * * *"
     assert {c.name for c in definitions.resolve_assets_def(KEY).check_specs} == {
         "fear_greed_valid", "fear_greed_daily", "fear_greed_fresh"}

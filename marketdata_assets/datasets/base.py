@@ -75,6 +75,8 @@ class Dataset:
     title: ClassVar[str]  # one line, for the asset's description
     # The incremental schedule's cron (UTC); MARKETDATA_SCHEDULE_CRON overrides every dataset's.
     cron: ClassVar[str] = "10 0 * * *"
+    # How often `cron` keeps it current, in the names of its job and schedule (`klines_daily`).
+    cadence_name: ClassVar[str] = "daily"
     # Nothing exists anywhere before this day: partitions begin no earlier.
     earliest: ClassVar[dt.date | None] = None
     # A family several datasets share, for `backfill <group>` and SKIP_<GROUP>=1 (sentiment, macro).

@@ -149,6 +149,7 @@ class Funding(InstrumentDataset):
     unit = "settlements"
     title = "Funding settlements"
     cron = "10 0,8,16 * * *"  # after each 8-hourly settlement
+    cadence_name = "8h"
     position = 20
     checks = FUNDING_CHECKS
     gap_check = FUNDING_CADENCE

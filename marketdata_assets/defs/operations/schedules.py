@@ -43,15 +43,15 @@ def dataset_of(asset: dg.AssetsDefinition | dg.AssetSpec) -> str:
 
 @dataclass(frozen=True)
 class IncrementalJob:
-    """The assets of one dataset sharing a PartitionsDefinition: one job, one schedule."""
+    """The assets of one dataset sharing a PartitionsDefinition: one job, and one schedule of the
+    same name, saying what it keeps current and how often (`klines_daily`, `funding_8h`); where a
+    dataset's assets begin in different months, each job also says since when
+    (`klines_daily_since_2019_09`)."""
 
     dataset: str
     partitions: dg.TimeWindowPartitionsDefinition
     keys: tuple[dg.AssetKey, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset}_from_{self.partitions.start:%Y_%m}"
+    name: str
 
     @property
     def declared(self) -> Dataset:
@@ -71,8 +71,16 @@ def incremental_jobs(assets: Iterable[dg.AssetsDefinition]) -> list[IncrementalJ
     for asset in assets:
         assert isinstance(asset.partitions_def, dg.TimeWindowPartitionsDefinition)
         groups[(dataset_of(asset), asset.partitions_def)].append(asset.key)
+    per_dataset = defaultdict(int)
+    for dataset, _ in groups:
+        per_dataset[dataset] += 1
+
+    def name(dataset: str, partitions: dg.TimeWindowPartitionsDefinition) -> str:
+        base = f"{dataset}_{dataset_named(dataset).cadence_name}"
+        return base if per_dataset[dataset] == 1 else f"{base}_since_{partitions.start:%Y_%m}"
+
     return [
-        IncrementalJob(dataset, partitions, tuple(sorted(keys, key=lambda k: k.path)))
+        IncrementalJob(dataset, partitions, tuple(sorted(keys, key=lambda k: k.path)), name(dataset, partitions))
         for (dataset, partitions), keys in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1].start))
     ]
 
@@ -165,7 +173,7 @@ def incremental_schedule(job: IncrementalJob, cron: str | None) -> dg.ScheduleDe
     cron = cron or job.declared.cron
 
     @dg.schedule(
-        name=f"{job.name}_incremental",
+        name=job.name,
         job=job.job,
         cron_schedule=cron,
         execution_timezone="UTC",
