@@ -4,6 +4,7 @@ nothing written twice, and the lines the user reads."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -28,6 +29,7 @@ from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, postgres_database, with_settings
 from marketdata_tests.test_assets import BTC_SPOT_1M, FAILED, MATERIALIZED, run_range, spot_catalog, statuses
 from marketdata_tests.test_automation import repair_tick
+from marketdata_tests.test_cli import marketdata_here
 
 MONTHS = ["2024-01-01", "2024-02-01", "2024-03-01"]
 BARS = (31 + 29 + 31) * 1440  # every minute of 2024-01..03: the emulator has no maintenance then
@@ -36,15 +38,6 @@ BARS = (31 + 29 + 31) * 1440  # every minute of 2024-01..03: the emulator has no
 def marketdata(env: dict[str, str], *args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "marketdata_assets.cli", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
-
-
-def in_process(env: dict[str, str], *args: str):
-    """`marketdata …` run in this process (as a user's shell would, without Python's start-up)."""
-    from click.testing import CliRunner
-
-    from marketdata_assets.cli import main
-
-    return CliRunner().invoke(main, list(args), env=env)
 
 
 def klines_counts(url: str) -> tuple[int, int]:
@@ -65,7 +58,7 @@ def slow_emulator():
 def test_a_run_killed_mid_write_is_marked_failed_repaired_and_a_re_run_stores_every_bar_once(
     backend, tmp_path, settings, dagster_home, slow_emulator, capsys,
 ):
-    with postgres_database() if backend == "postgresql" else _nothing(settings.warehouse_url) as url:
+    with postgres_database() if backend == "postgresql" else contextlib.nullcontext(settings.warehouse_url) as url:
         catalog = spot_catalog(tmp_path)
         # over REST, 20,000 rows a transaction: each month of 1m bars is a write of its own
         local = with_settings(settings, warehouse_url=url, catalog_path=catalog, klines_source="rest",
@@ -88,8 +81,8 @@ def test_a_run_killed_mid_write_is_marked_failed_repaired_and_a_re_run_stores_ev
             assert killed.status == dg.DagsterRunStatus.STARTED  # Dagster alone never learns of the kill
 
         # the next command notices: the run is marked failed, naming why, and its partitions failed
-        report = in_process(env, "report", "--dataset", "klines")
-        assert report.exit_code == 0, report.output
+        report = marketdata_here("report", "--dataset", "klines", cwd=tmp_path, env=env)
+        assert report.returncode == 0, report.stderr
         assert report.stderr.strip() == (
             f"marketdata report: run {killed.run_id[:8]} (__ASSET_JOB of 2024-01-01...2024-03-01) was STARTED but "
             f"its process {run.pid} on {socket.gethostname()} is gone (killed or crashed); marked failed"
@@ -108,25 +101,14 @@ def test_a_run_killed_mid_write_is_marked_failed_repaired_and_a_re_run_stores_ev
         assert [line.split(" waits until ")[0] for line in log if " waits until " in line] == [
             f"binance_spot/klines_1m/BTCUSDT|{month}: its latest run failed; re-run 1 of 3" for month in MONTHS], log
 
-        again = in_process(env, *backfill)
-        assert again.exit_code == 0, again.output[-3000:]
+        again = marketdata_here(*backfill, cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
         assert klines_counts(url) == (BARS, BARS)
-        report = in_process(env, "report", "--dataset", "klines", "--fail-on-gaps")
-        assert (report.exit_code, report.stderr) == (0, ""), report.output
+        report = marketdata_here("report", "--dataset", "klines", "--fail-on-gaps", cwd=tmp_path, env=env)
+        assert (report.returncode, report.stderr) == (0, ""), report.stdout
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             assert not instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
             assert set(instance.get_materialized_partitions(BTC_SPOT_1M)) == set(MONTHS)
-
-
-class _nothing:
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _file_size_limit(limit: int):

@@ -7,6 +7,7 @@ backoff while another process holds the lock. Concurrent runs queue instead of f
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -75,10 +76,8 @@ class DuckDBWarehouse(Warehouse):
                         self._schema_ready = True
                 yield con
             finally:
-                try:
+                with contextlib.suppress(duckdb.Error):  # invalidated by an error already raised
                     con.close()
-                except duckdb.Error:
-                    pass  # invalidated by an error already raised
 
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
         if frame.is_empty():
@@ -97,10 +96,8 @@ class DuckDBWarehouse(Warehouse):
                     con.execute(insert)
                 con.execute("COMMIT")
             except BaseException as exc:
-                try:
+                with contextlib.suppress(duckdb.Error):  # a failed write (a full disk) may have ended it already
                     con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass  # a failed write (a full disk) may have ended the transaction already
                 if isinstance(exc, (duckdb.IOException, duckdb.FatalException)):  # the disk, not the rows
                     raise WarehouseError(
                         f"DuckDB file {self.path}: writing {frame.height} rows to {table.qualified_name} failed, "
@@ -108,10 +105,8 @@ class DuckDBWarehouse(Warehouse):
                     ) from None
                 raise
             finally:
-                try:
+                with contextlib.suppress(duckdb.Error):  # invalidated by the failure above, the one to tell
                     con.unregister("incoming")
-                except duckdb.Error:
-                    pass  # a database invalidated by the failure above: that failure is the one to tell
         return frame.height
 
     @staticmethod

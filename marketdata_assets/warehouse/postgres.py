@@ -104,21 +104,24 @@ class PostgresWarehouse(Warehouse):
         frame = distinct_keys(table, frame.select(table.columns))
         csv = io.BytesIO()
         frame.write_csv(csv, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
-        for attempt in (1, 2):
-            csv.seek(0)
+        csv.seek(0)
+        try:
+            self._write(table, csv)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            csv.seek(0)  # the connection was lost, so nothing was written: once more on a new one
             try:
                 self._write(table, csv)
-                return frame.height
             except psycopg2.Error as exc:
-                lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
-                if lost and attempt == 1:
-                    continue
-                again = " (and again on a new connection)" if lost else ""
-                raise WarehouseError(
-                    f"PostgreSQL warehouse {self._where}: writing {frame.height} rows to "
-                    f"{table.qualified_name} failed{again}, nothing of them written: {_cause(exc)}"
-                ) from None
-        raise AssertionError("unreachable")
+                raise self._write_failed(table, frame.height, exc, " (and again on a new connection)") from None
+        except psycopg2.Error as exc:
+            raise self._write_failed(table, frame.height, exc) from None
+        return frame.height
+
+    def _write_failed(self, table: TableSpec, rows: int, exc: psycopg2.Error, again: str = "") -> WarehouseError:
+        return WarehouseError(
+            f"PostgreSQL warehouse {self._where}: writing {rows} rows to {table.qualified_name} failed{again}, "
+            f"nothing of them written: {_cause(exc)}"
+        )
 
     def _write(self, table: TableSpec, csv: io.BytesIO) -> None:
         columns = ", ".join(table.columns)

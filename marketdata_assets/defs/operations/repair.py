@@ -19,7 +19,7 @@ from marketdata_assets.defs.ingest.partitions import adjacent_runs, partitions_b
 from marketdata_assets.defs.operations.schedules import RANGE_END, RANGE_START, TRIGGER_TAG, IncrementalJob, Plan
 from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, parse_window_text
 from marketdata_assets.run_health import fail_dead_runs
-from marketdata_assets.wording import counted
+from marketdata_assets.wording import counted, duration
 
 # Repairs: at most this many re-runs of a window, the first one REPAIR_BACKOFF[0] after the sensor
 # finds the window, each next one the following wait after the re-run before (a transient fault
@@ -29,11 +29,6 @@ REPAIR_ATTEMPTS = 3
 REPAIR_BACKOFF = (dt.timedelta(minutes=15), dt.timedelta(hours=1), dt.timedelta(hours=4))
 REPAIR_RUNS_PER_TICK = 5
 REPAIR_INTERVAL_S = 300
-
-
-def _wording(wait: dt.timedelta) -> str:
-    minutes = int(wait.total_seconds() // 60)
-    return counted(minutes // 60, "hour") if minutes % 60 == 0 else counted(minutes, "minute")
 
 
 @dataclass
@@ -137,8 +132,9 @@ def plan_repairs(
 ) -> Plan:
     """Re-runs of the windows that failed or hold unexplained gaps: each at most REPAIR_ATTEMPTS
     times, after the waits of REPAIR_BACKOFF (the first counted from the tick that finds the
-    window), REPAIR_RUNS_PER_TICK runs a tick (one per asset and run of adjacent partitions). `busy`: assets a run is already materializing; `banned`: assets whose
-    venue banned our IP, and until when. Updates `state`."""
+    window), REPAIR_RUNS_PER_TICK runs a tick (one per asset and run of adjacent partitions).
+    `busy`: assets a run is already materializing; `banned`: assets whose venue banned our IP,
+    and why. Updates `state`."""
     banned = banned or {}
     plan = Plan()
     wanted = {**state.gaps, **failed}
@@ -215,8 +211,8 @@ def gap_repair_sensor(jobs: Sequence[IncrementalJob], venue_of: dict[str, str]) 
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Re-runs the partitions whose latest run failed and those whose gap check found "
-            f"unexplained gaps: at most {REPAIR_ATTEMPTS} times each, the first {_wording(REPAIR_BACKOFF[0])} "
-            f"after it finds them, the next {' and '.join(_wording(b) for b in REPAIR_BACKOFF[1:])} after the "
+            f"unexplained gaps: at most {REPAIR_ATTEMPTS} times each, the first {duration(REPAIR_BACKOFF[0])} "
+            f"after it finds them, the next {' and '.join(duration(b) for b in REPAIR_BACKOFF[1:])} after the "
             f"re-run before; {REPAIR_RUNS_PER_TICK} runs a tick. "
             "Windows verified empty are never re-run."
         ),
