@@ -194,7 +194,7 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
     verified empty (market_data.known_gaps), then run the checks of the partitions concerned
     again, so the UI shows the same. Exit 1 if a gap could not be fetched."""
     from marketdata_assets.defs.location import build_definitions
-    from marketdata_assets.defs.quality.checks import run_klines_checks
+    from marketdata_assets.defs.quality.checks import run_klines_checks, worst_states
     from marketdata_assets.defs.ingest.resources import resources_from
     from marketdata_assets.verify import verify_gaps
 
@@ -217,9 +217,7 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
         first = item.partitions.get_partition_key_for_timestamp(gaps[0][0].timestamp())
         last = item.partitions.get_partition_key_for_timestamp((gaps[-1][1] - dt.timedelta(microseconds=1)).timestamp())
         evaluations = run_klines_checks(instance, definitions.resolve_assets_def(item.key), first, last)
-        states = " ".join(
-            f"{e.check_name}={'passed' if e.passed else e.severity.value}" for e in evaluations
-        )
+        states = " ".join(f"{name}={state}" for name, state in worst_states(evaluations).items())
         click.echo(f"checked {item.key.to_user_string()} again over {first}...{last}: {states}")
     instance.dispose()
     failed = [v for v in verdicts if v.error]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from marketdata_assets.dagster_internals import (
     AssetCheckExecutionRecordStatus,
+    AssetCheckExecutionResolvedStatus,
     AssetRecord,
     LoadingContext,
     get_and_update_asset_status_cache_value,
@@ -43,18 +44,36 @@ from marketdata_assets.datasets.klines import KLINES_CADENCE, klines_asset_key, 
 from marketdata_assets.defs.ingest.partitions import partition_bounds
 from marketdata_assets.timeframes import next_month, timeframe
 from marketdata_assets.warehouse import Warehouse
+from marketdata_assets.wording import counted
 
 DISAGREEMENTS_SHOWN = 3
 
 
 @dataclass
 class CheckOutcome:
-    """The latest evaluation of one check: 'passed', 'WARN', 'ERROR', or 'not run'."""
+    """One check over an asset's partitions, as Dagster's partition grid of the check shows it:
+    each partition's latest evaluation of the partition's latest materialization.
+
+    `state` is the worst of them ('ERROR', 'WARN', 'passed', or 'not run'); `partitions` counts
+    partitions by the grid's statuses (passed, failed, execution_failed, skipped, in_progress);
+    `failing` lists the failed ones, `description` says what the first few found; `latest` is the
+    check's newest evaluation (the check list's status) and `latest_partition` its partition."""
 
     name: str
     state: str
-    window: str = ""
+    partitions: dict[str, int] = field(default_factory=dict)
+    failing: list[str] = field(default_factory=list)
     description: str = ""
+    latest: str = "not run"
+    latest_partition: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{counted(len(self.failing), 'partition')} ({', '.join(_some_list(self.failing))})"
+
+
+def _some_list(keys: list[str]) -> list[str]:
+    return keys[:DISAGREEMENTS_SHOWN] + ([f"{len(keys) - DISAGREEMENTS_SHOWN} more"] if len(keys) > DISAGREEMENTS_SHOWN else [])
 
 
 @dataclass
@@ -158,26 +177,77 @@ def _key(day: int) -> str:
     return (_EPOCH_DATE + dt.timedelta(days=day)).isoformat()  # Dagster's daily and monthly key format
 
 
+_GRID = {  # Dagster's partition statuses of a check, as the report names them
+    AssetCheckExecutionResolvedStatus.SUCCEEDED: "passed",
+    AssetCheckExecutionResolvedStatus.FAILED: "failed",
+    AssetCheckExecutionResolvedStatus.EXECUTION_FAILED: "execution_failed",
+    AssetCheckExecutionResolvedStatus.SKIPPED: "skipped",
+    AssetCheckExecutionResolvedStatus.IN_PROGRESS: "in_progress",
+}
+
+
+def _state(evaluation: dg.AssetCheckEvaluation | None) -> str:
+    if evaluation is None:
+        return "not run"
+    return "passed" if evaluation.passed else evaluation.severity.value
+
+
+def _failed_evaluations(
+    instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, partitions: set[str],
+) -> dict[str, dg.AssetCheckEvaluation]:
+    """The latest failed evaluation of each of `partitions` (whose latest evaluation failed)."""
+    found: dict[str, dg.AssetCheckEvaluation] = {}
+    cursor = None
+    while len(found) < len(partitions):
+        page = instance.event_log_storage.get_asset_check_execution_history(
+            check_key, limit=200, cursor=cursor, status={AssetCheckExecutionRecordStatus.FAILED})
+        for record in page:
+            if record.partition in partitions and record.partition not in found and record.evaluation is not None:
+                found[record.partition] = record.evaluation
+        if len(page) < 200:
+            break
+        cursor = page[-1].id
+    return found
+
+
 def _check_outcomes(
-    instance: dg.DagsterInstance, keys: list[dg.AssetKey], names: dict[dg.AssetKey, tuple[str, ...]] | None = None,
+    instance: dg.DagsterInstance, assets: Sequence, names: dict[dg.AssetKey, tuple[str, ...]] | None = None,
 ) -> dict[dg.AssetCheckKey, CheckOutcome]:
-    """The latest evaluation of each check of `keys` (`names` per key; the klines checks by default)."""
-    check_keys = [dg.AssetCheckKey(key, name) for key in keys for name in (names or {}).get(key, KLINES_CHECKS)]
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    """Each check of `assets` (`names` per key; the klines checks by default) over the asset's
+    partitions, read as Dagster's UI reads it (the check's partition statuses and latest record)."""
+    check_keys = [(dg.AssetCheckKey(a.key, name), a.partitions) for a in assets for name in (names or {}).get(a.key, KLINES_CHECKS)]
+    grids = instance.event_log_storage.get_asset_check_state(check_keys)
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key for key, _ in check_keys])
     outcomes = {}
-    for check_key in check_keys:
-        record = records.get(check_key)
-        if record is None or record.status == AssetCheckExecutionRecordStatus.PLANNED:
-            outcomes[check_key] = CheckOutcome(check_key.name, "not run")
-            continue
-        evaluation = record.evaluation
-        assert evaluation is not None
-        window = evaluation.metadata.get("window")
-        state = "passed" if evaluation.passed else evaluation.severity.value
+    for check_key, partitions in check_keys:
+        grid = grids.get(check_key)
+        subsets = grid.subsets if grid is not None else {}
+        counts, failing = {}, []
+        for status, label in _GRID.items():
+            subset = subsets.get(status)
+            keys = sorted(subset.subset_value.get_partition_keys()) if subset is not None and not subset.is_empty else []
+            counts[label] = len(keys)
+            if label == "failed":
+                failing = keys
+        failed = _failed_evaluations(instance, check_key, set(failing)) if failing else {}
+        severities = {evaluation.severity.value for evaluation in failed.values()}
+        state = ("ERROR" if "ERROR" in severities else "WARN" if severities
+                 else "passed" if counts["passed"] else "not run")
+        record = latest.get(check_key)
+        evaluation = record.evaluation if record is not None else None
         outcomes[check_key] = CheckOutcome(
-            check_key.name, state, str(window.value) if window else "", evaluation.description or ""
+            check_key.name, state, counts, failing,
+            "; ".join(f"{key}: {failed[key].description}" for key in failing[:DISAGREEMENTS_SHOWN] if key in failed),
+            _state(evaluation) if record is None or record.status != AssetCheckExecutionRecordStatus.PLANNED
+            else "in progress" if not _finished(instance, record.run_id) else "execution failed",
+            record.partition if record is not None else None,
         )
     return outcomes
+
+
+def _finished(instance: dg.DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is None or run.is_finished
 
 
 def status_subsets(status, partitions: dg.TimeWindowPartitionsDefinition):
@@ -219,7 +289,7 @@ def klines_coverage(
 
     with ThreadPoolExecutor(1) as pool:
         from_warehouse = pool.submit(read_warehouse)
-        checks = _check_outcomes(instance, [asset.key for asset in assets])
+        checks = _check_outcomes(instance, assets)
         statuses = partition_statuses(instance, assets)
         stored, why, rejected = from_warehouse.result()
     report = []
@@ -300,7 +370,7 @@ def series_coverage(
 ) -> list[SeriesCoverage]:
     """Coverage of `assets`, audited over the partitions Dagster records as materialized."""
     now = now or dt.datetime.now(dt.UTC)
-    checks = _check_outcomes(instance, [asset.key for asset in assets], {asset.key: asset.dataset.checks for asset in assets})
+    checks = _check_outcomes(instance, assets, {asset.key: asset.dataset.checks for asset in assets})
     statuses = partition_statuses(instance, assets)  # type: ignore[arg-type]
     report = []
     with warehouse.session():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from marketdata_assets.schemas import KLINES, REJECTED_ROWS, TableSpec
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource
 from marketdata_assets.sources.errors import PieceFailure
 from marketdata_assets.sources.protocol import Source, SourceOutcome
+from marketdata_assets.tally import PartitionTally, Tally
 from marketdata_assets.validation import rejected_frame
 from marketdata_assets.warehouse import Warehouse
 
@@ -43,6 +45,7 @@ class IngestReport:
     rows_rejected: int = 0
     seconds: float = 0.0
     outcome: SourceOutcome = field(default_factory=SourceOutcome)
+    by_partition: dict[str, PartitionTally] = field(default_factory=dict)  # when asked for (`partitions`)
 
     @property
     def failures(self) -> list[PieceFailure]:
@@ -61,8 +64,10 @@ class IngestReport:
 async def _ingest(
     source: Source, warehouse: Warehouse, table: TableSpec, time_column: str, series: Series,
     start: dt.datetime, end: dt.datetime, rows_per_write: int,
+    partitions: Sequence[tuple[str, dt.datetime, dt.datetime]],
 ) -> IngestReport:
     report = IngestReport()
+    tally = Tally(partitions, time_column) if partitions else None
     writes: list[tuple[asyncio.Future[int], pl.DataFrame]] = []
     buffered: list[pl.DataFrame] = []
     buffered_rows = 0
@@ -70,6 +75,8 @@ async def _ingest(
     async def finish_oldest() -> None:
         future, frame = writes.pop(0)
         report.add(frame, await future, time_column)
+        if tally is not None:
+            tally.written(frame)
 
     async def write_buffered() -> None:
         nonlocal buffered, buffered_rows
@@ -98,23 +105,31 @@ async def _ingest(
                 await asyncio.gather(*(future for future, _ in writes), return_exceptions=True)
     finally:
         report.outcome = source.outcome()
+        if tally is not None:
+            tally.share(report.outcome)
+            report.by_partition = tally.partitions
         # Rejected rows are kept whatever happened to the rest.
-        rejected = rejected_frame(report.outcome.rejected)
-        if rejected.height:
-            report.rows_rejected = await asyncio.to_thread(warehouse.upsert, REJECTED_ROWS, rejected)
+        kept = rejected_frame(report.outcome.rejected)
+        if kept.height:
+            report.rows_rejected = await asyncio.to_thread(warehouse.upsert, REJECTED_ROWS, kept)
+            if tally is not None:
+                for key, rows in tally.rows_by_partition(kept, "open_time").items():
+                    report.by_partition[key].rejected = rows
     return report
 
 
 def ingest(
     source: Source, warehouse: Warehouse, table: TableSpec, time_column: str, series: Series,
     start: dt.datetime, end: dt.datetime, *, rows_per_write: int = DEFAULT_ROWS_PER_WRITE,
+    partitions: Sequence[tuple[str, dt.datetime, dt.datetime]] = (),
 ) -> IngestReport:
     """Fetch and store the rows of `series` with `time_column` in [start, end) (UTC); rows the
     source rejected go to rejected_rows. Windows that could not be read are in the report's
     `failures`; an answer that ends everything (a rejected request, a ban) or a failed write
-    raises. Write batches already committed stay committed."""
+    raises. Write batches already committed stay committed. Given `partitions` (key, start, end),
+    the report also tallies each one's rows and share of the source's cost (tally.py)."""
     began = time.perf_counter()
-    report = asyncio.run(_ingest(source, warehouse, table, time_column, series, start, end, rows_per_write))
+    report = asyncio.run(_ingest(source, warehouse, table, time_column, series, start, end, rows_per_write, partitions))
     report.seconds = time.perf_counter() - began
     return report
 

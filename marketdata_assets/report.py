@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from marketdata_assets.audit import describe_interval
-from marketdata_assets.coverage import AssetCoverage, SeriesCoverage
+from marketdata_assets.coverage import AssetCoverage, CheckOutcome, SeriesCoverage
 
 FORMATS = ("table", "json", "csv")
 GAPS_SHOWN = 5
@@ -17,6 +17,13 @@ GAPS_SHOWN = 5
 
 def _moment(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else None
+
+
+def check_partitions(check: CheckOutcome) -> dict[str, Any]:
+    """A check's partitions by the statuses Dagster's partition grid of the check shows, the
+    failed ones, and its newest evaluation (the check list's status)."""
+    return {**check.partitions, "failing": check.failing, "latest": check.latest,
+            "latest_partition": check.latest_partition}
 
 
 def report_record(item: AssetCoverage) -> dict[str, Any]:
@@ -47,7 +54,7 @@ def report_record(item: AssetCoverage) -> dict[str, Any]:
         "rejected_bars": gaps.rejected_bars,
         "rejected_rows": item.rejected_rows,
         "checks": {check.name: check.state for check in item.checks},
-        "check_windows": {check.name: check.window for check in item.checks},
+        "check_partitions": {check.name: check_partitions(check) for check in item.checks},
         "disagreements": item.disagreements,
     }
 
@@ -73,7 +80,7 @@ def series_record(item: SeriesCoverage) -> dict[str, Any]:
         f"missing_{unit}": item.missing,
         "missing_windows": [{"start": _moment(a), "end": _moment(b)} for a, b in item.missing_windows],
         "checks": {check.name: check.state for check in item.checks},
-        "check_windows": {check.name: check.window for check in item.checks},
+        "check_partitions": {check.name: check_partitions(check) for check in item.checks},
     }
 
 
@@ -87,7 +94,7 @@ def render_csv(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) ->
     records = [report_record(item) for item in items] + [series_record(item) for item in others]
     flat = []
     for record in records:
-        row = {k: v for k, v in record.items() if k not in ("checks", "check_windows")}
+        row = {k: v for k, v in record.items() if k not in ("checks", "check_partitions")}
         row["failed_partitions"] = " ".join(record["failed_partitions"])
         if "disagreements" in record:
             row["disagreements"] = "; ".join(record["disagreements"])
@@ -134,7 +141,7 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
             details.append(f"{label}: Dagster and the warehouse disagree: {note}")
         for check in item.checks:
             if check.state in ("WARN", "ERROR"):
-                details.append(f"{label}: {check.name} {check.state} over {check.window}: {check.description}")
+                details.append(f"{label}: {check.name} {check.state} in {check.where}: {check.description}")
     if not items:
         lines = []  # no klines asset asked for: no klines table
     if others:
@@ -154,7 +161,7 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
             details.append(f"{label}: failed partitions {' '.join(item.failed)}")
         for check in item.checks:
             if check.state in ("WARN", "ERROR"):
-                details.append(f"{label}: {check.name} {check.state} over {check.window}: {check.description}")
+                details.append(f"{label}: {check.name} {check.state} in {check.where}: {check.description}")
     if details:
         lines += ["", *details]
     return "\n".join(lines)

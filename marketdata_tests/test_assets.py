@@ -148,15 +148,25 @@ def test_range_run_stores_the_archives_candles_and_records_every_partition(tmp_p
     assert statuses(instance, asset, ["2023-12-01", "2024-01-01", "2024-02-01", "2024-03-01"]) == {
         "2023-12-01": None, "2024-01-01": MATERIALIZED, "2024-02-01": MATERIALIZED, "2024-03-01": None,
     }
-    (materialization, *_) = result.asset_materializations_for_node(asset.node_def.name)
-    metadata = {k: v.value for k, v in materialization.metadata.items()}
-    assert metadata["rows_written"] == 86400
-    assert metadata["first_open_time"] == "2024-01-01T00:00:00+00:00"
-    assert metadata["last_open_time"] == "2024-02-29T23:59:00+00:00"
-    assert metadata["source_mode"] == "auto"
-    assert metadata["archive_files"] == 2 and metadata["rows_from_archive"] == 86400
-    assert metadata["rows_from_rest"] == 0 and metadata["requests"] == 0
-    assert metadata["seconds"] > 0
+    # each partition carries its own figures, not the run's
+    january, february = ({k: v.value for k, v in m.metadata.items()}
+                         for m in result.asset_materializations_for_node(asset.node_def.name))
+    for month, bars, last in ((january, 31 * 1440, "2024-01-31T23:59"), (february, 29 * 1440, "2024-02-29T23:59")):
+        assert month["rows_written"] == month["dagster/partition_row_count"] == bars
+        assert month["dagster/row_count"] == 60 * 1440  # the series' rows stored
+        assert month["last_open_time"] == last + ":00+00:00"
+        assert month["archive_files"] == 1 and month["rows_from_archive"] == bars
+        assert month["rows_from_rest"] == 0 and month["requests"] == 0 and month["rows_rejected"] == 0
+    assert january["first_open_time"] == "2024-01-01T00:00:00+00:00"
+    assert february["first_open_time"] == "2024-02-01T00:00:00+00:00"
+    assert january["window"] == "[2024-01-01T00:00:00+00:00, 2024-02-01T00:00:00+00:00)"
+    # and each check is evaluated on each partition
+    evaluations = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {(name, month) for name in ("ohlc_valid", "gap_count", "no_unclosed_bars")
+                                for month in ("2024-01-01", "2024-02-01")}
+    assert all(e.passed for e in evaluations.values())
+    assert evaluations["gap_count", "2024-02-01"].metadata["expected_bars"].value == 29 * 1440
+    assert evaluations["ohlc_valid", "2024-01-01"].metadata["rows_checked"].value == 31 * 1440
 
 
 def test_rest_source_from_the_catalog_fetches_the_same_bars_over_rest(tmp_path, settings, emulator, instance):
@@ -195,7 +205,7 @@ def test_a_corrupt_archive_file_fails_its_partition_naming_the_file_and_the_othe
         assert corrupting.archive.answers["corrupt"] == 2  # downloaded once more before giving up
     assert not result.success
     message = step_failure(result)
-    assert "partitions 2024-02-01 are not materialized; the other 2 are" in message
+    assert "1 partition (2024-02-01) not materialized; the other 2 are" in message
     assert "[2024-02-01 00:00, 2024-03-01 00:00) UTC: binance archive: " in message
     assert "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip: sha256" in message
     assert "does not match its .CHECKSUM" in message

@@ -163,8 +163,12 @@ def _range_run(settings, instance, first: str, last: str, selection=None):
     return asset, result
 
 
-def _evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+def _evaluations(result, partition: str | None = None) -> dict[str, dg.AssetCheckEvaluation]:
+    """The run's evaluations of one partition (of the only one evaluated when None)."""
+    evaluations = result.get_asset_check_evaluations()
+    if partition is None:
+        (partition,) = {e.partition for e in evaluations}
+    return {e.check_name: e for e in evaluations if e.partition == partition}
 
 
 def _values(evaluation: dg.AssetCheckEvaluation) -> dict:
@@ -179,20 +183,27 @@ def test_a_backfill_over_the_scenario_checks_exactly_what_went_wrong(tmp_path, s
     assert not result.success
     assert statuses(instance, asset, ["2024-01-01", "2024-02-01", "2024-03-01"]) == {
         "2024-01-01": MATERIALIZED, "2024-02-01": FAILED, "2024-03-01": MATERIALIZED}
-    checks = _evaluations(result)
+    # each check is evaluated on each month that landed, and on nothing else: February failed,
+    # it is not a gap (the report counts it as failed too)
+    assert {(e.check_name, e.partition) for e in result.get_asset_check_evaluations()} == {
+        (name, month) for name in ("ohlc_valid", "gap_count", "no_unclosed_bars") for month in ("2024-01-01", "2024-03-01")}
+    checks = _evaluations(result, "2024-01-01")
     ohlc = _values(checks["ohlc_valid"])
     assert not checks["ohlc_valid"].passed and checks["ohlc_valid"].severity == dg.AssetCheckSeverity.WARN
     assert (ohlc["invalid_rows"], ohlc["rejected_rows"]) == (0, 1)
     assert "2024-01-15 10:00:00" in ohlc["rejected_samples"] and "high below low" in ohlc["rejected_samples"]
     gaps = _values(checks["gap_count"])
     assert checks["gap_count"].severity == dg.AssetCheckSeverity.ERROR
-    assert gaps["window"] == "[2024-01-01 00:00, 2024-04-01 00:00) UTC"
-    # the outage (120 bars), February that failed, and the rejected bar (explained)
-    assert gaps["missing_bars"] == 120 + 29 * 1440 + 1
-    assert (gaps["unexplained_bars"], gaps["rejected_bars"], gaps["unexplained_gaps"]) == (120 + 29 * 1440, 1, 2)
+    assert gaps["window"] == "[2024-01-01 00:00, 2024-02-01 00:00) UTC"
+    # the outage (120 bars) and the rejected bar (explained)
+    assert (gaps["expected_bars"], gaps["missing_bars"]) == (31 * 1440, 120 + 1)
+    assert (gaps["unexplained_bars"], gaps["rejected_bars"], gaps["unexplained_gaps"]) == (120, 1, 1)
     assert "[2024-01-10 00:00, 2024-01-10 02:00) UTC, 120 bars" in gaps["first_gaps"]
-    assert gaps["longest_gap"] == "[2024-02-01 00:00, 2024-03-01 00:00) UTC, 41760 bars"
+    assert gaps["longest_gap"] == "[2024-01-10 00:00, 2024-01-10 02:00) UTC, 120 bars"
     assert checks["no_unclosed_bars"].passed
+    march = _evaluations(result, "2024-03-01")
+    assert all(e.passed for e in march.values())
+    assert _values(march["gap_count"])["expected_bars"] == 31 * 1440
 
 
 def test_documented_maintenance_explains_its_gaps(tmp_path, settings, instance):

@@ -90,15 +90,16 @@ def test_a_series_only_catalog_materializes_the_index_with_its_checks(tmp_path, 
         rejected = open_warehouse(warehouse_url).query(
             "SELECT dataset, open_time, reason FROM market_data.rejected_rows WHERE dataset = 'fear_greed'").rows()
         assert rejected == [("fear_greed", utc(2024, 1, 5), "value 150 outside 0-100")]
-        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert not checks["fear_greed_daily"].passed
-        assert checks["fear_greed_daily"].description == "3 of 60 days missing"  # the two gaps and the rejected day
-        assert checks["fear_greed_daily"].metadata["unexplained_windows"].value == [
-            ["2024-01-05T00:00:00+00:00", "2024-01-06T00:00:00+00:00"],
-            ["2024-02-10T00:00:00+00:00", "2024-02-12T00:00:00+00:00"]]
-        assert not checks["fear_greed_valid"].passed
-        assert checks["fear_greed_valid"].severity == dg.AssetCheckSeverity.WARN  # rejected, not stored
-        assert checks["fear_greed_fresh"].passed  # a closed window
+        checks = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+        january, february = checks["fear_greed_daily", "2024-01-01"], checks["fear_greed_daily", "2024-02-01"]
+        assert not january.passed and not february.passed
+        assert january.description == "1 of 31 days missing"  # the rejected day
+        assert february.description == "2 of 29 days missing"  # the two the upstream lacks
+        assert january.metadata["unexplained_windows"].value == [["2024-01-05T00:00:00+00:00", "2024-01-06T00:00:00+00:00"]]
+        assert february.metadata["unexplained_windows"].value == [["2024-02-10T00:00:00+00:00", "2024-02-12T00:00:00+00:00"]]
+        assert not checks["fear_greed_valid", "2024-01-01"].passed and checks["fear_greed_valid", "2024-02-01"].passed
+        assert checks["fear_greed_valid", "2024-01-01"].severity == dg.AssetCheckSeverity.WARN  # rejected, not stored
+        assert checks["fear_greed_fresh", "2024-01-01"].passed and checks["fear_greed_fresh", "2024-02-01"].passed  # closed
         status = instance.get_status_by_partition(KEY, ["2024-01-01", "2024-02-01", "2024-03-01"], asset.partitions_def)
         assert status == {"2024-01-01": MATERIALIZED, "2024-02-01": MATERIALIZED, "2024-03-01": None}
 
@@ -108,6 +109,7 @@ def test_a_series_only_catalog_materializes_the_index_with_its_checks(tmp_path, 
         _, result = run_range(settings, KEY, current, current, instance)
         assert result.success
         checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert {e.partition for e in result.get_asset_check_evaluations()} == {current}
         assert checks["fear_greed_fresh"].passed and checks["fear_greed_daily"].passed, checks
         newest = open_warehouse(warehouse_url).query("SELECT max(date) AS d FROM market_data.fear_greed")["d"][0]
         assert newest == now.date()

@@ -89,10 +89,12 @@ def test_the_funding_asset_stores_every_settlement_once_and_a_rerun_changes_noth
         first = open_warehouse(settings.warehouse_url).query(query)
         assert first.height == (31 + 29) * 3 and set(first["source"]) == {"archive"}
         assert 0 < (first["funding_time"][0] - utc(2024, 1, 1)).total_seconds() < 0.031  # exact, not rounded
-        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert checks["funding_cadence"].passed and checks["funding_rate_plausible"].passed
-        assert checks["funding_cadence"].metadata["expected_settlements"].value == (31 + 29) * 3
-        assert checks["funding_cadence"].metadata["window"].value == "[2024-01-01 00:00, 2024-03-01 00:00) UTC"
+        checks = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+        assert all(e.passed for e in checks.values()) and len(checks) == 4  # two checks, two months
+        for month, days, window in (("2024-01-01", 31, "[2024-01-01 00:00, 2024-02-01 00:00) UTC"),
+                                    ("2024-02-01", 29, "[2024-02-01 00:00, 2024-03-01 00:00) UTC")):
+            assert checks["funding_cadence", month].metadata["expected_settlements"].value == days * 3
+            assert checks["funding_cadence", month].metadata["window"].value == window
         run_range(settings, BTC_FUNDING, "2024-01-01", "2024-02-01", instance)
         again = open_warehouse(settings.warehouse_url).query(query)
         assert again.drop("ingested_at").equals(first.drop("ingested_at"))

@@ -95,7 +95,7 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         env = cli_env(settings, dagster_home, spot_catalog(tmp_path))
         # 1. The backfill: February's file keeps failing, so its partition fails; the rest lands.
         code, output = materialize(env, "2024-01-01...2024-03-01")
-        assert code != 0 and "partitions 2024-02-01 are not materialized; the other 2 are" in output
+        assert code != 0 and "1 partition (2024-02-01) not materialized; the other 2 are" in output
 
         # 2. The report shows exactly the outage, the failed partition and the rejected candle.
         record = report_json(env, tmp_path)
@@ -145,8 +145,7 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         assert code == 0, output[-3000:]
         repair, log = repair_tick(definitions, instance, repair.cursor, capsys)
         assert not repair.run_requests
-        assert log == ["binance_spot/klines_1m/BTCUSDT|2024-02-01: gap_count passes now (or its gaps are verified empty)",
-                       "binance_spot/klines_1m/BTCUSDT|2024-02-01: nothing left to repair (before any re-run)"]
+        assert log == ["binance_spot/klines_1m/BTCUSDT|2024-02-01: nothing left to repair (before any re-run)"]
         instance.dispose()
 
         # 5. The audit has converged: no unexplained gap, nothing failed, nothing invented.
@@ -160,22 +159,23 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         served = fetch_klines("spot", url, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 4, 1)).frame
         assert rows.drop("source", "ingested_at").equals(served.drop("source", "ingested_at"))
 
-    # 6. The UI's check pages read the same through GraphQL: one evaluation per run, naming its
-    #    window: the backfill, the re-check after gaps verify, and the re-run of February.
+    # 6. The UI's check pages read the same through GraphQL: one evaluation per partition and run,
+    #    naming its window: January by the backfill and again after gaps verify, February by its
+    #    re-run only (the backfill's February failed: no check result, not a gap), March by the backfill.
     with webserver(env) as ui:
-        runs = check_history(ui, "gap_count", "")
-        assert [metadata(e)["window"] for e in runs] == [
-            "[2024-02-01 00:00, 2024-03-01 00:00) UTC",
-            "[2024-01-01 00:00, 2024-02-01 00:00) UTC",
-            "[2024-01-01 00:00, 2024-04-01 00:00) UTC",
-        ]
-        assert [(e["status"], e["evaluation"]["severity"]) for e in runs] == [
-            ("SUCCEEDED", "WARN"), ("FAILED", "WARN"), ("FAILED", "ERROR")]
-        assert [metadata(e)["unexplained_bars"] for e in runs] == [0, 0, 120 + 29 * 1440]
-        assert [metadata(e)["known_gap_bars"] for e in runs] == [0, 120, 0]
-        ohlc = check_history(ui, "ohlc_valid", "")
-        assert [(e["status"], metadata(e)["rejected_rows"]) for e in ohlc] == [
-            ("SUCCEEDED", 0), ("FAILED", 1), ("FAILED", 1)]
+        january = check_history(ui, "gap_count", "2024-01-01")
+        assert [metadata(e)["window"] for e in january] == ["[2024-01-01 00:00, 2024-02-01 00:00) UTC"] * 2
+        assert [(e["status"], e["evaluation"]["severity"]) for e in january] == [("FAILED", "WARN"), ("FAILED", "ERROR")]
+        assert [(metadata(e)["unexplained_bars"], metadata(e)["known_gap_bars"]) for e in january] == [(0, 120), (120, 0)]
+        for month, days in (("2024-02-01", 29), ("2024-03-01", 31)):
+            (latest, *earlier) = check_history(ui, "gap_count", month)
+            assert (latest["status"], metadata(latest)["expected_bars"], metadata(latest)["missing_bars"]) == (
+                "SUCCEEDED", days * 1440, 0)
+            # the backfill planned February's checks and failed before it: no result, no gap
+            assert earlier == ([{"status": "EXECUTION_FAILED", "partition": month, "evaluation": None}]
+                               if month == "2024-02-01" else [])
+        ohlc = check_history(ui, "ohlc_valid", "2024-01-01")
+        assert [(e["status"], metadata(e)["rejected_rows"]) for e in ohlc] == [("FAILED", 1), ("FAILED", 1)]
         freshness = httpx.post(ui + "/graphql", json={"query": FRESHNESS, "variables": {
             "key": {"path": BTC_SPOT_1M.path}}}, timeout=30).json()["data"]["assetNodeOrError"]
         assert freshness["internalFreshnessPolicy"] == {"deadlineCron": "0 1 * * *", "lowerBoundDeltaSeconds": 3600,

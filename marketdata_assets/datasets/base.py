@@ -184,6 +184,11 @@ class Dataset:
         """SQL condition (and its parameters) selecting the series' rows in the table."""
         return "TRUE", []
 
+    def rows_stored(self, warehouse: Warehouse, series: Series) -> int:
+        """How many rows of the series the table holds."""
+        where, params = self.row_filter(series)
+        return warehouse.query(f"SELECT count(*) FROM {self.table.qualified_name} WHERE {where}", params).item()
+
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,
         now: dt.datetime,

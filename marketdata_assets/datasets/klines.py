@@ -101,6 +101,10 @@ class Klines(InstrumentDataset):
                          bounds.first_window_end, bounds.current_window_start)
         return klines_check_results(warehouse, key, bars, start, end, names, now)
 
+    def row_filter(self, series: Series) -> tuple[str, list[Any]]:
+        return ("venue = ? AND market = ? AND symbol = ? AND timeframe = ?",
+                [series.venue, series.market, series.symbol, series.options["timeframe"]])
+
     def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
         return (
             "SELECT venue || '_' || market || '/klines_' || timeframe || '/' || replace(symbol, '-', '_') AS series, "

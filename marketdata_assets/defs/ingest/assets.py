@@ -13,9 +13,18 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from marketdata_assets.defs.ingest.bans import adopt, record
-from marketdata_assets.defs.ingest.partitions import partial_outcome, partition_bounds, venue_pool
+from marketdata_assets.defs.ingest.partitions import (
+    checked_per_partition,
+    checks_summary,
+    failed_partitions,
+    partition_bounds,
+    venue_pool,
+    windows_failed,
+    windows_of,
+)
 from marketdata_assets.ingest import ingest
 from marketdata_assets.run_health import tag_run
+from marketdata_assets.tally import PartitionTally
 from marketdata_assets.wording import counted
 
 if TYPE_CHECKING:
@@ -28,6 +37,25 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 
 def _moment(value) -> dg.MetadataValue:
     return dg.MetadataValue.text(value.isoformat() if value is not None else "none")
+
+
+def partition_metadata(
+    tally: PartitionTally, start: dt.datetime, end: dt.datetime, moment_names: tuple[str, str], series_rows: int,
+) -> dict[str, dg.MetadataValue]:
+    """A partition's own figures: its rows and times, and its share of what the run spent (tally.py).
+    Each is comparable from one partition to the next, so Dagster's plots of them mean something."""
+    first_name, last_name = moment_names
+    return {
+        # Dagster's own keys (TableMetadataSet): the UI's row-count column and plot
+        "dagster/partition_row_count": dg.MetadataValue.int(tally.rows),
+        "dagster/row_count": dg.MetadataValue.int(series_rows),
+        "rows_written": dg.MetadataValue.int(tally.rows),
+        first_name: _moment(tally.first),
+        last_name: _moment(tally.last),
+        "window": dg.MetadataValue.text(f"[{start.isoformat()}, {end.isoformat()})"),
+        "rows_rejected": dg.MetadataValue.int(tally.rejected),
+        **{name: dg.MetadataValue.int(value) for name, value in sorted(tally.spent.items())},
+    }
 
 
 def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: str) -> dg.AssetsDefinition:
@@ -63,47 +91,53 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         store = context.resources.warehouse.open()
         bounds = Bounds(*partition_bounds(partitions))
         names = {check.name for check in context.selected_asset_check_keys}
+        windows = windows_of(partitions, context.partition_keys)
+        what = key.to_user_string()
 
-        def checks() -> list[dg.AssetCheckResult]:
-            results = dataset.check_results(store, key, series, window.start, window.end, bounds,
-                                            dt.datetime.now(dt.UTC), names)
+        def checks(start: dt.datetime, end: dt.datetime) -> list[dg.AssetCheckResult]:
+            results = dataset.check_results(store, key, series, start, end, bounds, dt.datetime.now(dt.UTC), names)
             return [result for result in results if result.check_name in names]
 
-        if key not in context.selected_asset_keys:  # the checks alone
-            yield from checks()
+        if key not in context.selected_asset_keys:  # the checks alone, over the partitions that landed
+            landed = context.instance.get_materialized_partitions(key)
+            checked = [w for w in windows if w[0] in landed]
+            if len(checked) < len(windows):
+                context.log.info(f"{what}: not checked, never materialized: "
+                                 + ", ".join(k for k, _, _ in windows if k not in landed))
+            evaluations = list(checked_per_partition(context.instance, key, checked, checks))
+            context.log.info(f"{what} checks: {checks_summary(evaluations)}")
+            yield from evaluations
             return
         adopt(context.instance)  # bans other runs earned: nothing is sent to a host that banned our IP
         source = dataset.open_source(series, context.resources.upstreams, bounds)
         try:
             report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end,
-                            rows_per_write=context.resources.warehouse.rows_per_write)
+                            rows_per_write=context.resources.warehouse.rows_per_write, partitions=windows)
         finally:
             record(context.instance, series.venue, context.run.run_id)  # and those this run earned, for the others
         outcome = report.outcome
+        failed = failed_partitions(windows, report.failures)
         context.log.info(
-            f"{key.to_user_string()} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
+            f"{what} [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d}): "
             f"{report.rows_written} rows in {report.seconds:.1f} s, "
             + ", ".join(f"{rows} from {origin}" for origin, rows in sorted(outcome.rows_by_source.items()))
             + f"; {counted(outcome.requests, 'request')}, {counted(report.rows_rejected, 'row')} rejected, "
-            + f"{counted(len(report.failures), 'window')} failed"
+            + f"{counted(len(report.failures), 'window')} failed; run totals: "
+            + ", ".join(f"{name} {value}" for name, value in outcome.metadata.items() if value != "")
         )
-        results = checks()
-        if report.failures:
-            # Some windows could not be read: record the partitions that did land, then fail.
-            yield from partial_outcome(
-                context, key, partitions, report.failures, report.rows_written, key.to_user_string(), results,
+        landed = [w for w in windows if w[0] not in failed]
+        series_rows = dataset.rows_stored(store, series)
+        for partition_key, start, end in landed:
+            yield dg.AssetMaterialization(
+                asset_key=key, partition=partition_key,
+                metadata=partition_metadata(report.by_partition[partition_key], start, end, dataset.moment_names,
+                                            series_rows),
             )
-            return
-        yield dg.MaterializeResult(asset_key=key, check_results=results, metadata={
-            "rows_written": dg.MetadataValue.int(report.rows_written),
-            first_name: _moment(report.first),
-            last_name: _moment(report.last),
-            "window": dg.MetadataValue.text(f"[{window.start.isoformat()}, {window.end.isoformat()})"),
-            **outcome.metadata,
-            "requests": outcome.requests,
-            "rows_rejected": report.rows_rejected,
-            "write_windows": dg.MetadataValue.int(report.write_windows),
-            "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
-        })
+        evaluations = list(checked_per_partition(context.instance, key, landed, checks))
+        context.log.info(f"{what} checks: {checks_summary(evaluations)}")
+        yield from evaluations
+        if failed:
+            # The partitions that landed are recorded above; the run fails naming the others.
+            raise windows_failed(what, windows, failed, report.failures)
 
     return materialize

@@ -2,7 +2,7 @@
 partitions, and how a range run records the partitions that landed when others could not be read."""
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 
 import dagster as dg
@@ -69,32 +69,74 @@ class WindowsFailed(Exception):
     """Some windows of a range run could not be read; the others were stored and recorded."""
 
 
-def partial_outcome(
-    context: dg.AssetExecutionContext, key: dg.AssetKey, partitions: dg.TimeWindowPartitionsDefinition,
-    failures: list[PieceFailure], rows_written: int, what: str, checks: list[dg.AssetCheckResult],
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckResult]:
-    """For a run some of whose windows failed: a materialization of each partition that fully
-    landed, then the check results, then WindowsFailed naming every failed window."""
-    failed = set()
-    for partition_key in context.partition_keys:
-        window = partitions.time_window_for_partition_key(partition_key)
-        if any(f.start < window.end and window.start < f.end for f in failures):
-            failed.add(partition_key)
-    for partition_key in context.partition_keys:
-        if partition_key not in failed:
-            window = partitions.time_window_for_partition_key(partition_key)
-            yield dg.AssetMaterialization(
-                asset_key=key,
-                partition=partition_key,
-                metadata={
-                    "window": dg.MetadataValue.text(f"[{window.start.isoformat()}, {window.end.isoformat()})"),
-                    "run_rows_written": dg.MetadataValue.int(rows_written),
-                    "note": dg.MetadataValue.text(f"stored; {len(failed)} other partitions of this run failed"),
-                },
-            )
-    yield from checks
-    raise WindowsFailed(
-        f"{what}: {counted(len(failures), 'window')} could not be read, so partitions {', '.join(sorted(failed))} are not "
-        f"materialized; the other {len(context.partition_keys) - len(failed)} are:\n"
+Window = tuple[str, dt.datetime, dt.datetime]  # a partition: its key, start and end
+
+
+def windows_of(partitions: dg.TimeWindowPartitionsDefinition, keys: Iterable[str]) -> list[Window]:
+    return [(key, *partitions.time_window_for_partition_key(key)) for key in keys]
+
+
+def failed_partitions(windows: list[Window], failures: list[PieceFailure]) -> set[str]:
+    """The partitions some failed window of which overlaps."""
+    return {key for key, start, end in windows if any(f.start < end and start < f.end for f in failures)}
+
+
+def windows_failed(what: str, windows: list[Window], failed: set[str], failures: list[PieceFailure]) -> WindowsFailed:
+    return WindowsFailed(
+        f"{what}: {counted(len(failures), 'window')} could not be read, so "
+        f"{counted(len(failed), 'partition')} ({', '.join(sorted(failed))}) not materialized; "
+        f"the other {len(windows) - len(failed)} are:\n"
         + "\n".join(f"- {failure.describe()}" for failure in failures)
     )
+
+
+def latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partition_keys: list[str]) -> dict:
+    """The latest materialization of each of `partition_keys` (one query), as a check's target."""
+    from marketdata_assets.dagster_internals import AssetCheckEvaluationTargetMaterializationData
+
+    found: dict = {}
+    if not partition_keys:
+        return found
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=partition_keys), limit=len(partition_keys) * 4,
+    ).records
+    for record in records:  # newest first
+        partition = record.partition_key
+        if partition is not None and partition not in found:
+            found[partition] = AssetCheckEvaluationTargetMaterializationData(
+                run_id=record.run_id, storage_id=record.storage_id, timestamp=record.timestamp)
+    return found
+
+
+def checked_per_partition(
+    instance: dg.DagsterInstance, key: dg.AssetKey, windows: list[Window],
+    evaluate: Callable[[dt.datetime, dt.datetime], list[dg.AssetCheckResult]],
+) -> Iterator[dg.AssetCheckEvaluation]:
+    """Each check's result over each partition, recorded on that partition and naming the
+    partition's latest materialization as what it judged (else Dagster's partition grid counts
+    it as not run): the grid then reads per month, and the check's latest record is the latest
+    partition's."""
+    targets = latest_materializations(instance, key, [partition_key for partition_key, _, _ in windows])
+    for partition_key, start, end in windows:
+        for result in evaluate(start, end):
+            yield dg.AssetCheckEvaluation(
+                asset_key=key, check_name=result.check_name or "", passed=result.passed, metadata=result.metadata,
+                severity=result.severity, description=result.description, blocking=False, partition=partition_key,
+                target_materialization_data=targets.get(partition_key),
+            )
+
+
+def checks_summary(evaluations: list[dg.AssetCheckEvaluation]) -> str:
+    """One line of what the checks found over a run's partitions, for the run's log."""
+    by_check: dict[str, list[dg.AssetCheckEvaluation]] = {}
+    for evaluation in evaluations:
+        by_check.setdefault(evaluation.check_name, []).append(evaluation)
+    parts = []
+    for name, found in by_check.items():
+        bad = [e for e in found if not e.passed]
+        if not bad:
+            parts.append(f"{name} passed in {counted(len(found), 'partition')}")
+        else:
+            worst = "ERROR" if any(e.severity == dg.AssetCheckSeverity.ERROR for e in bad) else "WARN"
+            parts.append(f"{name} {worst} in {', '.join(e.partition or '' for e in bad)} ({len(bad)} of {len(found)})")
+    return "; ".join(parts) or "no checks"

@@ -65,8 +65,7 @@ def read_gap_checks(
         for key in job.keys:
             check_key = dg.AssetCheckKey(key, gap_check)
             seen = state.checks.get(check_key.to_user_string(), 0)
-            records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=200)
-            for record in sorted(records, key=lambda r: r.id):
+            for record in _history_since(instance, check_key, seen):
                 if record.id <= seen:
                     continue
                 if record.status == AssetCheckExecutionRecordStatus.PLANNED:
@@ -79,6 +78,20 @@ def read_gap_checks(
                 if record.evaluation is not None and "window" in record.evaluation.metadata:
                     _fold_evaluation(state, job.partitions, check_key, record.evaluation, decisions)
             state.checks[check_key.to_user_string()] = seen
+
+
+def _history_since(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, seen: int) -> list:
+    """Every execution record of the check newer than `seen`, oldest first (a range run records
+    one a partition, so there can be hundreds since the last tick)."""
+    found: list = []
+    cursor = None
+    while True:
+        page = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=500, cursor=cursor)
+        newer = [record for record in page if record.id > seen]
+        found += newer
+        if len(newer) < len(page) or len(page) < 500:
+            return sorted(found, key=lambda r: r.id)
+        cursor = page[-1].id
 
 
 def _fold_evaluation(
