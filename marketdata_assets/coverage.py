@@ -54,18 +54,39 @@ class CheckOutcome:
     """One check over an asset's partitions, as Dagster's partition grid of the check shows it:
     each partition's latest evaluation of the partition's latest materialization.
 
-    `state` is the worst of them ('ERROR', 'WARN', 'passed', or 'not run'); `partitions` counts
-    partitions by the grid's statuses (passed, failed, execution_failed, skipped, in_progress);
-    `failing` lists the failed ones, `description` says what the first few found; `latest` is the
-    check's newest evaluation (the check list's status) and `latest_partition` its partition."""
+    `state` is the worst result recorded ('ERROR', 'WARN', 'passed', or 'not run'); `partitions`
+    holds the grid's statuses (passed, failed, execution_failed, skipped, in_progress, missing),
+    each a list of partition keys; `description` says what the first few failed ones found;
+    `latest` is the check's newest record (the check's overview) and `latest_partition` its
+    partition. `status` is what the UI's list of checks says of the check."""
 
     name: str
     state: str
-    partitions: dict[str, int] = field(default_factory=dict)
-    failing: list[str] = field(default_factory=list)
+    partitions: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
     latest: str = "not run"
     latest_partition: str | None = None
+
+    @property
+    def failing(self) -> list[str]:
+        return self.partitions.get("failed", [])
+
+    @property
+    def not_evaluated(self) -> list[str]:
+        """Partitions whose checks were planned by a run that failed before evaluating them."""
+        return self.partitions.get("execution_failed", [])
+
+    @property
+    def status(self) -> str:
+        """The UI's status of a partitioned check in its list: Failed when a partition failed or
+        could not be evaluated, else In progress, Skipped, Passed, Not evaluated (in that order)."""
+        counts = {name: len(keys) for name, keys in self.partitions.items()}
+        if counts.get("failed") or counts.get("execution_failed"):
+            return "Failed"
+        for name, label in (("in_progress", "In progress"), ("skipped", "Skipped"), ("passed", "Passed")):
+            if counts.get(name):
+                return label
+        return "Not evaluated"
 
     @property
     def where(self) -> str:
@@ -222,21 +243,21 @@ def _check_outcomes(
     for check_key, partitions in check_keys:
         grid = grids.get(check_key)
         subsets = grid.subsets if grid is not None else {}
-        counts, failing = {}, []
+        by_status = {}
         for status, label in _GRID.items():
             subset = subsets.get(status)
-            keys = sorted(subset.subset_value.get_partition_keys()) if subset is not None and not subset.is_empty else []
-            counts[label] = len(keys)
-            if label == "failed":
-                failing = keys
+            by_status[label] = sorted(subset.subset_value.get_partition_keys()) if subset is not None and not subset.is_empty else []
+        seen = {key for keys in by_status.values() for key in keys}
+        by_status["missing"] = [key for key in partitions.get_partition_keys() if key not in seen]
+        failing = by_status["failed"]
         failed = _failed_evaluations(instance, check_key, set(failing)) if failing else {}
         severities = {evaluation.severity.value for evaluation in failed.values()}
         state = ("ERROR" if "ERROR" in severities else "WARN" if severities
-                 else "passed" if counts["passed"] else "not run")
+                 else "passed" if by_status["passed"] else "not run")
         record = latest.get(check_key)
         evaluation = record.evaluation if record is not None else None
         outcomes[check_key] = CheckOutcome(
-            check_key.name, state, counts, failing,
+            check_key.name, state, by_status,
             "; ".join(f"{key}: {failed[key].description}" for key in failing[:DISAGREEMENTS_SHOWN] if key in failed),
             _state(evaluation) if record is None or record.status != AssetCheckExecutionRecordStatus.PLANNED
             else "in progress" if not _finished(instance, record.run_id) else "execution failed",

@@ -20,10 +20,13 @@ def _moment(value: dt.datetime | None) -> str | None:
 
 
 def check_partitions(check: CheckOutcome) -> dict[str, Any]:
-    """A check's partitions by the statuses Dagster's partition grid of the check shows, the
-    failed ones, and its newest evaluation (the check list's status)."""
-    return {**check.partitions, "failing": check.failing, "latest": check.latest,
-            "latest_partition": check.latest_partition}
+    """A check as Dagster's UI shows it: its status in the list of checks, its partitions by the
+    statuses of its partition grid (the passed and missing ones counted, the others listed), and
+    its newest evaluation (the check's overview)."""
+    found: dict[str, Any] = {"status": check.status}
+    for name, keys in check.partitions.items():
+        found[name] = len(keys) if name in ("passed", "missing") else keys
+    return found | {"latest": check.latest, "latest_partition": check.latest_partition}
 
 
 def report_record(item: AssetCoverage) -> dict[str, Any]:
@@ -140,8 +143,7 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
         for note in item.disagreements:
             details.append(f"{label}: Dagster and the warehouse disagree: {note}")
         for check in item.checks:
-            if check.state in ("WARN", "ERROR"):
-                details.append(f"{label}: {check.name} {check.state} in {check.where}: {check.description}")
+            details += _check_details(label, check)
     if not items:
         lines = []  # no klines asset asked for: no klines table
     if others:
@@ -160,11 +162,20 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
         if item.failed:
             details.append(f"{label}: failed partitions {' '.join(item.failed)}")
         for check in item.checks:
-            if check.state in ("WARN", "ERROR"):
-                details.append(f"{label}: {check.name} {check.state} in {check.where}: {check.description}")
+            details += _check_details(label, check)
     if details:
         lines += ["", *details]
     return "\n".join(lines)
+
+
+def _check_details(label: str, check: CheckOutcome) -> list[str]:
+    lines = []
+    if check.state in ("WARN", "ERROR"):
+        lines.append(f"{label}: {check.name} {check.state} in {check.where}: {check.description}")
+    if check.not_evaluated:
+        lines.append(f"{label}: {check.name} not evaluated on {', '.join(check.not_evaluated)}: the run "
+                     "that planned it failed there (Dagster shows Execution failed)")
+    return lines
 
 
 def render(items: list[AssetCoverage], others: list[SeriesCoverage], fmt: str) -> str:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +21,7 @@ from marketdata_assets.settings import Settings
 from marketdata_assets.sources.binance_klines_rest import fetch_klines
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, utc, with_settings, write_catalog
+from marketdata_tests.ui import webserver
 
 MATERIALIZED = dg.AssetPartitionStatus.MATERIALIZED
 FAILED = dg.AssetPartitionStatus.FAILED
@@ -283,34 +281,6 @@ def test_dagster_cli_partition_range_stores_each_closed_candle_once(settings, da
     with webserver(env) as url:
         ranges = partition_ranges_in_ui(url, BTC_SPOT_1M)
     assert ranges == [{"startKey": "2024-03-01", "endKey": "2024-05-01", "status": "MATERIALIZED"}]
-
-
-@contextlib.contextmanager
-def webserver(env: dict[str, str]):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-m", "marketdata_assets.definitions",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "webserver did not come up"
-            try:
-                if httpx.get(url + "/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def partition_ranges_in_ui(url: str, key: dg.AssetKey) -> list[dict]:

@@ -25,7 +25,6 @@ from unittest import mock
 import dagster as dg
 import httpx
 import polars as pl
-import pytest
 import yaml
 
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
@@ -36,6 +35,7 @@ from marketdata_tests.conftest import REPO, postgres_database, utc, write_catalo
 from marketdata_tests.test_assets import MATERIALIZED, run_range
 from marketdata_tests.test_automation import month_key, months_back, record_materialization
 from marketdata_tests.test_cli import marketdata
+from marketdata_tests.ui import browser, page_text
 
 DOCKER = REPO / "docker"
 # Secrets the deployment runs with (trust auth: the server never checks the password); none may
@@ -44,7 +44,6 @@ SECRETS = {"warehouse password": "S3cretPW-w4rehouse", "FRED_API_KEY": "fred-S3c
            "DATABENTO_API_KEY": "db-S3cret-k3y"}
 BTC_1H = dg.AssetKey(["binance_spot", "klines_1h", "BTCUSDT"])
 ETH_1M = dg.AssetKey(["binance_spot", "klines_1m", "ETHUSDT"])
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def free_port() -> int:
@@ -397,42 +396,6 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
                  for r in ticked}
     assert scheduled[(BTC_1H,)] == (month_key(stopped), month_key(now))
     assert scheduled[(ETH_1M,)] == (month_key(now - dt.timedelta(days=1)), month_key(now))
-
-
-@contextlib.contextmanager
-def browser():
-    """Headless Chromium through Selenium (Debian's chromium and chromium-driver; CI installs them)."""
-    if not Path(CHROMEDRIVER).exists():
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"{CHROMEDRIVER} is missing: .ci/run installs chromium and chromium-driver")
-        pytest.skip("no chromium here: apt-get install chromium chromium-driver")
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def page_text(driver, url: str, wanted: list[str], timeout_s: float = 60) -> str:
-    """The rendered text of `url` once it shows everything `wanted`."""
-    from selenium.webdriver.common.by import By
-
-    driver.get(url)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = driver.find_element(By.TAG_NAME, "body").text
-        if all(piece in text for piece in wanted):
-            return text
-        if time.monotonic() > deadline:
-            missing = [piece for piece in wanted if piece not in text]
-            raise AssertionError(f"{url} never showed {missing!r}; it shows:\n{text[:3000]}")
-        time.sleep(0.5)
 
 
 def test_compose_names_the_processes_this_suite_runs_and_mounts_what_they_need():

@@ -26,7 +26,7 @@ from marketdata_assets.sources.binance_futures_statistics import (
 )
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamRejected
 from marketdata_assets.warehouse import open_warehouse
-from marketdata_tests.test_cli import marketdata
+from marketdata_tests.test_cli import marketdata, marketdata_here
 from marketdata_tests.conftest import cli_env, utc, with_settings, write_catalog
 from marketdata_tests.test_assets import FAILED, MATERIALIZED, dagster_materialize, run_range, statuses, step_failure
 
@@ -302,8 +302,13 @@ def test_the_report_shows_derivative_coverage_failed_months_and_missing_snapshot
     # they found, per partition, as Dagster's partition grid of each check does
     assert record["checks"] == {"open_interest_cadence": "passed", "open_interest_non_negative": "passed"}
     assert record["check_partitions"]["open_interest_cadence"] == {
-        "passed": 2, "failed": 0, "execution_failed": 1, "skipped": 0, "in_progress": 0, "failing": [],
+        "status": "Failed", "passed": 2, "failed": [], "execution_failed": ["2024-01-01"], "skipped": [],
+        "in_progress": [], "missing": record["partitions_total"] - 3,
         "latest": "passed", "latest_partition": "2024-02-01"}
+    # and the table says why the check is Failed in Dagster's list while it found nothing wrong
+    table = marketdata_here("report", "--dataset", "open_interest", cwd=tmp_path, env=env)
+    assert ("binance_perp/open_interest/BTCUSDT: open_interest_cadence not evaluated on 2024-01-01: the run that "
+            "planned it failed there (Dagster shows Execution failed)") in table.stdout
     table = marketdata("report", "--symbol", "BTCUSDT", "--fail-on-gaps", cwd=tmp_path, env=env)
     assert table.returncode == 1, table.stderr
     assert "binance_perp/open_interest/BTCUSDT: missing [2024-02-05 06:00, 2024-02-05 07:00) UTC" in table.stdout

@@ -23,7 +23,8 @@ from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.binance_klines_rest import fetch_klines
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import cli_env, utc, with_settings
-from marketdata_tests.test_assets import BTC_SPOT_1M, dagster_materialize, run_range, spot_catalog, webserver
+from marketdata_tests.test_assets import BTC_SPOT_1M, dagster_materialize, run_range, spot_catalog
+from marketdata_tests.ui import browser, graphql, page_text, webserver
 from marketdata_tests.test_automation import repair_tick
 from marketdata_tests.test_cli import marketdata, marketdata_here
 
@@ -85,12 +86,87 @@ def metadata(execution: dict) -> dict:
     return {e["label"]: e.get("text", e.get("intValue")) for e in execution["evaluation"]["metadataEntries"]}
 
 
+CHECKS = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+  assetChecksOrError { ... on AssetChecks { checks { name
+    executionForLatestMaterialization { status partition }
+    partitionStatuses { ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } } } } } } } } }"""
+GRID = {"SUCCEEDED": "passed", "FAILED": "failed", "EXECUTION_FAILED": "execution_failed", "SKIPPED": "skipped",
+        "IN_PROGRESS": "in_progress"}
+
+
+def months(first: str, last: str) -> list[str]:
+    """Monthly partition keys first..last."""
+    keys, year, month = [], int(first[:4]), int(first[5:7])
+    while f"{year:04d}-{month:02d}-01" <= last:
+        keys.append(f"{year:04d}-{month:02d}-01")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return keys
+
+
+def the_ui_agrees_with_the_report(ui: str, record: dict, settings, screenshots) -> None:
+    """After the partly failed backfill: each check's partition grid, its latest evaluation and the
+    gap counts read through GraphQL equal `marketdata report`; then the pages a person opens (the
+    check list, a check's partition tab, a partition's detail) show the same, with screenshots."""
+    checks = graphql(ui, CHECKS, key={"path": BTC_SPOT_1M.path})["assetNodeOrError"]["assetChecksOrError"]["checks"]
+    assert sorted(check["name"] for check in checks) == sorted(record["check_partitions"])
+    for check in checks:
+        reported = record["check_partitions"][check["name"]]
+        grid: dict[str, list[str]] = {name: [] for name in GRID.values()}
+        for span in check["partitionStatuses"]["ranges"]:
+            grid[GRID[span["status"]]] += months(span["startKey"], span["endKey"])
+        assert len(grid.pop("passed")) == reported["passed"], check["name"]
+        assert grid == {name: reported[name] for name in grid}, check["name"]
+        latest = check["executionForLatestMaterialization"]
+        assert ({"SUCCEEDED": "passed"}.get(latest["status"], latest["status"]), latest["partition"]) == (
+            reported["latest"], reported["latest_partition"])
+    # one count of gaps: the gap check's partitions add up to the report's figures (February failed:
+    # it is a failed partition in both, not 41,760 missing bars)
+    per_month = {month: check_history(ui, "gap_count", month) for month in ("2024-01-01", "2024-02-01", "2024-03-01")}
+    assert per_month["2024-02-01"] == [{"status": "EXECUTION_FAILED", "partition": "2024-02-01", "evaluation": None}]
+    evaluated = [metadata(history[0]) for history in per_month.values() if history[0]["evaluation"]]
+    assert sum(m["unexplained_bars"] for m in evaluated) == record["unexplained_bars"] == 120
+    assert sum(m["missing_bars"] for m in evaluated) == record["missing_bars"] == 121
+    assert sum(m["rejected_bars"] for m in evaluated) == record["rejected_bars"] == 1
+
+    screenshots.mkdir(parents=True, exist_ok=True)
+    asset = f"{ui}/assets/{'/'.join(BTC_SPOT_1M.path)}"
+    january_rows = open_warehouse(settings.warehouse_url).query(
+        "SELECT count(*) AS n FROM market_data.klines WHERE open_time >= ? AND open_time < ?",
+        [utc(2024, 1, 1), utc(2024, 2, 1)])["n"][0]
+    with browser() as driver:
+        from selenium.webdriver.common.by import By
+
+        # the list of checks: each one's status is the report's
+        text = page_text(driver, f"{asset}?view=checks&checkDetail=gap_count", ["no_unclosed_bars", "Latest execution"])
+        for name, reported in record["check_partitions"].items():
+            assert f"{name}\n{reported['status']}" in text, (name, text[:1500])
+        driver.save_screenshot(str(screenshots / "check-list.png"))
+        # the gap check's partition tab counts what the report counts
+        gap_count = record["check_partitions"]["gap_count"]
+        driver.find_elements(By.XPATH, "//button[normalize-space()='Partitions'] | //*[@role='tab' and normalize-space()='Partitions']")[-1].click()
+        wanted = [f"Execution Failed ({len(gap_count['execution_failed'])})", f"Failed ({len(gap_count['failed'])})",
+                  f"Passed ({gap_count['passed']})", f"Missing ({gap_count['missing']})"]
+        deadline = time.monotonic() + 60
+        while not all(piece in driver.find_element(By.TAG_NAME, "body").text for piece in wanted):
+            assert time.monotonic() < deadline, (wanted, driver.find_element(By.TAG_NAME, "body").text[:2000])
+            time.sleep(0.5)
+        driver.save_screenshot(str(screenshots / "check-partitions.png"))
+        # a partition's detail: its own rows and figures, not the run's
+        text = page_text(driver, f"{asset}?view=partitions&partition=2024-01-01", ["dagster/partition_row_count"])
+        assert f"dagster/partition_row_count\n{january_rows}\n" in text and f"rows_written\n{january_rows}\n" in text
+        assert f"dagster/row_count\n{record['rows']}\n" in text and "rows_rejected\n1\n" in text
+        assert "window\n[2024-01-01T00:00:00+00:00, 2024-02-01T00:00:00+00:00)" in text
+        driver.save_screenshot(str(screenshots / "partition-2024-01-01.png"))
+    print(f"screenshots: {screenshots}")
+
+
 def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repair_sensor_converge(
     tmp_path, settings, dagster_home, capsys,
 ):
     scenario = ["--outage", "2024-01-10T00:00/2024-01-10T02:00", "--invalid-bar", "BTCUSDT/1m/2024-01-15T10:00",
                 "--failing-window", "2024-02-10T00:00/2024-02-10T06:00"]
-    with emulator_process(*scenario) as url:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(emulator_process(*scenario))
         settings = with_settings(settings, binance_spot_url=url, binance_futures_url=url, binance_archive_url=url)
         env = cli_env(settings, dagster_home, spot_catalog(tmp_path))
         # 1. The backfill: February's file keeps failing, so its partition fails; the rest lands.
@@ -109,6 +185,10 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         assert table.returncode == 1
         assert "binance_spot/klines_1m/BTCUSDT: unexplained gap [2024-01-10 00:00, 2024-01-10 02:00) UTC, 120 bars" in table.stdout
         assert "binance_spot/klines_1m/BTCUSDT: failed partitions 2024-02-01" in table.stdout
+
+        # The UI says the same as the report, through GraphQL and in a real browser.
+        ui = stack.enter_context(webserver(env))
+        the_ui_agrees_with_the_report(ui, record, settings, tmp_path / "screenshots")
 
         # The repair sensor finds January (its gap) and February (failed), and gives them 15 minutes
         # before the first re-run (test_automation runs the re-runs themselves).
@@ -159,10 +239,9 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         served = fetch_klines("spot", url, "BTCUSDT", "1m", utc(2024, 1, 1), utc(2024, 4, 1)).frame
         assert rows.drop("source", "ingested_at").equals(served.drop("source", "ingested_at"))
 
-    # 6. The UI's check pages read the same through GraphQL: one evaluation per partition and run,
-    #    naming its window: January by the backfill and again after gaps verify, February by its
-    #    re-run only (the backfill's February failed: no check result, not a gap), March by the backfill.
-    with webserver(env) as ui:
+        # 6. The UI's check pages read the same through GraphQL: one evaluation per partition and run,
+        #    naming its window: January by the backfill and again after gaps verify, February by its
+        #    re-run only (the backfill's February failed: no check result, not a gap), March by the backfill.
         january = check_history(ui, "gap_count", "2024-01-01")
         assert [metadata(e)["window"] for e in january] == ["[2024-01-01 00:00, 2024-02-01 00:00) UTC"] * 2
         assert [(e["status"], e["evaluation"]["severity"]) for e in january] == [("FAILED", "WARN"), ("FAILED", "ERROR")]
