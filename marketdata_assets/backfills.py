@@ -82,12 +82,12 @@ class Selection:
     def describe(self) -> str:
         return f"{', '.join(k.to_user_string() for k in self.keys)} {self.first}...{self.last}"
 
-    def again(self) -> str:
-        """The command that runs this selection again, here."""
+    def again(self, how: str = "--local") -> str:
+        """The command that runs this selection again: here (--local), or on the webserver (--wait)."""
         symbols = sorted({key.path[2] for key in self.keys if len(key.path) > 2})
         last_day = self.partitions.time_window_for_partition_key(self.last).end - dt.timedelta(days=1)
         return (f"marketdata backfill {self.keys[0].path[1]}" + (f" --symbols {','.join(symbols)}" if symbols else "")
-                + f" --from {self.first} --to {min(last_day, dt.datetime.now(dt.UTC)):%Y-%m-%d} --local")
+                + f" --from {self.first} --to {min(last_day, dt.datetime.now(dt.UTC)):%Y-%m-%d} {how}")
 
 
 def _names(spec: dg.AssetSpec) -> set[str]:
@@ -145,6 +145,31 @@ _CANCEL = """mutation ($id: String!) { cancelPartitionBackfill(backfillId: $id) 
   __typename ... on CancelBackfillSuccess { backfillId } ... on Error { message } } }"""
 
 FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+_RUNS = """query ($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  __typename ... on PartitionBackfill { error { message } runs(limit: 1000) {
+    runId status assetSelection { path } tags { key value } } } ... on Error { message } } }"""
+_FAILURE = """query ($runId: ID!) { logsForRun(runId: $runId, limit: 10000) {
+  __typename ... on EventConnection { events { __typename
+    ... on ExecutionStepFailureEvent { error { message className cause { message className
+      cause { message className cause { message className } } } } }
+    ... on RunFailureEvent { message } } } ... on PythonError { message } } }"""
+_PARTITIONS = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { __typename
+  ... on AssetNode { assetPartitionStatuses { ... on TimePartitionStatuses { ranges { startKey endKey status } } } }
+  ... on Error { message } } }"""
+_RANGE_START, _RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+@dataclass
+class FailedRun:
+    """A run of a backfill that failed and was not retried to success: what it ran, why it
+    failed (the innermost error of its failed step), and the partitions it left failed."""
+
+    run_id: str
+    keys: list[dg.AssetKey]
+    first: str
+    last: str
+    reason: str
+    failed_partitions: dict[dg.AssetKey, list[str]]
 
 
 @dataclass
@@ -237,6 +262,50 @@ class DagsterApi:
     def cancel(self, backfill_id: str) -> None:
         self._ask(_CANCEL, {"id": backfill_id}, "cancelPartitionBackfill")
 
+    def failed_runs(self, backfill_id: str) -> tuple[list[FailedRun], str | None]:
+        """The backfill's runs that ended failed (the newest try of each range), and the
+        backfill's own error, if the daemon recorded one."""
+        answer = self._ask(_RUNS, {"id": backfill_id}, "partitionBackfillOrError")
+        newest: dict[tuple, dict] = {}
+        for run in answer["runs"]:  # newest first; a retried run's tries share its range
+            tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+            keys = tuple("/".join(a["path"]) for a in run["assetSelection"] or [])
+            newest.setdefault((keys, tags.get(_RANGE_START), tags.get(_RANGE_END), tags.get("dagster/partition")),
+                              run | {"tags": tags})
+        failed = []
+        for (keys, first, last, single), run in newest.items():
+            if run["status"] != "FAILURE":
+                continue
+            first, last = first or single or "", last or single or ""
+            asset_keys = [dg.AssetKey.from_user_string(key) for key in keys]
+            failed.append(FailedRun(
+                run["runId"], asset_keys, first, last, self._reason(run["runId"]),
+                {key: self._failed_partitions(key, first, last) for key in asset_keys},
+            ))
+        error = (answer.get("error") or {}).get("message")
+        return failed, error.strip().splitlines()[0] if error else None
+
+    def _reason(self, run_id: str) -> str:
+        answer = self._ask(_FAILURE, {"runId": run_id}, "logsForRun")
+        reasons = []
+        for event in answer.get("events", []):
+            if event["__typename"] == "ExecutionStepFailureEvent" and event.get("error"):
+                error = event["error"]
+                while error.get("cause"):
+                    error = error["cause"]
+                reasons.append(_as_cause(error["message"], error.get("className")))
+        if not reasons:
+            reasons = [event["message"] for event in answer.get("events", []) if event["__typename"] == "RunFailureEvent"]
+        return "\n".join(reasons) or "no reason recorded"
+
+    def _failed_partitions(self, key: dg.AssetKey, first: str, last: str) -> list[str]:
+        """The partitions of `key` in [first, last] whose status is failed."""
+        answer = self._ask(_PARTITIONS, {"key": {"path": key.path}}, "assetNodeOrError")
+        ranges = (answer.get("assetPartitionStatuses") or {}).get("ranges") or []
+        spans = [(max(span["startKey"], first), min(span["endKey"], last)) for span in ranges
+                 if span["status"] == "FAILED" and span["startKey"] <= last and span["endKey"] >= first]
+        return [f"{start}...{end}" if start != end else start for start, end in spans]
+
     def wait(self, backfill_id: str, report: Callable[[BackfillInfo], None], poll_s: float = 2.0) -> BackfillInfo:
         last = None
         while True:
@@ -290,7 +359,7 @@ def run_here(
                 run_config=QUIET,
                 raise_on_error=False,
                 tags={ASSET_PARTITION_RANGE_START_TAG: selection.first, ASSET_PARTITION_RANGE_END_TAG: selection.last,
-                      **process_tags(), **(tags or {})},
+                      **process_tags(run_id), **(tags or {})},
             )
         finally:
             finished.set()
@@ -309,10 +378,15 @@ def failure_cause(error) -> str:
     `ClassName: message` (Dagster's own says only "Error occurred while executing op …:")."""
     while error.cause is not None:
         error = error.cause
-    message = error.message.strip()
+    return _as_cause(error.message, error.cls_name)
+
+
+def _as_cause(message: str, class_name: str | None) -> str:
+    """`ClassName: text` from an error message that starts with the class's qualified name."""
+    message = message.strip()
     qualified, _, text = message.partition(": ")
-    if error.cls_name and qualified.endswith(error.cls_name) and text:
-        return f"{error.cls_name}: {text}"
+    if class_name and qualified.endswith(class_name) and text:
+        return f"{class_name}: {text}"
     return message
 
 

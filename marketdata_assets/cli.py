@@ -320,10 +320,47 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
         info = api.wait(backfill_id, lambda i: click.echo(
             f"{i.status}: {i.done} of {i.total} partitions done, {i.failed} failed, {i.in_progress} in progress",
             err=True))
+        if info.status in ("COMPLETED", "COMPLETED_SUCCESS"):
+            return
+        _explain_failure(api, info, chosen)
     except DagsterApiError as exc:
         click.echo(f"marketdata backfill: {exc}", err=True)
-        sys.exit(1)
-    sys.exit(0 if info.status in ("COMPLETED", "COMPLETED_SUCCESS") else 1)
+    sys.exit(1)
+
+
+def _explain_failure(api, info, chosen) -> None:
+    """Why a backfill followed with --wait did not succeed: each failed run's reason and the
+    partitions it left failed, then the command that runs them again."""
+    import dagster as dg
+
+    from marketdata_assets.backfills import Selection
+    from marketdata_assets.defs.ingest.partitions import adjacent_runs
+
+    failed, error = api.failed_runs(info.id)
+    what = "was canceled" if info.status == "CANCELED" else "failed"
+    click.echo(f"marketdata backfill: {info.id} {what}: {info.failed} of {info.total} partitions failed"
+               + (f"; {error}" if error else ""), err=True)
+    partitions_of = {key: selection.partitions for selection in chosen for key in selection.keys}
+    again = []
+    for run in failed:
+        click.echo(f"run {run.run_id[:8]} ({', '.join(k.to_user_string() for k in run.keys)} "
+                   f"{run.first}...{run.last}) failed:", err=True)
+        for line in run.reason.splitlines():
+            click.echo(f"  {line}", err=True)
+        for key, spans in run.failed_partitions.items():
+            if not spans:
+                continue
+            click.echo(f"  failed partitions of {key.to_user_string()}: {', '.join(spans)}", err=True)
+            partitions = partitions_of.get(key)
+            if partitions is None:
+                continue
+            keys = [k for span in spans for k in partitions.get_partition_keys_in_range(
+                dg.PartitionKeyRange(*(span.split("...") if "..." in span else (span, span))))]
+            again += [Selection((key,), partitions, first, last).again("--wait") for first, last in adjacent_runs(partitions, keys)]
+    if again:
+        click.echo("once the cause is fixed, run them again:", err=True)
+        for command in dict.fromkeys(again):
+            click.echo(f"  {command}", err=True)
 
 
 @backfill.command("jobs")

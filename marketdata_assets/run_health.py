@@ -29,22 +29,26 @@ from marketdata_assets.dagster_internals import (
 HOST_TAG = "marketdata/host"
 PID_TAG = "marketdata/pid"
 PROCESS_STARTED_TAG = "marketdata/process_started"  # the process's start, seconds since the epoch
+# The run whose process set the tags above: a retried run starts with its parent's tags (Dagster
+# copies them), which name the parent's process until the retry's own process tags it.
+TAGGED_RUN_TAG = "marketdata/tagged_run"
 
 _IN_PROCESS = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING}
 
 
-def process_tags(pid: int | None = None) -> dict[str, str]:
-    """The tags that tie a run to process `pid` (this one by default) of this host."""
+def process_tags(run_id: str, pid: int | None = None) -> dict[str, str]:
+    """The tags that tie run `run_id` to process `pid` (this one by default) of this host."""
     process = psutil.Process(pid or os.getpid())
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(process.pid),
-            PROCESS_STARTED_TAG: f"{process.create_time():.2f}"}
+            PROCESS_STARTED_TAG: f"{process.create_time():.2f}", TAGGED_RUN_TAG: run_id}
 
 
 def tag_run(instance: dg.DagsterInstance, run_id: str) -> None:
-    """Tie run `run_id` to this process, unless it is already (a local run is tagged at launch)."""
+    """Tie run `run_id` to this process, unless it is already (a local run is tagged at launch;
+    a retried run's tags inherited from its parent are replaced)."""
     run = instance.get_run_by_id(run_id)
-    if run is not None and PID_TAG not in run.tags:
-        instance.add_run_tags(run_id, process_tags())
+    if run is not None and run.tags.get(TAGGED_RUN_TAG) != run_id:
+        instance.add_run_tags(run_id, process_tags(run_id))
 
 
 def _process_gone(tags: dict[str, str]) -> bool:
@@ -79,6 +83,8 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[DeadRun]:
     for run in instance.get_runs(dg.RunsFilter(statuses=list(NOT_FINISHED_STATUSES))):
         if run.status not in _IN_PROCESS or run.tags.get(HOST_TAG) != host or PID_TAG not in run.tags:
             continue
+        if run.tags.get(TAGGED_RUN_TAG) != run.run_id:
+            continue  # a retry still carrying its parent's process: its own process has not started yet
         if not _process_gone(run.tags):
             continue
         latest = instance.get_run_by_id(run.run_id)

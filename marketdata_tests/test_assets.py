@@ -203,7 +203,7 @@ def test_a_corrupt_archive_file_fails_its_partition_naming_the_file_and_the_othe
         assert corrupting.archive.answers["corrupt"] == 2  # downloaded once more before giving up
     assert not result.success
     message = step_failure(result)
-    assert "1 partition (2024-02-01) not materialized; the other 2 are" in message
+    assert "so 2024-02-01 is not materialized (1 of 3 partitions); the others are:" in message
     assert "[2024-02-01 00:00, 2024-03-01 00:00) UTC: binance archive: " in message
     assert "/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-02.zip: sha256" in message
     assert "does not match its .CHECKSUM" in message

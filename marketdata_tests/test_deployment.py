@@ -29,6 +29,7 @@ import yaml
 
 from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
 from marketdata_assets.emulator.config import Faults
+from marketdata_assets.emulator.scenario import FailingWindow, Scenario
 from marketdata_assets.settings import Settings
 from marketdata_assets.warehouse import open_warehouse
 from marketdata_tests.conftest import REPO, postgres_database, utc, write_catalog
@@ -233,8 +234,9 @@ def runs_of(deployed: Deployment, **tags: str) -> list:
 
 
 def scheduled_runs(deployed: Deployment, count: int) -> list:
-    """The first `count` runs the schedule launched, once all of them succeeded."""
-    records = runs_of(deployed, **{"marketdata/trigger": "incremental"})[:count]
+    """The first `count` runs the schedule launched of BTC_1H and ETH_1M, once all of them succeeded."""
+    records = [r for r in runs_of(deployed, **{"marketdata/trigger": "incremental"})
+               if tuple(r.dagster_run.asset_selection or ()) in ((BTC_1H,), (ETH_1M,))][:count]
     if len(records) < count:
         return []
     failed = [r.dagster_run for r in records if r.dagster_run.is_finished
@@ -251,10 +253,15 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
         # over REST with every page 400 ms late: its two-year backfill is still writing when cancelled
         {"venue": "binance", "market": "spot", "symbol": "ETHUSDT", "timeframes": ["1m"], "start_date": "2024-01-01",
          "source": "rest"},
+        # June 2024 never answers (HTTP 503): its backfill fails, and --wait says why and what to run
+        {"venue": "binance", "market": "perp", "symbol": "BNBUSDT", "timeframes": ["1h"], "start_date": "2024-06-01",
+         "datasets": ["klines"]},
     ])
+    june = FailingWindow(int(utc(2024, 6, 10).timestamp() * 1000), int(utc(2024, 6, 11).timestamp() * 1000), 10_000)
     now = dt.datetime.now(dt.UTC)
     stopped = months_back(now, 2)  # BTCUSDT 1h was last kept two months ago, mid-month
-    with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=400))) as emulator, deployment(
+    with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=400), scenario=Scenario(failing_windows=(june,)))) \
+            as emulator, deployment(
         tmp_path, emulator.url, catalog,
         before_start=lambda instance: record_materialization(instance, BTC_1H, month_key(stopped), stopped),
         MARKETDATA_SCHEDULE_CRON="* * * * *",
@@ -266,9 +273,14 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
              "--from", "2024-01-01", "--to", "2024-02-15", "--wait"],
             cwd=tmp_path, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
+        failing = subprocess.Popen(
+            [sys.executable, "-m", "marketdata_assets.cli", "backfill", "klines_1h", "--symbols", "BNBUSDT",
+             "--from", "2024-06-01", "--to", "2024-07-31", "--wait"],
+            cwd=tmp_path, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
         months = [f"{year}-{month:02d}-01" for year in (2024, 2025) for month in range(1, 13)]
         long_id = launch(deployed, ETH_1M, months)
-        listed = _wait(lambda: len(jobs(deployed, tmp_path)) == 2 and jobs(deployed, tmp_path),
+        listed = _wait(lambda: len(jobs(deployed, tmp_path)) == 3 and jobs(deployed, tmp_path),
                        "both backfills to be listed", 60, deployed.processes)
         assert listed[long_id]["status"] == "REQUESTED"
         assert listed[long_id]["assets"] == [ETH_1M.to_user_string()]
@@ -315,6 +327,24 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
             "SELECT * FROM market_data.klines WHERE symbol = 'BTCUSDT' ORDER BY open_time")
         assert btc.drop("ingested_at").equals(embedded.drop("ingested_at"))
 
+        # The failing one: exit 1, the reason its run gave (after Dagster's two retries), the
+        # partition it left failed, and the command that runs it again.
+        out, err = failing.communicate(timeout=300)
+        failed_id = out.strip()
+        assert failing.returncode == 1, err
+        lines = err.strip().splitlines()
+        explained = lines[lines.index(f"marketdata backfill: {failed_id} failed: 1 of 2 partitions failed"):]
+        assert explained[1].startswith("run ") and explained[1].endswith(
+            " (binance_perp/klines_1h/BNBUSDT 2024-06-01...2024-07-01) failed:"), explained
+        assert explained[2] == ("  WindowsFailed: binance_perp/klines_1h/BNBUSDT: 1 window could not be read, so "
+                                "2024-06-01 is not materialized (1 of 2 partitions); the others are:"), explained
+        assert explained[3].startswith("  - [2024-06-01 00:00, 2024-07-01 00:00) UTC: binance archive: GET ") \
+            and "HTTP 503" in explained[3], explained
+        assert explained[-3:] == ["  failed partitions of binance_perp/klines_1h/BNBUSDT: 2024-06-01",
+                                  "once the cause is fixed, run them again:",
+                                  "  marketdata backfill klines_1h --symbols BNBUSDT --from 2024-06-01 --to 2024-06-30 --wait"]
+        assert stored(deployed, "BNBUSDT", utc(2024, 8, 1)).height == 31 * 24  # July landed
+
         # The scheduled tick: ETHUSDT (never materialized) gets the window of the newest closed
         # day, BTCUSDT every month since it stopped, the one it stopped in included.
         ticked = _wait(lambda: scheduled_runs(deployed, 2), "the scheduled runs to succeed", 240, deployed.processes)
@@ -344,19 +374,21 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
             page = page_text(driver, f"{deployed.url}/runs/b/{short_id}?tab=overview",
                              ["2024-01-01...2024-02-01", "binance_spot / klines_1h / BTCUSDT\n100% completed\n2\n0\n2\n0"])
             assert f"Runs / {short_id}" in page
-            page_text(driver, f"{deployed.url}/automation", ["klines_daily", "gap_repair"])
+            page_text(driver, f"{deployed.url}/automation", ["klines_daily_since_2024_01", "klines_daily_since_2024_06",
+                                                             "gap_repair"])
             switches = "return Array.from(document.querySelectorAll('input[type=checkbox]'))" \
                        ".filter(e => e.parentElement.className.includes('formatSwitch')).map(e => e.checked)"
             # The switches render once each one's state has loaded, which a busy webserver (the
             # daemon ticks every minute here) can take a while to answer: ask the page once more.
             for attempt in range(2):
                 deadline = time.monotonic() + 45
-                while len(driver.execute_script(switches)) < 2 and time.monotonic() < deadline:
+                while len(driver.execute_script(switches)) < 3 and time.monotonic() < deadline:
                     time.sleep(0.5)
                 if driver.execute_script(switches) or attempt:
                     break
                 page_text(driver, f"{deployed.url}/automation", ["klines_daily", "gap_repair"])
-            assert driver.execute_script(switches) == [True, True]  # this catalog's one schedule, and the sensor
+            # this catalog's two schedules (spot klines since 2024-01, perp since 2024-06), and the sensor
+            assert driver.execute_script(switches) == [True, True, True]
             # the warehouse resource's page names the variable its URL comes from
             resources_page = page_text(driver, f"{deployed.url}/locations/marketdata/resources/warehouse",
                                        ["MARKETDATA_WAREHOUSE_URL"])

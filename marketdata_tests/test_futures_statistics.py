@@ -191,7 +191,7 @@ def test_a_day_no_source_holds_fails_its_month_by_name_and_the_other_months_land
             asset, result = run_range(settings, BTC_OI, "2023-12-01", "2024-02-01", instance)
             assert not result.success
             message = step_failure(result)
-            assert "1 partition (2024-01-01) not materialized" in message
+            assert "so 2024-01-01 is not materialized (1 of 3 partitions); the others are:" in message
             assert "no source holds 2024-01-10: the archive has no BTCUSDT-metrics-2024-01-10.zip and REST keeps only the last 30 days" in message
             assert statuses(instance, asset, ["2023-12-01", "2024-01-01", "2024-02-01"]) == {
                 "2023-12-01": MATERIALIZED, "2024-01-01": FAILED, "2024-02-01": MATERIALIZED}

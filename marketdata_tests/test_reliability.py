@@ -194,3 +194,25 @@ def test_a_ban_mid_run_stops_every_request_fails_naming_its_end_and_the_repair_s
         data, log = repair_tick(definitions, instance, data.cursor, capsys)
         assert not any("banned" in line for line in log), log  # it ended: the usual wait for a re-run
         assert any(re.search(r"its latest run failed; re-run 1 of 3 waits until", line) for line in log), log
+
+
+def test_a_retry_carrying_its_parents_process_is_not_taken_for_dead_until_its_own_process_is_gone():
+    """Dagster copies a run's tags to its retry: the retry names its dead parent's process until
+    its own process tags it, and must not be marked failed for that."""
+    from marketdata_assets.run_health import HOST_TAG, PID_TAG, PROCESS_STARTED_TAG, TAGGED_RUN_TAG, fail_dead_runs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with dg.instance_for_test() as instance:
+        parent_tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(gone.pid), PROCESS_STARTED_TAG: "1.00",
+                       TAGGED_RUN_TAG: "parent-run"}
+        retry = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="retry-run",
+                                               status=dg.DagsterRunStatus.STARTING, tags=parent_tags))
+        assert fail_dead_runs(instance) == []
+        assert instance.get_run_by_id(retry.run_id).status == dg.DagsterRunStatus.STARTING
+        # once its own process tagged it, and that process is gone too, it is marked failed
+        instance.add_run_tags(retry.run_id, {TAGGED_RUN_TAG: retry.run_id})
+        (dead,) = fail_dead_runs(instance)
+        assert dead.describe() == (f"run retry-ru (__ASSET_JOB) was STARTING but its process {gone.pid} on "
+                                   f"{socket.gethostname()} is gone (killed or crashed); marked failed")
+        assert instance.get_run_by_id(retry.run_id).status == dg.DagsterRunStatus.FAILURE

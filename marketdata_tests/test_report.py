@@ -171,7 +171,7 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         env = cli_env(settings, dagster_home, spot_catalog(tmp_path))
         # 1. The backfill: February's file keeps failing, so its partition fails; the rest lands.
         code, output = materialize(env, "2024-01-01...2024-03-01")
-        assert code != 0 and "1 partition (2024-02-01) not materialized; the other 2 are" in output
+        assert code != 0 and "so 2024-02-01 is not materialized (1 of 3 partitions); the others are:" in output
 
         # 2. The report shows exactly the outage, the failed partition and the rejected candle.
         record = report_json(env, tmp_path)

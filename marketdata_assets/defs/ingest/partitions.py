@@ -83,9 +83,9 @@ def failed_partitions(windows: list[Window], failures: list[PieceFailure]) -> se
 
 def windows_failed(what: str, windows: list[Window], failed: set[str], failures: list[PieceFailure]) -> WindowsFailed:
     return WindowsFailed(
-        f"{what}: {counted(len(failures), 'window')} could not be read, so "
-        f"{counted(len(failed), 'partition')} ({', '.join(sorted(failed))}) not materialized; "
-        f"the other {len(windows) - len(failed)} are:\n"
+        f"{what}: {counted(len(failures), 'window')} could not be read, so {', '.join(sorted(failed))} "
+        f"{'is' if len(failed) == 1 else 'are'} not materialized ({len(failed)} of {counted(len(windows), 'partition')})"
+        f"{'; the others are' if len(failed) < len(windows) else ''}:\n"
         + "\n".join(f"- {failure.describe()}" for failure in failures)
     )
 
