@@ -163,20 +163,37 @@ def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "kli
 @click.option("--dataset", metavar="DATASET", help="Only this dataset, by the name its assets carry (their `dataset` metadata).")
 @click.option("--symbol", "symbols", multiple=True, help="Only this symbol (repeatable).")
 @click.option("--fail-on-gaps", is_flag=True, help="Exit 1 if any asset has unexplained gaps or missing rows (for CI).")
-def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool) -> None:
+@click.option("--html", "html_path", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+              help="Also write the coverage picture (a self-contained page) to FILE.")
+def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool, html_path: str | None) -> None:
     """Coverage audit: one row per asset, from Dagster's partition status and the warehouse.
 
     Gaps are counted inside materialized partitions; known gaps are documented maintenance and
     windows `marketdata gaps verify` found empty.
     """
+    import os
+
     from marketdata_assets.report import render
 
+    if html_path and not os.path.isdir(os.path.dirname(os.path.abspath(html_path))):
+        _fail("report", f"--html {html_path}: no such directory {os.path.dirname(os.path.abspath(html_path))}")
     found = _coverage("report", symbols, dataset)
     found.instance.dispose()
     for run in found.dead_runs:
         click.echo(f"marketdata report: {run.describe()}", err=True)
     items, others = found.klines, found.others
     click.echo(render(items, others, fmt))
+    if html_path:
+        from marketdata_assets.picture import render_html, rows_of
+
+        now = dt.datetime.now(dt.UTC)
+        rows = rows_of(items, others, now)
+        try:
+            with open(html_path, "w", encoding="utf-8") as out:
+                out.write(render_html(rows, now))
+        except OSError as exc:
+            _fail("report", f"cannot write {html_path}: {exc.strerror}")
+        click.echo(f"coverage picture of {counted(len(rows), 'asset')} written to {html_path}", err=True)
     if fail_on_gaps and (any(item.gaps.unexplained for item in items) or any(item.missing for item in others)):
         sys.exit(1)
 

@@ -90,6 +90,8 @@ class CheckOutcome:
 
     @property
     def where(self) -> str:
+        if len(self.failing) == 1:
+            return self.failing[0]
         return f"{counted(len(self.failing), 'partition')} ({', '.join(_some_list(self.failing))})"
 
 
@@ -258,6 +260,7 @@ def _check_outcomes(
         evaluation = record.evaluation if record is not None else None
         outcomes[check_key] = CheckOutcome(
             check_key.name, state, by_status,
+            (failed[failing[0]].description or "") if len(failing) == 1 and failing[0] in failed else
             "; ".join(f"{key}: {failed[key].description}" for key in failing[:DISAGREEMENTS_SHOWN] if key in failed),
             _state(evaluation) if record is None or record.status != AssetCheckExecutionRecordStatus.PLANNED
             else "in progress" if not _finished(instance, record.run_id) else "execution failed",
@@ -368,6 +371,9 @@ class SeriesCoverage:
     missing_windows: list[tuple[dt.datetime, dt.datetime]]  # first ones
     missing: int
     checks: list[CheckOutcome]
+    every_missing_window: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
+    rows_by_day: dict[int, int] = field(default_factory=dict)  # days since 1970-01-01 UTC
+    materialized_windows: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
 
 
 def series_assets(catalog: Catalog, symbols: Iterable[str] = (), datasets: Iterable[str] = ()) -> list[SeriesAsset]:
@@ -398,11 +404,14 @@ def series_coverage(
         for asset, status in zip(assets, statuses, strict=True):
             declared, time_column = asset.dataset, asset.dataset.time_column
             where, params = declared.row_filter(asset.series)
-            stored = warehouse.query(
-                f"SELECT count(*) AS n, min({time_column}) AS first, max({time_column}) AS last "
-                f"FROM {declared.table.qualified_name} WHERE {where}",
+            by_day = warehouse.query(
+                f"SELECT CAST(floor(extract(epoch FROM {time_column}) / 86400) AS BIGINT) AS day, count(*) AS n, "
+                f"min({time_column}) AS first, max({time_column}) AS last "
+                f"FROM {declared.table.qualified_name} WHERE {where} GROUP BY 1",
                 params,
-            ).row(0)
+            )
+            stored = (int(by_day["n"].sum()), by_day["first"].min(), by_day["last"].max()) if by_day.height \
+                else (0, None, None)
             materialized_subset, failed_subset = status_subsets(status, asset.partitions)
             windows = [(w.start, w.end) for w in materialized_subset.included_time_windows]  # type: ignore[attr-defined]
             bounds = Bounds(*partition_bounds(asset.partitions))
@@ -415,6 +424,8 @@ def series_coverage(
                 len(materialized_subset.get_partition_keys()),
                 sorted(failed_subset.get_partition_keys()), found.expected, sorted(set(found.windows))[:SAMPLES],
                 found.missing, [checks[dg.AssetCheckKey(asset.key, name)] for name in declared.checks],
+                sorted(set(found.windows)), dict(zip(by_day["day"].to_list(), by_day["n"].to_list(), strict=True)),
+                windows,
             ))
     return report
 

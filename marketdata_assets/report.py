@@ -142,8 +142,7 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
             details.append(f"{label}: failed partitions {' '.join(item.failed)}")
         for note in item.disagreements:
             details.append(f"{label}: Dagster and the warehouse disagree: {note}")
-        for check in item.checks:
-            details += _check_details(label, check)
+        details += _check_details(label, item.checks)
     if not items:
         lines = []  # no klines asset asked for: no klines table
     if others:
@@ -161,20 +160,24 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
             details.append(f"{label}: missing [{_moment(a)}, {_moment(b)}) UTC")
         if item.failed:
             details.append(f"{label}: failed partitions {' '.join(item.failed)}")
-        for check in item.checks:
-            details += _check_details(label, check)
+        details += _check_details(label, item.checks)
     if details:
         lines += ["", *details]
     return "\n".join(lines)
 
 
-def _check_details(label: str, check: CheckOutcome) -> list[str]:
+def _check_details(label: str, checks: list[CheckOutcome]) -> list[str]:
     lines = []
-    if check.state in ("WARN", "ERROR"):
-        lines.append(f"{label}: {check.name} {check.state} in {check.where}: {check.description}")
-    if check.not_evaluated:
-        lines.append(f"{label}: {check.name} not evaluated on {', '.join(check.not_evaluated)}: the run "
-                     "that planned it failed there (Dagster shows Execution failed)")
+    for check in checks:
+        if check.state in ("WARN", "ERROR"):
+            lines.append(f"{label}: {check.name} {check.state} in {check.where}: {check.description}")
+    not_evaluated: dict[tuple[str, ...], list[str]] = {}
+    for check in checks:
+        if check.not_evaluated:
+            not_evaluated.setdefault(tuple(check.not_evaluated), []).append(check.name)
+    for partitions, names in not_evaluated.items():
+        lines.append(f"{label}: {', '.join(names)} not evaluated on {', '.join(partitions)}: the run that planned "
+                     f"{'it' if len(names) == 1 else 'them'} failed there (Dagster shows Execution failed)")
     return lines
 
 

@@ -213,6 +213,11 @@ def test_a_corrupt_archive_file_fails_its_partition_naming_the_file_and_the_othe
     assert statuses(instance, asset, ["2024-01-01", "2024-02-01", "2024-03-01"]) == {
         "2024-01-01": MATERIALIZED, "2024-02-01": FAILED, "2024-03-01": MATERIALIZED,
     }
+    # the months that landed keep their own figures, archive files included
+    landed = {m.partition: {k: v.value for k, v in m.metadata.items()}
+              for m in result.asset_materializations_for_node(asset.node_def.name)}
+    assert sorted(landed) == ["2024-01-01", "2024-03-01"]
+    assert all((month["rows_written"], month["archive_files"]) == (31 * 1440, 1) for month in landed.values())
 
 
 def test_monthly_partitions_cover_the_listing_month_for_hourly_bars(tmp_path, settings, instance):

@@ -307,8 +307,8 @@ def test_the_report_shows_derivative_coverage_failed_months_and_missing_snapshot
         "latest": "passed", "latest_partition": "2024-02-01"}
     # and the table says why the check is Failed in Dagster's list while it found nothing wrong
     table = marketdata_here("report", "--dataset", "open_interest", cwd=tmp_path, env=env)
-    assert ("binance_perp/open_interest/BTCUSDT: open_interest_cadence not evaluated on 2024-01-01: the run that "
-            "planned it failed there (Dagster shows Execution failed)") in table.stdout
+    assert ("binance_perp/open_interest/BTCUSDT: open_interest_cadence, open_interest_non_negative not evaluated on "
+            "2024-01-01: the run that planned them failed there (Dagster shows Execution failed)") in table.stdout
     table = marketdata("report", "--symbol", "BTCUSDT", "--fail-on-gaps", cwd=tmp_path, env=env)
     assert table.returncode == 1, table.stderr
     assert "binance_perp/open_interest/BTCUSDT: missing [2024-02-05 06:00, 2024-02-05 07:00) UTC" in table.stdout

@@ -103,10 +103,11 @@ def months(first: str, last: str) -> list[str]:
     return keys
 
 
-def the_ui_agrees_with_the_report(ui: str, record: dict, settings, screenshots) -> None:
+def the_ui_agrees_with_the_report(ui: str, record: dict, settings, picture, screenshots) -> None:
     """After the partly failed backfill: each check's partition grid, its latest evaluation and the
     gap counts read through GraphQL equal `marketdata report`; then the pages a person opens (the
-    check list, a check's partition tab, a partition's detail) show the same, with screenshots."""
+    check list, a check's partition tab, a partition's detail, the asset's coverage picture, and
+    `report --html`'s page) show the same, with screenshots."""
     checks = graphql(ui, CHECKS, key={"path": BTC_SPOT_1M.path})["assetNodeOrError"]["assetChecksOrError"]["checks"]
     assert sorted(check["name"] for check in checks) == sorted(record["check_partitions"])
     for check in checks:
@@ -157,6 +158,29 @@ def the_ui_agrees_with_the_report(ui: str, record: dict, settings, screenshots) 
         assert f"dagster/row_count\n{record['rows']}\n" in text and "rows_rejected\n1\n" in text
         assert "window\n[2024-01-01T00:00:00+00:00, 2024-02-01T00:00:00+00:00)" in text
         driver.save_screenshot(str(screenshots / "partition-2024-01-01.png"))
+        # the asset's coverage picture (its latest observation), by partition
+        january = (f"2024-01-01: {january_rows} of {31 * 1440} bars stored, {record['unexplained_bars']} missing "
+                   f"unexplained, {record['rejected_bars']} missing explained")
+        text = page_text(driver, f"{asset}?view=events", ["coverage", january, "2024-02-01: failed"])
+        assert "partitions_failed\n1\n" in text and "partitions_with_unexplained_gaps\n1\n" in text
+        driver.save_screenshot(str(screenshots / "asset-coverage.png"))
+        # and `marketdata report --html`: a cell per partition, as the report counts them
+        driver.get(picture.as_uri())
+        states = driver.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('td[data-partition]')]"
+            ".map(td => [td.dataset.partition, [td.dataset.state, td.title]]))")
+        assert states["2024-01-01"] == ["gaps", january]
+        assert states["2024-02-01"] == ["failed", "2024-02-01: failed"]
+        assert states["2024-03-01"] == ["complete", f"2024-03-01: {31 * 1440} of {31 * 1440} bars stored"]
+        assert [key for key, (state, _) in states.items() if state == "failed"] == record["failed_partitions"]
+        assert sum(state in ("complete", "explained", "gaps") for state, _ in states.values()) == \
+            record["partitions_materialized"]
+        assert len(states) == record["partitions_total"]
+        counts = driver.execute_script("return Object.fromEntries([...document.querySelectorAll('b[data-count]')]"
+                                       ".map(b => [b.dataset.count, Number(b.textContent)]))")
+        assert counts == {"complete": 1, "explained": 0, "gaps": 1, "failed": 1,
+                          "not_materialized": record["partitions_total"] - 3}
+        driver.save_screenshot(str(screenshots / "coverage-html.png"))
     print(f"screenshots: {screenshots}")
 
 
@@ -188,7 +212,10 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
 
         # The UI says the same as the report, through GraphQL and in a real browser.
         ui = stack.enter_context(webserver(env))
-        the_ui_agrees_with_the_report(ui, record, settings, tmp_path / "screenshots")
+        picture = tmp_path / "coverage.html"
+        drawn = marketdata_here("report", "--html", str(picture), cwd=tmp_path, env=env)
+        assert drawn.returncode == 0 and drawn.stderr.strip() == f"coverage picture of 1 asset written to {picture}"
+        the_ui_agrees_with_the_report(ui, record, settings, picture, tmp_path / "screenshots")
 
         # The repair sensor finds January (its gap) and February (failed), and gives them 15 minutes
         # before the first re-run (test_automation runs the re-runs themselves).

@@ -23,6 +23,7 @@ from marketdata_assets.defs.ingest.partitions import (
     windows_of,
 )
 from marketdata_assets.ingest import ingest
+from marketdata_assets.picture import asset_row, markdown
 from marketdata_assets.run_health import tag_run
 from marketdata_assets.tally import PartitionTally
 from marketdata_assets.wording import counted
@@ -136,6 +137,14 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         evaluations = list(checked_per_partition(context.instance, key, landed, checks))
         context.log.info(f"{what} checks: {checks_summary(evaluations)}")
         yield from evaluations
+        # the whole asset's coverage, as `marketdata report --html` draws it (picture.py)
+        row = asset_row(context.instance, store, dataset, series, key, partitions, failed)
+        yield dg.AssetObservation(asset_key=key, metadata={
+            "coverage": dg.MetadataValue.md(markdown(row)),
+            "partitions_landed": dg.MetadataValue.int(len(row.cells) - row.count("failed") - row.count("not_materialized")),
+            "partitions_failed": dg.MetadataValue.int(row.count("failed")),
+            "partitions_with_unexplained_gaps": dg.MetadataValue.int(row.count("gaps")),
+        })
         if failed:
             # The partitions that landed are recorded above; the run fails naming the others.
             raise windows_failed(what, windows, failed, report.failures)
