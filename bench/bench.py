@@ -110,14 +110,16 @@ def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def materialization_metadata(env: dict[str, str], key: str) -> dict:
+def run_totals(env: dict[str, str], key: str) -> dict:
+    """The latest run's totals for `key`: the `run` JSON of the observation every run records
+    (rows, seconds of the data path, requests, archive files, bookkeeping seconds)."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     try:
-        event = instance.get_latest_materialization_event(dg.AssetKey(key.split("/")))
-        assert event is not None and event.asset_materialization is not None
-        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        records = instance.fetch_observations(dg.AssetKey(key.split("/")), limit=1).records
+        assert records and records[0].asset_observation is not None, f"no observation of {key}"
+        return records[0].asset_observation.metadata["run"].value  # type: ignore[return-value]
     finally:
         instance.dispose()
 
@@ -131,7 +133,7 @@ def dagster_materialize(work: Path, name: str, url: str, select: str, first: str
            "--select", select, "--partition-range", f"{first}...{last}"]
     measured = run_measured(cmd, env, run_dir, run_dir / "dagster.log")
     keys = select.split(",")
-    metadata = [materialization_metadata(env, key) for key in keys]
+    metadata = [run_totals(env, key) for key in keys]
     measured["rows"] = sum(m["rows_written"] for m in metadata)
     measured["ingest_seconds"] = sum(m["seconds"] for m in metadata)
     measured["partitions"] = len(re.findall(r" - ASSET_MATERIALIZATION - ", (run_dir / "dagster.log").read_text()))
@@ -164,7 +166,7 @@ def derivatives_backfill(work: Path, url: str) -> dict:
            "--select", ",".join(keys), "--partition-range", f"{first:%Y-%m-%d}...{last:%Y-%m-%d}"]
     measured = run_measured(cmd, env, run_dir, run_dir / "dagster.log")
     measured["window"] = f"{first:%Y-%m-%d} … {now:%Y-%m-%d %H:%M}"
-    measured["datasets"] = {dataset: materialization_metadata(env, key) for dataset, key in zip(DERIVATIVES, keys, strict=True)}
+    measured["datasets"] = {dataset: run_totals(env, key) for dataset, key in zip(DERIVATIVES, keys, strict=True)}
     return measured
 
 
@@ -566,6 +568,10 @@ def report(results: dict) -> str:
         f"| wall time, whole command | **{t['seconds']:.1f} s** (runs: {', '.join(f'{x:.1f}' for x in t['runs'])} s) |",
         f"| of which the asset's data path (download, verify, parse, write) | {t['ingest_seconds']:.1f} s ({rate(t['rows'], t['ingest_seconds'])}) |",
         f"| of which Dagster start-up and bookkeeping | {t['seconds'] - t['ingest_seconds']:.1f} s |",
+        f"| of which computing the checks, per partition ({t['metadata']['check_results']} results) | {t['metadata']['bookkeeping_seconds']['checking']:.2f} s |",
+        f"| of which Dagster recording the {t['partitions']} partitions' materializations | {t['metadata']['bookkeeping_seconds']['recording_partitions']:.2f} s |",
+        f"| of which Dagster recording the {t['metadata']['check_results']} check results, one per check and partition | {t['metadata']['bookkeeping_seconds']['recording_check_results']:.2f} s |",
+        f"| of which drawing the asset's coverage picture | {t['metadata']['bookkeeping_seconds']['coverage_picture']:.2f} s |",
         f"| archive downloaded | {t['metadata']['archive_megabytes']:.0f} MB in {t['metadata']['archive_files']} files |",
         f"| peak RSS | {t['rss_mb']:.0f} MB |",
         "",

@@ -7,6 +7,7 @@ Every asset is subsettable, so its checks can also run alone over any partition 
 """
 
 import datetime as dt
+import time
 import warnings
 from typing import TYPE_CHECKING
 
@@ -128,22 +129,47 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         )
         landed = [w for w in windows if w[0] not in failed]
         series_rows = dataset.rows_stored(store, series)
+        clock = time.perf_counter
+        began = clock()
         for partition_key, start, end in landed:
             yield dg.AssetMaterialization(
                 asset_key=key, partition=partition_key,
                 metadata=partition_metadata(report.by_partition[partition_key], start, end, dataset.moment_names,
                                             series_rows),
             )
+        spent = {"recording_partitions": clock() - began}
+        began = clock()
         evaluations = list(checked_per_partition(context.instance, key, landed, checks))
+        spent["checking"] = clock() - began
         context.log.info(f"{what} checks: {checks_summary(evaluations)}")
+        began = clock()
         yield from evaluations
-        # the whole asset's coverage, as `marketdata report --html` draws it (picture.py)
+        spent["recording_check_results"] = clock() - began
+        began = clock()
         row = asset_row(context.instance, store, dataset, series, key, partitions, failed)
+        spent["coverage_picture"] = clock() - began
+        context.log.info(
+            f"{what}: {counted(len(landed), 'partition')} recorded in {spent['recording_partitions']:.2f} s, "
+            f"{counted(len(evaluations), 'check result')} computed in {spent['checking']:.2f} s and recorded in "
+            f"{spent['recording_check_results']:.2f} s, the coverage picture drawn in {spent['coverage_picture']:.2f} s")
+        # The asset's coverage (as `marketdata report --html` draws it, picture.py) and this run's
+        # totals: figures of the asset, not of a partition. The totals are JSON, not plotted: runs
+        # of different windows are not comparable.
         yield dg.AssetObservation(asset_key=key, metadata={
             "coverage": dg.MetadataValue.md(markdown(row)),
             "partitions_landed": dg.MetadataValue.int(len(row.cells) - row.count("failed") - row.count("not_materialized")),
             "partitions_failed": dg.MetadataValue.int(row.count("failed")),
             "partitions_with_unexplained_gaps": dg.MetadataValue.int(row.count("gaps")),
+            "run": dg.MetadataValue.json({
+                "window": f"[{window.start.isoformat()}, {window.end.isoformat()})",
+                "partitions": len(windows), "partitions_failed": sorted(failed),
+                "rows_written": report.rows_written, "rows_rejected": report.rows_rejected,
+                "requests": outcome.requests, "windows_failed": len(report.failures),
+                "write_windows": report.write_windows, "seconds": round(report.seconds, 3),
+                **{name: value for name, value in outcome.metadata.items() if value != ""},
+                "check_results": len(evaluations),
+                "bookkeeping_seconds": {name: round(value, 3) for name, value in spent.items()},
+            }),
         })
         if failed:
             # The partitions that landed are recorded above; the run fails naming the others.
