@@ -371,13 +371,24 @@ def audit_ohlc(warehouse: Warehouse, series: BarSeries, start: dt.datetime, end:
     """Stored bars of [start, end) that break a validation rule, and rows rejected at ingest."""
     where, params = _where([series], start, end)
     rows = warehouse.query(f"SELECT count(*) AS n FROM market_data.klines WHERE {where}", params)["n"][0]
+    invalid, rejected = ohlc_rows(warehouse, series, start, end)
+    return ohlc_audit_of(invalid, rejected, rows)
+
+
+def ohlc_rows(warehouse: Warehouse, series: BarSeries, start: dt.datetime, end: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(stored bars breaking a rule, rows rejected at ingest and not stored since) of [start, end)."""
+    where, params = _where([series], start, end)
     invalid = warehouse.query(
         "SELECT open_time, open, high, low, close, volume, taker_buy_volume, trades "
         f"FROM market_data.klines WHERE {where} AND {KLINE_BREAKS_A_RULE} ORDER BY open_time",
         params,
     )
-    samples = invalid.head(SAMPLES)
     rejected = rejected_not_stored(warehouse, [series], start, end).select("open_time", "reason", "payload", "origin")
+    return invalid, rejected
+
+
+def ohlc_audit_of(invalid: pl.DataFrame, rejected: pl.DataFrame, rows: int) -> OhlcAudit:
+    samples = invalid.head(SAMPLES)
     return OhlcAudit(
         rows=rows,
         invalid=invalid["open_time"].to_list(),
@@ -398,12 +409,31 @@ def audit_unclosed(warehouse: Warehouse, series: BarSeries, start: dt.datetime, 
     """Stored bars of [start, end) whose window had not closed when they were ingested."""
     where, params = _where([series], start, end)
     rows = warehouse.query(f"SELECT count(*) AS n FROM market_data.klines WHERE {where}", params)["n"][0]
-    unclosed = warehouse.query(
+    return unclosed_audit_of(unclosed_rows(warehouse, series, start, end), rows)
+
+
+def unclosed_rows(warehouse: Warehouse, series: BarSeries, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+    where, params = _where([series], start, end)
+    return warehouse.query(
         f"SELECT open_time, ingested_at, source FROM market_data.klines WHERE {where} "
         f"AND open_time + INTERVAL '{series.tf.seconds} seconds' > ingested_at ORDER BY open_time",
         params,
     )
+
+
+def unclosed_audit_of(unclosed: pl.DataFrame, rows: int) -> UnclosedAudit:
     return UnclosedAudit(rows, unclosed["open_time"].to_list(), unclosed.head(SAMPLES).to_dicts())
+
+
+def within(frame: pl.DataFrame, start: dt.datetime, end: dt.datetime, column: str = "open_time") -> pl.DataFrame:
+    """The rows of `frame` with `column` in [start, end)."""
+    return frame.filter((pl.col(column) >= start) & (pl.col(column) < end))
+
+
+def rows_within(stored: Stored, start: dt.datetime, end: dt.datetime) -> int:
+    """Stored bars in [start, end), both on UTC midnights, from the per-day counts."""
+    first, last = (int(moment.timestamp()) // _DAY_S for moment in (start, end))
+    return sum(rows for day, rows in stored.rows_by_day.items() if first <= day < last)
 
 
 def samples_table(rows: list[dict[str, Any]]) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 from marketdata_assets.dagster_internals import (
     AssetCheckExecutionRecordStatus,
-    AssetCheckExecutionResolvedStatus,
     AssetRecord,
+    check_partition_statuses,
     LoadingContext,
     get_and_update_asset_status_cache_value,
 )
@@ -55,8 +55,8 @@ class CheckOutcome:
     each partition's latest evaluation of the partition's latest materialization.
 
     `state` is the worst result recorded ('ERROR', 'WARN', 'passed', or 'not run'); `partitions`
-    holds the grid's statuses (passed, failed, execution_failed, skipped, in_progress, missing),
-    each a list of partition keys; `description` says what the first few failed ones found;
+    holds the grid's statuses (passed, failed, execution_failed, skipped, in_progress), each a
+    list of partition keys, and `missing` counts the partitions with none; `description` says what the first few failed ones found;
     `latest` is the check's newest record (the check's overview) and `latest_partition` its
     partition. `status` is what the UI's list of checks says of the check."""
 
@@ -66,6 +66,7 @@ class CheckOutcome:
     description: str = ""
     latest: str = "not run"
     latest_partition: str | None = None
+    missing: int = 0
 
     @property
     def failing(self) -> list[str]:
@@ -200,13 +201,7 @@ def _key(day: int) -> str:
     return (_EPOCH_DATE + dt.timedelta(days=day)).isoformat()  # Dagster's daily and monthly key format
 
 
-_GRID = {  # Dagster's partition statuses of a check, as the report names them
-    AssetCheckExecutionResolvedStatus.SUCCEEDED: "passed",
-    AssetCheckExecutionResolvedStatus.FAILED: "failed",
-    AssetCheckExecutionResolvedStatus.EXECUTION_FAILED: "execution_failed",
-    AssetCheckExecutionResolvedStatus.SKIPPED: "skipped",
-    AssetCheckExecutionResolvedStatus.IN_PROGRESS: "in_progress",
-}
+_GRID = ("passed", "failed", "execution_failed", "skipped", "in_progress")  # as check_partition_statuses names them
 
 
 def _state(evaluation: dg.AssetCheckEvaluation | None) -> str:
@@ -239,18 +234,20 @@ def _check_outcomes(
     """Each check of `assets` (`names` per key; the klines checks by default) over the asset's
     partitions, read as Dagster's UI reads it (the check's partition statuses and latest record)."""
     check_keys = [(dg.AssetCheckKey(a.key, name), a.partitions) for a in assets for name in (names or {}).get(a.key, KLINES_CHECKS)]
-    grids = instance.event_log_storage.get_asset_check_state(check_keys)
+    grids = check_partition_statuses(instance, [key for key, _ in check_keys])
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key for key, _ in check_keys])
+    totals: dict = {}
     outcomes = {}
     for check_key, partitions in check_keys:
-        grid = grids.get(check_key)
-        subsets = grid.subsets if grid is not None else {}
-        by_status = {}
-        for status, label in _GRID.items():
-            subset = subsets.get(status)
-            by_status[label] = sorted(subset.subset_value.get_partition_keys()) if subset is not None and not subset.is_empty else []
-        seen = {key for keys in by_status.values() for key in keys}
-        by_status["missing"] = [key for key in partitions.get_partition_keys() if key not in seen]
+        if partitions not in totals:
+            totals[partitions] = partitions.get_num_partitions()
+        grid = grids.get(check_key, {})
+        by_status: dict = {label: [] for label in _GRID}
+        for partition, status in grid.items():
+            by_status[status].append(partition)
+        for keys in by_status.values():
+            keys.sort()
+        missing = totals[partitions] - len(grid)  # counted, not listed: there can be thousands
         failing = by_status["failed"]
         failed = _failed_evaluations(instance, check_key, set(failing)) if failing else {}
         severities = {evaluation.severity.value for evaluation in failed.values()}
@@ -265,6 +262,7 @@ def _check_outcomes(
             _state(evaluation) if record is None or record.status != AssetCheckExecutionRecordStatus.PLANNED
             else "in progress" if not _finished(instance, record.run_id) else "execution failed",
             record.partition if record is not None else None,
+            missing,
         )
     return outcomes
 

@@ -25,8 +25,8 @@ def check_partitions(check: CheckOutcome) -> dict[str, Any]:
     its newest evaluation (the check's overview)."""
     found: dict[str, Any] = {"status": check.status}
     for name, keys in check.partitions.items():
-        found[name] = len(keys) if name in ("passed", "missing") else keys
-    return found | {"latest": check.latest, "latest_partition": check.latest_partition}
+        found[name] = len(keys) if name == "passed" else keys
+    return found | {"missing": check.missing, "latest": check.latest, "latest_partition": check.latest_partition}
 
 
 def report_record(item: AssetCoverage) -> dict[str, Any]:

@@ -15,7 +15,13 @@ import dagster as dg
 from marketdata_assets.audit import BarSeries
 from marketdata_assets.catalog import Catalog, Instrument, Series
 from marketdata_assets.datasets.base import Bounds, InstrumentDataset
-from marketdata_assets.defs.quality.checks import GAP_COUNT, KLINES_CHECKS, klines_check_results, klines_check_specs
+from marketdata_assets.defs.quality.checks import (
+    GAP_COUNT,
+    KLINES_CHECKS,
+    klines_check_results,
+    klines_check_results_by_window,
+    klines_check_specs,
+)
 from marketdata_assets.defs.ingest.partitions import monthly_partitions, partition_bounds
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
@@ -96,14 +102,23 @@ class Klines(InstrumentDataset):
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
         bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> list[dg.AssetCheckResult]:
+        return klines_check_results(warehouse, key, self._bars(series, bounds), start, end, names, now)
+
+    @staticmethod
+    def _bars(series: Series, bounds: Bounds) -> BarSeries:
         assert series.instrument is not None
-        bars = BarSeries(series.venue, str(series.market), str(series.symbol), series.options["timeframe"],
+        return BarSeries(series.venue, str(series.market), str(series.symbol), series.options["timeframe"],
                          bounds.first_window_end, bounds.current_window_start)
-        return klines_check_results(warehouse, key, bars, start, end, names, now)
 
     def row_filter(self, series: Series) -> tuple[str, list[Any]]:
         return ("venue = ? AND market = ? AND symbol = ? AND timeframe = ?",
                 [series.venue, series.market, series.symbol, series.options["timeframe"]])
+
+    def check_results_by_window(
+        self, warehouse: Warehouse, key: dg.AssetKey, series: Series, windows: list[tuple[str, dt.datetime, dt.datetime]],
+        bounds: Bounds, now: dt.datetime, names: set[str],
+    ) -> dict[str, list[dg.AssetCheckResult]]:
+        return klines_check_results_by_window(warehouse, key, self._bars(series, bounds), windows, names, now)
 
     def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
         return (

@@ -96,9 +96,9 @@ def build_dataset_asset(dataset: "Dataset", series: "Series", warehouse_kind: st
         windows = windows_of(partitions, context.partition_keys)
         what = key.to_user_string()
 
-        def checks(start: dt.datetime, end: dt.datetime) -> list[dg.AssetCheckResult]:
-            results = dataset.check_results(store, key, series, start, end, bounds, dt.datetime.now(dt.UTC), names)
-            return [result for result in results if result.check_name in names]
+        def checks(chosen: list) -> dict[str, list[dg.AssetCheckResult]]:
+            found = dataset.check_results_by_window(store, key, series, chosen, bounds, dt.datetime.now(dt.UTC), names)
+            return {partition: [r for r in results if r.check_name in names] for partition, results in found.items()}
 
         if key not in context.selected_asset_keys:  # the checks alone, over the partitions that landed
             landed = context.instance.get_materialized_partitions(key)

@@ -110,15 +110,16 @@ def latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, part
 
 def checked_per_partition(
     instance: dg.DagsterInstance, key: dg.AssetKey, windows: list[Window],
-    evaluate: Callable[[dt.datetime, dt.datetime], list[dg.AssetCheckResult]],
+    evaluate: Callable[[list[Window]], dict[str, list[dg.AssetCheckResult]]],
 ) -> Iterator[dg.AssetCheckEvaluation]:
     """Each check's result over each partition, recorded on that partition and naming the
     partition's latest materialization as what it judged (else Dagster's partition grid counts
     it as not run): the grid then reads per month, and the check's latest record is the latest
-    partition's."""
+    partition's. `evaluate` gives the results of every window, by partition key."""
     targets = latest_materializations(instance, key, [partition_key for partition_key, _, _ in windows])
-    for partition_key, start, end in windows:
-        for result in evaluate(start, end):
+    results = evaluate(windows) if windows else {}
+    for partition_key, _, _ in windows:
+        for result in results.get(partition_key, []):
             yield dg.AssetCheckEvaluation(
                 asset_key=key, check_name=result.check_name or "", passed=result.passed, metadata=result.metadata,
                 severity=result.severity, description=result.description, blocking=False, partition=partition_key,
