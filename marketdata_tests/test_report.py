@@ -137,6 +137,9 @@ def the_ui_agrees_with_the_report(ui: str, record: dict, settings, picture, scre
     with browser() as driver:
         from selenium.webdriver.common.by import By
 
+        # the list of assets shows the key whole (its dataset part was cut when kinds took the width)
+        page_text(driver, f"{ui}/assets", ["binance_spot / klines_1m / BTCUSDT"])
+        driver.save_screenshot(str(screenshots / "assets.png"))
         # the list of checks: each one's status is the report's
         text = page_text(driver, f"{asset}?view=checks&checkDetail=gap_count", ["no_unclosed_bars", "Latest execution"])
         for name, reported in record["check_partitions"].items():
@@ -158,6 +161,11 @@ def the_ui_agrees_with_the_report(ui: str, record: dict, settings, picture, scre
         assert f"dagster/row_count\n{record['rows']}\n" in text and "rows_rejected\n1\n" in text
         assert "window\n[2024-01-01T00:00:00+00:00, 2024-02-01T00:00:00+00:00)" in text
         driver.save_screenshot(str(screenshots / "partition-2024-01-01.png"))
+        # the failed month: failed there as in the report, with no figures of its own
+        assert record["failed_partitions"] == ["2024-02-01"]
+        text = page_text(driver, f"{asset}?view=partitions&partition=2024-02-01", ["did not materialize this asset"])
+        assert "failed, and did not materialize this asset" in text and "No metadata entries" in text
+        driver.save_screenshot(str(screenshots / "partition-2024-02-01.png"))
         # the asset's coverage picture (its latest observation), by partition
         january = (f"2024-01-01: {january_rows} of {31 * 1440} bars stored, {record['unexplained_bars']} missing "
                    f"unexplained, {record['rejected_bars']} missing explained")
