@@ -12,11 +12,12 @@ from marketdata_assets.settings import Settings
 
 settings = Settings.from_env()
 klines = dataset("klines")
+groups: dict = {}
+for series in klines.series_of(load_catalog(settings.catalog_path)):
+    daily = dataclasses.replace(series, options={**series.options, "cadence": "daily"})
+    groups.setdefault((daily.source, klines.partitions(daily)), []).append(daily)
 defs = dg.Definitions(
-    assets=[
-        klines.build_asset(dataclasses.replace(series, options={**series.options, "cadence": "daily"}), "duckdb")
-        for series in klines.series_of(load_catalog(settings.catalog_path))
-    ],
+    assets=[klines.build_assets(group, "duckdb") for group in groups.values()],
     resources=resources_from(settings),
     executor=dg.in_process_executor,
 )

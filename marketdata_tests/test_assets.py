@@ -39,6 +39,7 @@ def run_range(settings: Settings, key: dg.AssetKey, first: str, last: str, insta
     asset = build_definitions(settings).resolve_assets_def(key)
     result = dg.materialize(
         [asset],
+        selection=[key],  # (its definition holds every asset of its source and partitions)
         instance=instance,
         tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
         raise_on_error=False,
@@ -218,6 +219,34 @@ def test_a_corrupt_archive_file_fails_its_partition_naming_the_file_and_the_othe
               for m in result.asset_materializations_for_node(asset.node_def.name)}
     assert sorted(landed) == ["2024-01-01", "2024-03-01"]
     assert all((month["rows_written"], month["archive_files"]) == (31 * 1440, 1) for month in landed.values())
+
+
+def test_the_assets_of_one_source_share_a_definition_and_one_failing_does_not_stop_the_other(
+    tmp_path, settings, instance,
+):
+    """One Dagster op per dataset, source and partitions (the code location loads in a third of
+    the time with thousands of assets); a run of two of its assets stores the one whose window
+    reads and fails naming the other's."""
+    catalog = write_catalog(tmp_path / "c.yaml", [
+        {"venue": "binance", "market": "spot", "symbol": symbol, "timeframes": ["1m"], "start_date": "2024-01-01"}
+        for symbol in ("BTCUSDT", "ETHUSDT")
+    ])
+    eth = dg.AssetKey(["binance_spot", "klines_1m", "ETHUSDT"])
+    faults = ArchiveFaults(corrupt=("ETHUSDT-1m-2024-01.zip",))
+    with EmulatorServer(EmulatorConfig(archive_faults=faults)) as corrupting:
+        settings = with_settings(settings, catalog_path=catalog, binance_archive_url=corrupting.url,
+                                 binance_spot_url=corrupting.url)
+        definitions = build_definitions(settings)
+        both = definitions.resolve_assets_def(BTC_SPOT_1M)
+        assert both is definitions.resolve_assets_def(eth) and both.keys == {BTC_SPOT_1M, eth}
+        result = dg.materialize([both], instance=instance, raise_on_error=False, partition_key="2024-01-01")
+    assert not result.success
+    assert "ETHUSDT-1m-2024-01.zip: sha256" in step_failure(result)
+    statuses_of = {key: instance.get_status_by_partition(key, ["2024-01-01"], both.partitions_def)["2024-01-01"]
+                   for key in (BTC_SPOT_1M, eth)}
+    assert statuses_of == {BTC_SPOT_1M: MATERIALIZED, eth: FAILED}
+    assert set(stored_klines(settings)["symbol"]) == {"BTCUSDT"}
+    assert stored_klines(settings).height == 31 * 1440
 
 
 def test_monthly_partitions_cover_the_listing_month_for_hourly_bars(tmp_path, settings, instance):

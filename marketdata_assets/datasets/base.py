@@ -137,11 +137,12 @@ class Dataset:
         start = max(series.start_date, self.earliest) if self.earliest else series.start_date
         return monthly_partitions(start)
 
-    def build_asset(self, series: Series, warehouse_kind: str) -> dg.AssetsDefinition:
-        """The asset of one series: the one asset body (defs/ingest/assets.py)."""
-        from marketdata_assets.defs.ingest.assets import build_dataset_asset
+    def build_assets(self, group: list[Series], warehouse_kind: str) -> dg.AssetsDefinition:
+        """The assets of series of one source sharing a PartitionsDefinition: the one asset body
+        (defs/ingest/assets.py)."""
+        from marketdata_assets.defs.ingest.assets import build_dataset_assets
 
-        return build_dataset_asset(self, series, warehouse_kind)
+        return build_dataset_assets(self, group, warehouse_kind)
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> Any:
         """The source (sources/protocol.py) of `series`, from `upstreams` (defs/ingest/resources.py)."""

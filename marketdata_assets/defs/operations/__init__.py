@@ -17,6 +17,6 @@ def automation(assets: Sequence[dg.AssetsDefinition], cron: str | None = None):
     return (
         [job.job for job in jobs],
         [incremental_schedule(job, cron) for job in jobs],
-        [gap_repair_sensor(jobs, {a.key.to_user_string(): str(next(iter(a.specs)).metadata["venue"]) for a in assets})]
+        [gap_repair_sensor(jobs, {spec.key.to_user_string(): str(spec.metadata["venue"]) for a in assets for spec in a.specs})]
         if jobs else [],
     )

@@ -70,7 +70,8 @@ def incremental_jobs(assets: Iterable[dg.AssetsDefinition]) -> list[IncrementalJ
     groups: dict[tuple[str, dg.TimeWindowPartitionsDefinition], list[dg.AssetKey]] = defaultdict(list)
     for asset in assets:
         assert isinstance(asset.partitions_def, dg.TimeWindowPartitionsDefinition)
-        groups[(dataset_of(asset), asset.partitions_def)].append(asset.key)
+        for spec in asset.specs:
+            groups[(dataset_of(spec), asset.partitions_def)].append(spec.key)
     per_dataset = defaultdict(int)
     for dataset, _ in groups:
         per_dataset[dataset] += 1
