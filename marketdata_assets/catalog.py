@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+# libyaml's loader where the wheel has it: ten times quicker on a catalog of hundreds of instruments
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from marketdata_assets.timeframes import TIMEFRAMES
@@ -333,7 +336,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
             raise CatalogError(f"catalog {path}: cannot be read: {exc.strerror}") from None
         origin = str(path)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise CatalogError(f"catalog {origin}: not valid YAML: {exc}") from None
     return parse_catalog(raw, origin)

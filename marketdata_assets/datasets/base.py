@@ -54,14 +54,20 @@ _SQL_TYPES = {pl.Float64: "double", pl.Int64: "bigint", pl.Int32: "integer", pl.
               pl.Boolean: "boolean", pl.Datetime: "timestamptz"}
 
 
+_COLUMN_SCHEMAS: dict[str, dg.TableSchema] = {}
+
+
 def column_schema(table: TableSpec) -> dg.TableSchema:
-    """`table`'s columns as Dagster's column schema, the primary key's marked."""
-    return dg.TableSchema(columns=[
-        dg.TableColumn(name, _SQL_TYPES.get(dtype.base_type(), str(dtype)),
-                       description="primary key" if name in table.primary_key else None,
-                       constraints=dg.TableColumnConstraints(nullable=name not in table.primary_key))
-        for name, dtype in table.schema.items()
-    ])
+    """`table`'s columns as Dagster's column schema, the primary key's marked (built once a
+    table: every asset of the table shares it)."""
+    if table.qualified_name not in _COLUMN_SCHEMAS:
+        _COLUMN_SCHEMAS[table.qualified_name] = dg.TableSchema(columns=[
+            dg.TableColumn(name, _SQL_TYPES.get(dtype.base_type(), str(dtype)),
+                           description="primary key" if name in table.primary_key else None,
+                           constraints=dg.TableColumnConstraints(nullable=name not in table.primary_key))
+            for name, dtype in table.schema.items()
+        ])
+    return _COLUMN_SCHEMAS[table.qualified_name]
 
 
 class Dataset:
