@@ -459,6 +459,32 @@ def child_report(url: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+LOAD_SYMBOLS = (10, 100, 300)
+
+
+def child_load(url: str) -> dict:
+    """The code location's definitions for catalogs of 10, 100 and 300 symbols (spot and perp, 1m
+    and 1h klines; funding, open interest and long/short for the perps), built and resolved as
+    every run process and CLI call does, after the imports (timed apart)."""
+    began = time.perf_counter()
+    from marketdata_assets.defs.location import build_definitions  # Dagster with it
+    from marketdata_assets.settings import Settings
+
+    imports = time.perf_counter() - began
+    found = {"imports_seconds": imports, "catalogs": []}
+    for count in LOAD_SYMBOLS:
+        with tempfile.TemporaryDirectory() as scratch:
+            catalog = Path(scratch) / "catalog.yaml"
+            catalog.write_text(yaml.safe_dump({"start_date": "2024-01-01", "instruments": [
+                {"venue": "binance", "market": market, "symbol": f"S{i:03d}USDT", "timeframes": ["1m", "1h"]}
+                for i in range(count) for market in ("spot", "perp")]}))
+            began = time.perf_counter()
+            definitions = build_definitions(Settings(catalog_path=catalog, warehouse_url=f"duckdb:///{scratch}/w.duckdb"))
+            assets = len(list(definitions.resolve_all_asset_specs()))
+            found["catalogs"].append({"symbols": count, "assets": assets, "seconds": time.perf_counter() - began})
+    return found
+
+
 def run_child(work: Path, name: str, url: str, *args: str) -> dict:
     log = work / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__)), "child", name, url, *args]
@@ -710,6 +736,17 @@ def report(results: dict) -> str:
         f"| peak RSS | {results['seed']['rss_mb']:.0f} MB |",
         f"| the second run | {results['seed']['again_seconds']:.1f} s: \"{results['seed']['again_said']}\" |",
         "",
+        "## Loading the code location: definitions for 10, 100 and 300 symbols",
+        "",
+        "Every run process and CLI call builds the definitions from the catalog: spot and perp, 1m and",
+        "1h klines, and funding, open interest and long/short for the perps. The assets of one dataset,",
+        "source and PartitionsDefinition share one definition (one Dagster op).",
+        f"Imports (Dagster and ours) {results['load']['imports_seconds']:.2f} s, once; then:",
+        "",
+        "| symbols | assets | build and resolve |",
+        "|---|---|---|",
+        *[f"| {c['symbols']} | {c['assets']:,} | {c['seconds']:.2f} s |" for c in results["load"]["catalogs"]],
+        "",
         "## (e) Peak RSS",
         "",
         "Given with each run above.",
@@ -741,6 +778,7 @@ def main() -> None:
                 ("c_ours", lambda: dagster_materialize(work, "c_ours", url, BTC_1M, *YEAR, MARKETDATA_KLINES_SOURCE="rest")),
                 ("c_ccxt", lambda: run_child(work, "ccxt", url)),
                 ("report", lambda: run_child(work, "report", url)),
+                ("load", lambda: run_child(work, "load", url)),
                 ("derivatives", lambda: derivatives_backfill(work, url)),
                 ("seed", lambda: seed_year(work, url)),
                 ("load_postgres", lambda: load_postgres(work, url)),
@@ -776,6 +814,7 @@ def child_main(name: str, url: str) -> None:
         "warehouse": lambda: child_warehouse(url),
         "ccxt": lambda: child_ccxt(url),
         "report": lambda: child_report(url),
+        "load": lambda: child_load(url),
     }
     print(json.dumps(measurements[name]()))
 
