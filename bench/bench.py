@@ -459,7 +459,7 @@ def child_report(url: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-LOAD_SYMBOLS = (10, 100, 300)
+CATALOG_SIZES = (10, 100, 300)  # symbols of the catalogs whose definitions `child_load` times
 
 
 def child_load(url: str) -> dict:
@@ -472,7 +472,7 @@ def child_load(url: str) -> dict:
 
     imports = time.perf_counter() - began
     found = {"imports_seconds": imports, "catalogs": []}
-    for count in LOAD_SYMBOLS:
+    for count in CATALOG_SIZES:
         with tempfile.TemporaryDirectory() as scratch:
             catalog = Path(scratch) / "catalog.yaml"
             catalog.write_text(yaml.safe_dump({"start_date": "2024-01-01", "instruments": [
