@@ -281,11 +281,14 @@ def status_subsets(status, partitions: dg.TimeWindowPartitionsDefinition):
 
 
 def partition_statuses(instance: dg.DagsterInstance, assets: Sequence[KlinesAsset]) -> list:
-    """Dagster's cached partition status of each asset, brought up to date as the UI does."""
+    """Dagster's cached partition status of each asset, brought up to date as the UI does. An
+    asset with no record has had no event at all (a planned materialization writes one), so its
+    status is None without the query Dagster would make to find that out."""
     loading = _Loading(instance)
     AssetRecord.prepare(loading, [asset.key for asset in assets])
     return [
         get_and_update_asset_status_cache_value(instance, asset.key, asset.partitions, loading_context=loading)
+        if AssetRecord.blocking_get(loading, asset.key) is not None else None
         for asset in assets
     ]
 
