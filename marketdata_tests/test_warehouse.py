@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import threading
 
 import polars as pl
 import pytest
@@ -116,6 +117,39 @@ def test_concurrent_writer_processes_with_overlapping_windows_lose_nothing(any_w
     assert btc["open_time"].is_unique().all()
     assert btc["open_time"].min() == T0 and btc["open_time"].max() == T0 + dt.timedelta(minutes=974)
     assert rows.filter(pl.col("symbol") == "ETHUSDT").height == 950
+
+
+def test_threads_opening_a_duckdb_file_at_once_each_write(tmp_path):
+    """DuckDB 2.0 builds a file's in-process instance on the first connect: two threads connecting
+    at that moment got a half-built one ("python_arrow_scan does not exist", "Unique file handle
+    conflict"); the ingest's two concurrent writes do exactly that on a fresh process."""
+    warehouse = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    stored(warehouse)  # the file and its schema exist; no connection stays open between attempts
+    for attempt in range(30):
+        start = threading.Barrier(3)
+        errors: list[str] = []
+
+        frames = {symbol: klines_frame(symbol, dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=attempt), 10)
+                  for symbol in ("AUSDT", "BUSDT")}
+
+        def write(symbol: str) -> None:
+            arrow = frames[symbol].to_arrow()
+            start.wait()
+            try:  # as upsert does, from the connect on
+                with warehouse.connect() as con:
+                    con.register("incoming", arrow)
+                    con.execute(f"INSERT INTO market_data.klines SELECT {', '.join(KLINES.columns)} FROM incoming")
+            except Exception as exc:  # the test reports every thread's failure, not the first
+                errors.append(f"{exc.__class__.__name__}: {exc}")
+
+        threads = [threading.Thread(target=write, args=(symbol,)) for symbol in frames]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        for thread in threads:
+            thread.join()
+        assert errors == [], errors
+    assert stored(warehouse).height == 30 * 20
 
 
 def test_bad_urls_and_the_ambiguous_file_name_are_refused(tmp_path):

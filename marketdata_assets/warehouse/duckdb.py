@@ -23,6 +23,11 @@ from marketdata_assets.schemas import TableSpec
 from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys
 
 _LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
+# DuckDB keeps one database instance per file in a process and tears it down when its last
+# connection closes. A connect racing that teardown in another thread can get an instance half
+# gone ("Table Function with name python_arrow_scan does not exist!" on the next register), so
+# opening and closing connections take turns within the process.
+_OPEN_CLOSE = threading.Lock()
 
 
 class DuckDBWarehouse(Warehouse):
@@ -55,7 +60,8 @@ class DuckDBWarehouse(Warehouse):
         with self._local:
             while True:
                 try:
-                    con = duckdb.connect(str(self.path))
+                    with _OPEN_CLOSE:
+                        con = duckdb.connect(str(self.path))
                     break
                 except duckdb.IOException as exc:
                     if not any(marker in str(exc) for marker in _LOCK_MARKERS):
@@ -76,7 +82,7 @@ class DuckDBWarehouse(Warehouse):
                         self._schema_ready = True
                 yield con
             finally:
-                with contextlib.suppress(duckdb.Error):  # invalidated by an error already raised
+                with _OPEN_CLOSE, contextlib.suppress(duckdb.Error):  # invalidated by an error already raised
                     con.close()
 
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
