@@ -430,10 +430,10 @@ def within(frame: pl.DataFrame, start: dt.datetime, end: dt.datetime, column: st
     return frame.filter((pl.col(column) >= start) & (pl.col(column) < end))
 
 
-def rows_within(stored: Stored, start: dt.datetime, end: dt.datetime) -> int:
-    """Stored bars in [start, end), both on UTC midnights, from the per-day counts."""
+def rows_within(rows_by_day: dict[int, int], start: dt.datetime, end: dt.datetime) -> int:
+    """Rows in [start, end), both on UTC midnights, from per-day counts (days since 1970-01-01)."""
     first, last = (int(moment.timestamp()) // _DAY_S for moment in (start, end))
-    return sum(rows for day, rows in stored.rows_by_day.items() if first <= day < last)
+    return sum(rows for day, rows in rows_by_day.items() if first <= day < last)
 
 
 def samples_table(rows: list[dict[str, Any]]) -> str:

@@ -169,7 +169,7 @@ class FailedRun:
     first: str
     last: str
     reason: str
-    failed_partitions: dict[dg.AssetKey, list[str]]
+    failed_partitions: dict[dg.AssetKey, list[tuple[str, str]]]  # (first, last) keys of each failed span
 
 
 @dataclass
@@ -298,13 +298,12 @@ class DagsterApi:
             reasons = [event["message"] for event in answer.get("events", []) if event["__typename"] == "RunFailureEvent"]
         return "\n".join(reasons) or "no reason recorded"
 
-    def _failed_partitions(self, key: dg.AssetKey, first: str, last: str) -> list[str]:
+    def _failed_partitions(self, key: dg.AssetKey, first: str, last: str) -> list[tuple[str, str]]:
         """The partitions of `key` in [first, last] whose status is failed."""
         answer = self._ask(_PARTITIONS, {"key": {"path": key.path}}, "assetNodeOrError")
         ranges = (answer.get("assetPartitionStatuses") or {}).get("ranges") or []
-        spans = [(max(span["startKey"], first), min(span["endKey"], last)) for span in ranges
-                 if span["status"] == "FAILED" and span["startKey"] <= last and span["endKey"] >= first]
-        return [f"{start}...{end}" if start != end else start for start, end in spans]
+        return [(max(span["startKey"], first), min(span["endKey"], last)) for span in ranges
+                if span["status"] == "FAILED" and span["startKey"] <= last and span["endKey"] >= first]
 
     def wait(self, backfill_id: str, report: Callable[[BackfillInfo], None], poll_s: float = 2.0) -> BackfillInfo:
         last = None

@@ -348,10 +348,7 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
 def _explain_failure(api, info, chosen) -> None:
     """Why a backfill followed with --wait did not succeed: each failed run's reason and the
     partitions it left failed, then the command that runs them again."""
-    import dagster as dg
-
     from marketdata_assets.backfills import Selection
-    from marketdata_assets.defs.ingest.partitions import adjacent_runs
 
     failed, error = api.failed_runs(info.id)
     what = "was canceled" if info.status == "CANCELED" else "failed"
@@ -367,13 +364,10 @@ def _explain_failure(api, info, chosen) -> None:
         for key, spans in run.failed_partitions.items():
             if not spans:
                 continue
-            click.echo(f"  failed partitions of {key.to_user_string()}: {', '.join(spans)}", err=True)
-            partitions = partitions_of.get(key)
-            if partitions is None:
-                continue
-            keys = [k for span in spans for k in partitions.get_partition_keys_in_range(
-                dg.PartitionKeyRange(*(span.split("...") if "..." in span else (span, span))))]
-            again += [Selection((key,), partitions, first, last).again("--wait") for first, last in adjacent_runs(partitions, keys)]
+            shown = ", ".join(first if first == last else f"{first}...{last}" for first, last in spans)
+            click.echo(f"  failed partitions of {key.to_user_string()}: {shown}", err=True)
+            if key in partitions_of:  # each span is a run of adjacent partitions: one command each
+                again += [Selection((key,), partitions_of[key], first, last).again("--wait") for first, last in spans]
     if again:
         click.echo("once the cause is fixed, run them again:", err=True)
         for command in dict.fromkeys(again):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -210,21 +210,31 @@ def _state(evaluation: dg.AssetCheckEvaluation | None) -> str:
     return "passed" if evaluation.passed else evaluation.severity.value
 
 
+def check_history(
+    instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, status: set | None = None, page_size: int = 500,
+) -> Iterator:
+    """The check's execution records (of `status` only, if given), newest first, a page at a
+    time: a range run records one a partition, so there can be thousands."""
+    cursor = None
+    while True:
+        page = instance.event_log_storage.get_asset_check_execution_history(
+            check_key, limit=page_size, cursor=cursor, status=status)
+        yield from page
+        if len(page) < page_size:
+            return
+        cursor = page[-1].id
+
+
 def _failed_evaluations(
     instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, partitions: set[str],
 ) -> dict[str, dg.AssetCheckEvaluation]:
     """The latest failed evaluation of each of `partitions` (whose latest evaluation failed)."""
     found: dict[str, dg.AssetCheckEvaluation] = {}
-    cursor = None
-    while len(found) < len(partitions):
-        page = instance.event_log_storage.get_asset_check_execution_history(
-            check_key, limit=200, cursor=cursor, status={AssetCheckExecutionRecordStatus.FAILED})
-        for record in page:
-            if record.partition in partitions and record.partition not in found and record.evaluation is not None:
-                found[record.partition] = record.evaluation
-        if len(page) < 200:
-            break
-        cursor = page[-1].id
+    for record in check_history(instance, check_key, {AssetCheckExecutionRecordStatus.FAILED}):
+        if record.partition in partitions and record.partition not in found and record.evaluation is not None:
+            found[record.partition] = record.evaluation
+            if len(found) == len(partitions):
+                break
     return found
 
 

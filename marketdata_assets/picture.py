@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from marketdata_assets.audit import count_bars
+from marketdata_assets.audit import count_bars, rows_within
 from marketdata_assets.coverage import AssetCoverage, SeriesCoverage
 from marketdata_assets.wording import counted
 
@@ -32,7 +32,6 @@ _COLOURS = {"complete": "#2f9e5b", "explained": "#9fd37f", "gaps": "#f29d38", "f
 _LABELS = {"complete": "complete", "explained": "missing rows, all explained", "gaps": "unexplained gaps",
            "failed": "failed", "not_materialized": "not materialized"}
 _SYMBOLS = {"complete": "■", "explained": "▣", "gaps": "▲", "failed": "✖", "not_materialized": "·"}
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -74,17 +73,12 @@ def _overlap(windows: Iterable[tuple[dt.datetime, dt.datetime]], start: dt.datet
             yield max(a, start), min(b, end)
 
 
-def _day_rows(rows_by_day: dict[int, int], start: dt.datetime, end: dt.datetime) -> int:
-    first, last = (int((moment - _EPOCH).total_seconds()) // 86_400 for moment in (start, end))
-    return sum(rows for day, rows in rows_by_day.items() if first <= day < last)
-
-
-def _state(key: str, materialized: set[str], failed: set[str], unexplained: int, missing: int) -> str:
-    if key in failed:
-        return "failed"
-    if key not in materialized:
-        return "not_materialized"
-    return "gaps" if unexplained else "explained" if missing else "complete"
+def _cell(key: str, materialized: set[str], failed: set[str], stored: int, missing: int, unexplained: int) -> Cell:
+    """A partition's cell: audited (rows expected = stored + missing) only if it is materialized."""
+    if key in failed or key not in materialized:
+        return Cell(key, "failed" if key in failed else "not_materialized", stored, None)
+    state = "gaps" if unexplained else "explained" if missing else "complete"
+    return Cell(key, state, stored, stored + missing, unexplained, missing - unexplained)
 
 
 def _keys_in(partitions: dg.TimeWindowPartitionsDefinition, windows: Sequence[tuple[dt.datetime, dt.datetime]]) -> set[str]:
@@ -101,13 +95,11 @@ def klines_row(item: AssetCoverage, now: dt.datetime) -> Row:
     cells = []
     for key in partitions.get_partition_keys(current_time=now):
         window = partitions.time_window_for_partition_key(key)
-        stored = _day_rows(item.stored.rows_by_day, window.start, window.end)
-        missing = count_bars(_overlap(gaps.missing, window.start, window.end), gaps.tf_millis)
-        unexplained = count_bars(_overlap(gaps.unexplained, window.start, window.end), gaps.tf_millis)
-        state = _state(key, materialized, failed, unexplained, missing)
-        audited = state not in ("failed", "not_materialized")
-        cells.append(Cell(key, state, stored, stored + missing if audited else None,
-                          unexplained if audited else 0, missing - unexplained if audited else 0))
+        cells.append(_cell(
+            key, materialized, failed, rows_within(item.stored.rows_by_day, window.start, window.end),
+            count_bars(_overlap(gaps.missing, window.start, window.end), gaps.tf_millis),
+            count_bars(_overlap(gaps.unexplained, window.start, window.end), gaps.tf_millis),
+        ))
     return Row(item.key.to_user_string(), "bars", cells)
 
 
@@ -121,15 +113,13 @@ def series_row(item: SeriesCoverage, now: dt.datetime) -> Row:
     windows = item.every_missing_window
     span = sum((b - a).total_seconds() for a, b in windows)
     cells = []
-    keys = partitions.get_partition_keys(current_time=now)
-    for key in keys:
+    for key in partitions.get_partition_keys(current_time=now):
         window = partitions.time_window_for_partition_key(key)
-        stored = _day_rows(item.rows_by_day, window.start, window.end)
         inside = sum((b - a).total_seconds() for a, b in _overlap(windows, window.start, window.end))
         missing = round(item.missing * inside / span) if span else 0
-        state = _state(key, materialized_keys, failed, missing, missing)
-        audited = state not in ("failed", "not_materialized")
-        cells.append(Cell(key, state, stored, stored + missing if audited else None, missing if audited else 0))
+        # no rule explains a missing row of these datasets: every one is unexplained
+        cells.append(_cell(key, materialized_keys, failed, rows_within(item.rows_by_day, window.start, window.end),
+                           missing, missing))
     return Row(asset.key.to_user_string(), asset.dataset.unit, cells)
 
 

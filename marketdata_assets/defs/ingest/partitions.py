@@ -129,15 +129,12 @@ def checked_per_partition(
 
 def checks_summary(evaluations: list[dg.AssetCheckEvaluation]) -> str:
     """One line of what the checks found over a run's partitions, for the run's log."""
-    by_check: dict[str, list[dg.AssetCheckEvaluation]] = {}
-    for evaluation in evaluations:
-        by_check.setdefault(evaluation.check_name, []).append(evaluation)
+    from marketdata_assets.defs.quality.checks import worst_states
+
     parts = []
-    for name, found in by_check.items():
-        bad = [e for e in found if not e.passed]
-        if not bad:
-            parts.append(f"{name} passed in {counted(len(found), 'partition')}")
-        else:
-            worst = "ERROR" if any(e.severity == dg.AssetCheckSeverity.ERROR for e in bad) else "WARN"
-            parts.append(f"{name} {worst} in {', '.join(e.partition or '' for e in bad)} ({len(bad)} of {len(found)})")
+    for name, worst in worst_states(evaluations).items():
+        found = [e for e in evaluations if e.check_name == name]
+        bad = [e.partition or "" for e in found if not e.passed]
+        parts.append(f"{name} passed in {counted(len(found), 'partition')}" if not bad
+                     else f"{name} {worst} in {', '.join(bad)} ({len(bad)} of {len(found)})")
     return "; ".join(parts) or "no checks"

@@ -5,6 +5,7 @@ and never windows verified empty."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from marketdata_assets.coverage import partition_statuses, status_subsets
+from marketdata_assets.coverage import check_history, partition_statuses, status_subsets
 from marketdata_assets.dagster_internals import NOT_FINISHED_STATUSES, AssetCheckExecutionRecordStatus
 from marketdata_assets.defs.ingest.bans import banned_venues
 from marketdata_assets.defs.ingest.partitions import adjacent_runs, partitions_between
@@ -65,9 +66,9 @@ def read_gap_checks(
         for key in job.keys:
             check_key = dg.AssetCheckKey(key, gap_check)
             seen = state.checks.get(check_key.to_user_string(), 0)
-            for record in _history_since(instance, check_key, seen):
-                if record.id <= seen:
-                    continue
+            since = seen
+            newer = list(itertools.takewhile(lambda record: record.id > since, check_history(instance, check_key)))
+            for record in reversed(newer):  # oldest first
                 if record.status == AssetCheckExecutionRecordStatus.PLANNED:
                     run = instance.get_run_by_id(record.run_id)
                     if run is not None and not run.is_finished:
@@ -78,20 +79,6 @@ def read_gap_checks(
                 if record.evaluation is not None and "window" in record.evaluation.metadata:
                     _fold_evaluation(state, job.partitions, check_key, record.evaluation, decisions)
             state.checks[check_key.to_user_string()] = seen
-
-
-def _history_since(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, seen: int) -> list:
-    """Every execution record of the check newer than `seen`, oldest first (a range run records
-    one a partition, so there can be hundreds since the last tick)."""
-    found: list = []
-    cursor = None
-    while True:
-        page = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=500, cursor=cursor)
-        newer = [record for record in page if record.id > seen]
-        found += newer
-        if len(newer) < len(page) or len(page) < 500:
-            return sorted(found, key=lambda r: r.id)
-        cursor = page[-1].id
 
 
 def _fold_evaluation(

@@ -133,7 +133,7 @@ def klines_check_results_by_window(
     found = {}
     for partition, lo, hi in windows:
         window = dg.MetadataValue.text(window_text(lo, hi))
-        rows = rows_within(stored, lo, hi)
+        rows = rows_within(stored.rows_by_day, lo, hi)
         results = []
         if OHLC_VALID in names:
             audit = ohlc_audit_of(within(invalid, lo, hi), within(rejected, lo, hi), rows)
