@@ -164,6 +164,49 @@ def test_bad_urls_and_the_ambiguous_file_name_are_refused(tmp_path):
     assert "no_such_database" in message and "secret" not in message
 
 
+def test_a_postgresql_key_stored_between_the_probe_and_the_copy_is_updated_not_refused(postgres_url):
+    """A fresh range is COPYed straight into the table; should another writer commit one of its
+    keys meanwhile, the window is upserted instead: no error, every row once, the newer values."""
+    import concurrent.futures
+    import time
+
+    import psycopg2
+
+    warehouse = open_warehouse(postgres_url)
+    warehouse.query("SELECT 1")  # the schema in place
+    frame = klines_frame("BTCUSDT", T0, 500, bump=1.0)
+    other = klines_frame("BTCUSDT", T0 + dt.timedelta(minutes=100), 1)
+    admin = psycopg2.connect(postgres_url)
+    try:
+        with admin.cursor() as cur, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # the other writer's row, not yet committed: the probe cannot see it, the COPY waits on it
+            cur.execute("INSERT INTO market_data.klines SELECT venue, market, symbol, timeframe, open_time, "
+                        "open, high, low, close, volume, quote_volume, trades, taker_buy_volume, "
+                        "taker_buy_quote_volume, source, ingested_at FROM (VALUES (%s, %s, %s, %s, %s::timestamptz, "
+                        "1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1, 1.0, 1.0, 'rest', now())) AS v(venue, market, symbol, "
+                        "timeframe, open_time, open, high, low, close, volume, quote_volume, trades, "
+                        "taker_buy_volume, taker_buy_quote_volume, source, ingested_at)",
+                        ["binance", "spot", "BTCUSDT", "1m", other["open_time"][0]])
+            writing = pool.submit(warehouse.upsert, KLINES, frame)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                cur.execute("SELECT pg_stat_clear_snapshot()")
+                cur.execute("SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")
+                waiting = [query for (query,) in cur.fetchall()]
+                if waiting:
+                    break
+                time.sleep(0.02)
+            assert waiting and waiting[0].startswith("COPY market_data.klines "), waiting
+            admin.commit()
+            assert writing.result(timeout=60) == 500
+    finally:
+        admin.close()
+    rows = stored(warehouse)
+    assert rows.height == 500 and rows["open_time"].is_unique().all()
+    assert rows["high"].to_list() == frame["high"].to_list()  # the later writer's values, the other row's too
+
+
 def _terminate_writes(url: str, times: int, write):
     """Start `write()` while market_data.klines is locked, so it waits inside its transaction,
     then terminate the backend of that write and of its next `times - 1` attempts with

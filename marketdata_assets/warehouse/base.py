@@ -45,6 +45,21 @@ def distinct_keys(table: TableSpec, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.unique(subset=list(table.primary_key), keep="last", maintain_order=True)
 
 
+def overlap_probe(table: TableSpec, frame: pl.DataFrame) -> tuple[str, list[Any]]:
+    """A query returning a row if the table may hold a key of `frame`: a range probe on the time
+    column (DuckDB skips row groups by their min/max, PostgreSQL walks the key's index) and
+    equality on the key parts `frame` holds one value of. With `?` parameters."""
+    time_column = table.primary_key[-1]
+    conditions = [f"{time_column} BETWEEN ? AND ?"]
+    params: list[Any] = [frame[time_column].min(), frame[time_column].max()]
+    for column in table.primary_key[:-1]:
+        values = frame[column].unique()
+        if len(values) == 1:
+            conditions.append(f"{column} = ?")
+            params.append(values[0])
+    return f"SELECT 1 FROM {table.qualified_name} WHERE {' AND '.join(conditions)} LIMIT 1", params
+
+
 class Warehouse(abc.ABC):
     """Upserts canonical frames by primary key, one transaction per call; reads with SQL."""
 

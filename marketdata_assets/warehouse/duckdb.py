@@ -20,7 +20,7 @@ import duckdb
 import polars as pl
 
 from marketdata_assets.schemas import TableSpec
-from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys
+from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys, overlap_probe
 
 _LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
 # DuckDB keeps one database instance per file in a process and tears it down when its last
@@ -117,18 +117,7 @@ class DuckDBWarehouse(Warehouse):
 
     @staticmethod
     def _holds_any_key(con: duckdb.DuckDBPyConnection, table: TableSpec, frame: pl.DataFrame) -> bool:
-        """Whether the table may hold a row with a key in `frame`: a range probe on the time
-        column (DuckDB skips row groups by their min/max) and equality on single-valued key parts."""
-        time_column = table.primary_key[-1]
-        conditions = [f"{time_column} BETWEEN ? AND ?"]
-        params: list[Any] = [frame[time_column].min(), frame[time_column].max()]
-        for column in table.primary_key[:-1]:
-            values = frame[column].unique()
-            if len(values) == 1:
-                conditions.append(f"{column} = ?")
-                params.append(values[0])
-        probe = f"SELECT 1 FROM {table.qualified_name} WHERE {' AND '.join(conditions)} LIMIT 1"
-        return con.execute(probe, params).fetchone() is not None
+        return con.execute(*overlap_probe(table, frame)).fetchone() is not None
 
     def _read(self, con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pl.DataFrame:
         return con.sql(sql, params=params).pl()

@@ -1,7 +1,9 @@
 """PostgreSQL warehouse: many readers and writers share one server.
 
-Bulk loads `COPY` a frame into a temporary staging table, then upsert from it
-(`INSERT … ON CONFLICT … DO UPDATE`), all in one transaction per write window. Queries take the
+Bulk loads are one transaction per write window. When no stored row shares a key with the
+window (a fresh range, the common case of a backfill), the rows are `COPY`ed straight into the
+table; otherwise into a temporary staging table, then upserted from it (`INSERT … ON CONFLICT …
+DO UPDATE`), about half the speed. Queries take the
 same `?` parameters as DuckDB's. Every session runs in UTC.
 """
 
@@ -17,11 +19,12 @@ from typing import Any
 import polars as pl
 import psycopg2
 import psycopg2.extensions
+import psycopg2.errors
 import psycopg2.extras
 
 from marketdata_assets.schemas import TableSpec
 from marketdata_assets.settings import redact
-from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys
+from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys, overlap_probe
 
 # Taken while creating the schema: concurrent CREATE … IF NOT EXISTS can still collide in PostgreSQL.
 _DDL_LOCK = 0x6D61726B6574  # "market"
@@ -105,12 +108,13 @@ class PostgresWarehouse(Warehouse):
         csv = io.BytesIO()
         frame.write_csv(csv, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
         csv.seek(0)
+        probe = overlap_probe(table, frame)
         try:
-            self._write(table, csv)
+            self._write(table, csv, probe)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             csv.seek(0)  # the connection was lost, so nothing was written: once more on a new one
             try:
-                self._write(table, csv)
+                self._write(table, csv, probe)
             except psycopg2.Error as exc:
                 raise self._write_failed(table, frame.height, exc, " (and again on a new connection)") from None
         except psycopg2.Error as exc:
@@ -123,11 +127,22 @@ class PostgresWarehouse(Warehouse):
             f"nothing of them written: {_cause(exc)}"
         )
 
-    def _write(self, table: TableSpec, csv: io.BytesIO) -> None:
+    def _write(self, table: TableSpec, csv: io.BytesIO, probe: tuple[str, list[Any]]) -> None:
         columns = ", ".join(table.columns)
         with self.connect() as con:
             try:
                 with con.cursor() as cur:
+                    cur.execute(_placeholders(probe[0]), probe[1])
+                    if cur.fetchone() is None:
+                        try:
+                            cur.execute("SAVEPOINT fresh")
+                            cur.copy_expert(f"COPY {table.qualified_name} ({columns}) FROM STDIN WITH (FORMAT csv)", csv)
+                            con.commit()
+                            return
+                        except psycopg2.errors.UniqueViolation:
+                            # Another writer stored one of these keys since the probe: upsert instead.
+                            cur.execute("ROLLBACK TO SAVEPOINT fresh")
+                            csv.seek(0)
                     cur.execute(
                         f"CREATE TEMPORARY TABLE staging (LIKE {table.qualified_name} INCLUDING DEFAULTS) ON COMMIT DROP"
                     )
