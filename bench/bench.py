@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from peers import freqtrade_download, freqtrade_python, freqtrade_rows
 from results import report
 from workload import (
     BTC_1M, DERIVATIVES, LOAD_MONTHS, LOAD_SYMBOLS, PER_PARTITION_SAMPLE, REPO, SIX_YEARS, YEAR, utc,
@@ -85,6 +86,18 @@ def archive_paths(symbol: str, first: str, last: str, daily: list[str] = ()) -> 
         months.append(ArchiveFile.monthly("spot", symbol, "1m", cursor).path)
         cursor = (cursor + dt.timedelta(days=32)).replace(day=1)
     return months + [ArchiveFile.daily("spot", symbol, "1m", utc(d).date()).path for d in daily]
+
+
+def daily_paths(symbol: str, first: str, last: str) -> list[str]:
+    """Every daily 1m file from `first` to `last` inclusive (freqtrade's route)."""
+    from marketdata_assets.sources.binance_archive import ArchiveFile
+
+    day, end = utc(first).date(), utc(last).date()
+    paths = []
+    while day <= end:
+        paths.append(ArchiveFile.daily("spot", symbol, "1m", day).path)
+        day += dt.timedelta(days=1)
+    return paths
 
 
 def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
@@ -183,6 +196,36 @@ def seed_year(work: Path, url: str) -> dict:
     measured["again_seconds"] = again["seconds"]
     measured["again_said"] = (run_dir / "seed_again.log").read_text().strip().splitlines()[-1]
     return measured
+
+
+def freqtrade_run(work: Path, name: str, url: str, python: Path) -> dict:
+    """freqtrade's `download-data` of the target's six years (its daily archive files, into a
+    feather file), over the same emulator."""
+    run_dir = work / name
+    cmd = freqtrade_download(run_dir, url, SIX_YEARS[0].replace("-", ""), "20250101", python)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_", "VIRTUAL_ENV"))}
+    measured = run_measured(cmd, env, run_dir, run_dir / "freqtrade.log")
+    measured["rows"] = freqtrade_rows(run_dir)
+    return measured
+
+
+def target_against_freqtrade(work: Path, url: str, results: dict) -> dict:
+    """The target three times, each followed by freqtrade's download of the same six years."""
+    python = freqtrade_python()
+    ours, results["freqtrade"] = interleaved(
+        3, lambda i: dagster_materialize(work, f"target_{i}", url, BTC_1M, *SIX_YEARS),
+        lambda i: freqtrade_run(work, f"freqtrade_{i}", url, python))
+    return ours
+
+
+def interleaved(times: int, ours, peer) -> tuple[dict, dict]:
+    """`times` runs of ours and of a peer, taking turns (ours, peer, ours, …), so both meet the
+    same moments of this shared machine; the median of each by wall time, with every run's."""
+    pairs = [(ours(i), peer(i)) for i in range(times)]
+    return tuple(  # type: ignore[return-value]
+        {**sorted(runs, key=lambda r: r["seconds"])[times // 2], "runs": [r["seconds"] for r in runs]}
+        for runs in zip(*pairs, strict=True)
+    )
 
 
 def repeated(times: int, run) -> dict:
@@ -330,16 +373,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="skip the 4-minute run at the rate limit")
     parser.add_argument("--output", default=str(REPO / "bench" / "RESULTS.md"))
+    parser.add_argument("--only", help="comma-separated steps to run; prints their figures, writes no RESULTS.md")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="marketdata-bench-"))
     results: dict = {"machine": machine()}
     try:
         with emulator() as url:
             print(f"emulator {url}; building archive files …", flush=True)
-            built = warm_archive(url, archive_paths("BTCUSDT", SIX_YEARS[0], SIX_YEARS[1], PER_PARTITION_SAMPLE))
+            built = warm_archive(url, archive_paths("BTCUSDT", SIX_YEARS[0], SIX_YEARS[1], PER_PARTITION_SAMPLE)
+                                 + daily_paths("BTCUSDT", SIX_YEARS[0], "2025-01-01"))
             print(f"  built in {built:.0f} s", flush=True)
             steps = [
-                ("target", lambda: repeated(3, lambda i: dagster_materialize(work, f"target_{i}", url, BTC_1M, *SIX_YEARS))),
+                ("target", lambda: target_against_freqtrade(work, url, results)),
                 ("a_archive", lambda: dagster_materialize(work, "a_archive", url, BTC_1M, *YEAR)),
                 ("d_daily_range", lambda: dagster_materialize(
                     work, "d_daily_range", url, BTC_1M, "2023-01-01", "2023-12-31", module="bench.daily_definitions")),
@@ -357,11 +402,16 @@ def main() -> None:
                 ("load_duckdb", lambda: concurrent_backfills(
                     work, url, "load_duckdb", f"duckdb:///{work / 'load.duckdb'}")),
             ]
+            if args.only:
+                steps = [(name, step) for name, step in steps if name in args.only.split(",")]
             for name, step in steps:
                 print(f"{name} …", flush=True)
                 began = time.perf_counter()
                 results[name] = step()
                 print(f"  {time.perf_counter() - began:.1f} s", flush=True)
+        if args.only:
+            print(json.dumps(results, indent=1, default=str))
+            return
         with emulator("--spot-weight-limit", str(10**9)) as unlimited:
             print("a_rest …", flush=True)
             results["a_rest"] = dagster_materialize(

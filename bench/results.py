@@ -4,11 +4,32 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
+from peers import FREQTRADE
 from workload import BTC_1M, LOAD_MONTHS, LOAD_SYMBOLS, REPORT_CHECKED, REPORT_START, SIX_YEARS
 
 
 def rate(rows: int, seconds: float) -> str:
     return f"{rows / seconds / 1e6:.2f} M rows/s"
+
+
+def against_freqtrade(ours: dict, ft: dict) -> list[str]:
+    runs = lambda r: ", ".join(f"{x:.1f}" for x in r["runs"])  # noqa: E731
+    return [
+        f"Against freqtrade {FREQTRADE} `download-data` of the same six years (`--timerange "
+        f"{SIX_YEARS[0].replace('-', '')}-20250101 -t 1m`: Binance's daily archive files, no checksum, into a",
+        "feather file; its own environment, its archive and ccxt URLs pointed at the same emulator), each",
+        "of its runs right after one of ours:",
+        "",
+        "| client | rows | wall (median) | runs | peak RSS |",
+        "|---|---|---|---|---|",
+        f"| marketdata (above) | {ours['rows']:,} | {ours['seconds']:.1f} s | {runs(ours)} s | {ours['rss_mb']:.0f} MB |",
+        f"| freqtrade {FREQTRADE} | {ft['rows']:,} | {ft['seconds']:.1f} s | {runs(ft)} s | {ft['rss_mb']:.0f} MB |",
+        "",
+        f"Our time is **{ours['seconds'] / ft['seconds']:.2f} of freqtrade's** (goal: at most 0.5), our peak RSS "
+        f"{ours['rss_mb'] / ft['rss_mb']:.2f} of its. freqtrade keeps no checksum, no Dagster record and no check;",
+        "it stores open, high, low, close and volume, we all twelve columns.",
+        "",
+    ]
 
 
 def report(results: dict) -> str:
@@ -51,6 +72,7 @@ def report(results: dict) -> str:
         f"| archive downloaded | {t['metadata']['archive_megabytes']:.0f} MB in {t['metadata']['archive_files']} files |",
         f"| peak RSS | {t['rss_mb']:.0f} MB |",
         "",
+        *against_freqtrade(t, results["freqtrade"]),
         "The data path alone, no Dagster (bench process calling `ingest_klines`, same six years):",
         "",
         "| stage | seconds | throughput | peak RSS |",
