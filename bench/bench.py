@@ -36,7 +36,7 @@ import yaml
 from peers import freqtrade_download, freqtrade_python, freqtrade_rows
 from results import report
 from workload import (
-    BTC_1M, DERIVATIVES, LOAD_MONTHS, LOAD_SYMBOLS, PER_PARTITION_SAMPLE, REPO, SIX_YEARS, YEAR, utc,
+    BTC_1M, DERIVATIVES, LATENCY_MS, LOAD_MONTHS, LOAD_SYMBOLS, PER_PARTITION_SAMPLE, REPO, SIX_YEARS, YEAR, utc,
 )
 
 def run_measured(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> dict:
@@ -216,6 +216,17 @@ def target_against_freqtrade(work: Path, url: str, results: dict) -> dict:
         3, lambda i: dagster_materialize(work, f"target_{i}", url, BTC_1M, *SIX_YEARS),
         lambda i: freqtrade_run(work, f"freqtrade_{i}", url, python))
     return ours
+
+
+def with_latency(work: Path) -> dict:
+    """A symbol-year of 1m over REST from an emulator answering each klines request LATENCY_MS
+    late: ccxt's loop, then ours (once each: ccxt's takes about a minute)."""
+    with emulator("--fault-latency-ms", str(LATENCY_MS)) as slow:
+        print(f"e_latency ({LATENCY_MS} ms a request; about 2 minutes) …", flush=True)
+        return {
+            "e_ccxt": run_child(work, "ccxt", slow),
+            "e_ours": dagster_materialize(work, "e_ours", slow, BTC_1M, *YEAR, MARKETDATA_KLINES_SOURCE="rest"),
+        }
 
 
 def interleaved(times: int, ours, peer) -> tuple[dict, dict]:
@@ -409,16 +420,20 @@ def main() -> None:
                 began = time.perf_counter()
                 results[name] = step()
                 print(f"  {time.perf_counter() - began:.1f} s", flush=True)
-        if args.only:
-            print(json.dumps(results, indent=1, default=str))
+        only = args.only.split(",") if args.only else None
+        if not only or "a_rest" in only:
+            with emulator("--spot-weight-limit", str(10**9)) as unlimited:
+                print("a_rest …", flush=True)
+                results["a_rest"] = dagster_materialize(
+                    work, "a_rest", unlimited, BTC_1M, *YEAR,
+                    MARKETDATA_KLINES_SOURCE="rest", MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT=str(10**9),
+                    MARKETDATA_BINANCE_MAX_CONCURRENCY="16",
+                )
+        if not only or "e_latency" in only:
+            results.update(with_latency(work))
+        if only:
+            print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1, default=str))
             return
-        with emulator("--spot-weight-limit", str(10**9)) as unlimited:
-            print("a_rest …", flush=True)
-            results["a_rest"] = dagster_materialize(
-                work, "a_rest", unlimited, BTC_1M, *YEAR,
-                MARKETDATA_KLINES_SOURCE="rest", MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT=str(10**9),
-                MARKETDATA_BINANCE_MAX_CONCURRENCY="16",
-            )
         if not args.quick:
             print("b (about 4.5 minutes at the limit) …", flush=True)
             results["b"] = at_the_limit(work)

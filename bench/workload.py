@@ -19,6 +19,7 @@ LOAD_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 LOAD_MONTHS = ("2022-01-01", "2023-12-01")
 REPORT_ASSETS = 200  # 100 symbols, spot and perp, 1h bars
 REPORT_START = "2021-11-22"  # five years of daily partitions up to the bench date
+LATENCY_MS = 100  # added by the emulator before every klines answer in section (e)
 CATALOG_SIZES = (10, 100, 300)  # symbols of the catalogs whose definitions `child_load` times
 
 

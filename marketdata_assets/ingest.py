@@ -30,7 +30,7 @@ from marketdata_assets.warehouse import Warehouse
 if TYPE_CHECKING:
     from marketdata_assets.catalog import Series
 
-DEFAULT_ROWS_PER_WRITE = 200_000
+DEFAULT_ROWS_PER_WRITE = 400_000
 
 
 @dataclass

@@ -106,7 +106,7 @@ class Settings:
     # Where klines come from unless a catalog entry says otherwise: auto | archive | rest.
     klines_source: str = "auto"
     # Rows per warehouse transaction: a run killed mid-way keeps every whole batch it wrote.
-    rows_per_write: int = 200_000
+    rows_per_write: int = 400_000
     # The cron of every incremental schedule (UTC), instead of each dataset's own; None: theirs.
     schedule_cron: str | None = None
     # The Dagster webserver `marketdata backfill` talks to.
@@ -135,7 +135,7 @@ class Settings:
                 env, "MARKETDATA_BINANCE_FUTURES_WEIGHT_LIMIT", 2400
             ),
             binance_max_concurrency=_int_setting(env, "MARKETDATA_BINANCE_MAX_CONCURRENCY", 10),
-            rows_per_write=_int_setting(env, "MARKETDATA_ROWS_PER_WRITE", 200_000),
+            rows_per_write=_int_setting(env, "MARKETDATA_ROWS_PER_WRITE", 400_000),
             klines_source=_choice_setting(env, "MARKETDATA_KLINES_SOURCE", "auto", KLINES_SOURCES),
             schedule_cron=_cron_setting(env, "MARKETDATA_SCHEDULE_CRON"),
             dagster_url=(env.get("MARKETDATA_DAGSTER_URL") or DEFAULT_DAGSTER_URL).rstrip("/"),

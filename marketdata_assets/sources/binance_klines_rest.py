@@ -109,8 +109,27 @@ def parse_klines(
         close_raw = pl.Series("close_time", columns[6], dtype=pl.Int64)
     except (TypeError, pl.exceptions.PolarsError) as exc:
         raise MalformedResponse(where, f"open/close times are not integers: {exc}") from None
+    numbers = [*_FLOAT_FIELDS.items(), ("trades", 8)]
+    raw = pl.DataFrame([open_raw, close_raw, *(
+        pl.Series(name, columns[position], dtype=pl.String, strict=False) for name, position in numbers
+    )])
+    # One pass builds the canonical frame and the flags of what is wrong; the rows are looked at
+    # one by one only to name the first culprit.
     span = tf.millis * scale
-    bad_close = (close_raw - open_raw) != span - 1
+    schema = KLINES.schema
+    stamp = ingested_at or dt.datetime.now(dt.UTC)
+    constants = {"venue": "binance", "market": market, "symbol": symbol, "timeframe": tf.name, "source": source}
+    frame = raw.select(
+        *(
+            pl.lit(constants[name], dtype=schema[name]).alias(name) if name in constants
+            else (pl.col("open_time") // scale).cast(pl.Datetime("ms", "UTC")).cast(schema[name]) if name == "open_time"
+            else pl.lit(stamp, dtype=schema[name]).alias(name) if name == "ingested_at"
+            else pl.col(name).cast(schema[name], strict=False)
+            for name in KLINES.columns
+        ),
+        ((pl.col("close_time") - pl.col("open_time")) != span - 1).alias("_bad_close"),
+    )
+    bad_close = frame["_bad_close"]
     if bad_close.any():
         index = int(bad_close.arg_true()[0])
         raise MalformedResponse(
@@ -118,33 +137,11 @@ def parse_klines(
             f"row {index}: close_time {close_raw[index]} is not open_time {open_raw[index]} "
             f"+ {tf.name} - 1 (time unit {time_unit})",
         )
-    values: dict[str, pl.Series] = {}
-    for name, position in [*_FLOAT_FIELDS.items(), ("trades", 8)]:
-        dtype = pl.Int64 if name == "trades" else pl.Float64
-        raw = pl.Series(name, columns[position], dtype=pl.String, strict=False)
-        parsed = raw.cast(dtype, strict=False)
-        broken = parsed.is_null()
-        if broken.any():
-            index = int(broken.arg_true()[0])
-            raise MalformedResponse(
-                where, f"row {index}: field {name} = {columns[position][index]!r} is not a number"
-            )
-        values[name] = parsed
-    count = len(rows)
-    stamp = ingested_at or dt.datetime.now(dt.UTC)
-    frame = pl.DataFrame(
-        {
-            "venue": pl.repeat("binance", count, eager=True),
-            "market": pl.repeat(market, count, eager=True),
-            "symbol": pl.repeat(symbol, count, eager=True),
-            "timeframe": pl.repeat(tf.name, count, eager=True),
-            "open_time": (open_raw // scale).cast(pl.Datetime("ms", "UTC")),
-            **values,
-            "source": pl.repeat(source, count, eager=True),
-            "ingested_at": pl.repeat(stamp, count, eager=True),
-        }
-    )
-    return frame.select(KLINES.columns).cast(KLINES.schema)  # type: ignore[arg-type]
+    broken = [(name, position) for name, position in numbers if frame[name].null_count()]
+    if broken:
+        index, name, position = min((int(frame[name].is_null().arg_true()[0]), name, position) for name, position in broken)
+        raise MalformedResponse(where, f"row {index}: field {name} = {columns[position][index]!r} is not a number")
+    return frame.drop("_bad_close")
 
 
 @dataclass
