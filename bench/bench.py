@@ -15,6 +15,7 @@ process of their own; results.py writes RESULTS.md; workload.py holds what all o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -35,6 +36,7 @@ import yaml
 
 from peers import freqtrade_download, freqtrade_python, freqtrade_rows
 from results import report
+from scale import UNIVERSES, archive_paths as universe_paths, catalog, listings, seed_universe, windows
 from workload import (
     BTC_1M, DERIVATIVES, LATENCY_MS, LOAD_MONTHS, LOAD_SYMBOLS, PER_PARTITION_SAMPLE, REPO, SIX_YEARS, YEAR, utc,
 )
@@ -287,6 +289,40 @@ def load_postgres(work: Path, url: str) -> dict:
         return concurrent_backfills(work, url, "load_postgres", warehouse_url)
 
 
+def scaling_curve(work: Path) -> dict:
+    """`marketdata seed` of universes of 10, 100 and 300 symbols into DuckDB and PostgreSQL
+    (scale.py says what and why), from one emulator listing them all."""
+    from marketdata_assets.warehouse import open_warehouse
+    from marketdata_assets.warehouse.postgres import temporary_database
+
+    sizes = [int(n) for n in os.environ.get("MARKETDATA_BENCH_UNIVERSES", ",".join(map(str, UNIVERSES))).split(",")]
+    w = windows(dt.datetime.now(dt.UTC).date())
+    server = os.environ.get("MARKETDATA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+    found: dict = {"windows": {k: v.isoformat() for k, v in w.items()}, "universes": []}
+    with emulator(*(arg for listing in listings(max(sizes)) for arg in ("--listing", listing))) as url:
+        warmed: set[str] = set()
+        for count in sizes:
+            print(f"  {count} symbols: building archive files …", flush=True)
+            paths = universe_paths(count, w)
+            warm_archive(url, [p for p in paths if p not in warmed])
+            warmed = set(paths)
+            entry = {"symbols": count}
+            for backend in ("duckdb", "postgresql"):
+                run_dir = work / f"scale_{count}_{backend}"
+                run_dir.mkdir()
+                catalog(count, run_dir / "catalog.yaml", w)
+                with contextlib.ExitStack() as stack:
+                    warehouse_url = (f"duckdb:///{run_dir / 'universe.duckdb'}" if backend == "duckdb"
+                                     else stack.enter_context(temporary_database(server, "md_scale")))
+                    env = run_env(run_dir, url, MARKETDATA_CATALOG=str(run_dir / "catalog.yaml"),
+                                  MARKETDATA_WAREHOUSE_URL=warehouse_url)
+                    print(f"  {count} symbols into {backend} …", flush=True)
+                    entry[backend] = seed_universe(run_dir, env, w, run_measured, open_warehouse(warehouse_url))
+                    print(f"    {entry[backend]['seconds']:.0f} s, {entry[backend]['total_rows']:,} rows", flush=True)
+            found["universes"].append(entry)
+    return found
+
+
 def per_partition_runs(work: Path, url: str) -> dict:
     """Single-partition runs of the daily-partitioned variant, one process each."""
     samples = []
@@ -431,6 +467,9 @@ def main() -> None:
                 )
         if not only or "e_latency" in only:
             results.update(with_latency(work))
+        if not only or "scale" in only:
+            print("scale (the scaling curve; about N minutes) …", flush=True)
+            results["scale"] = scaling_curve(work)
         if only:
             print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1, default=str))
             return

@@ -38,10 +38,12 @@ def main() -> None:
 @click.option("--invalid-bar", multiple=True, metavar="SYMBOL/TF/TIME", help="A candle served with high < low.")
 @click.option("--failing-window", multiple=True, metavar="START/END[xN]",
               help="Requests touching this window get 503 until N of them have [5].")
+@click.option("--listing", multiple=True, metavar="MARKET:SYMBOL@YYYY-MM-DD",
+              help="A Binance symbol listed besides the real ones (spot or perp), from that day.")
 def emulator(
     host, port, spot_weight_limit, futures_weight_limit, fault_5xx_rate, fault_truncate_rate,
     fault_latency_ms, archive_missing, archive_corrupt, archive_corrupt_once, outage, invalid_bar,
-    failing_window,
+    failing_window, listing,
 ) -> None:
     """Serve the local emulators of every upstream until interrupted.
 
@@ -68,7 +70,7 @@ def emulator(
     from marketdata_assets.emulator import EmulatorConfig, FailingWindow, InvalidBar, Outage, build_app
 
     try:
-        config = EmulatorConfig.from_env()
+        config = EmulatorConfig.from_env().with_listings(listing)
         scenario = dataclasses.replace(
             config.scenario,
             outages=config.scenario.outages + tuple(Outage.parse(text) for text in outage),
@@ -76,7 +78,7 @@ def emulator(
             failing_windows=config.scenario.failing_windows + tuple(FailingWindow.parse(t) for t in failing_window),
         )
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        _fail("emulator", str(exc))
     faults = config.faults
     faults = dataclasses.replace(
         faults,

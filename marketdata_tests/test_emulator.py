@@ -174,7 +174,8 @@ def test_emulator_cli_serves_on_the_given_port(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "marketdata_assets.cli", "emulator", "--port", str(port), "--fault-latency-ms", "1"],
+        [sys.executable, "-m", "marketdata_assets.cli", "emulator", "--port", str(port), "--fault-latency-ms", "1",
+         "--listing", "spot:S001USDT@2021-03-01"],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -193,6 +194,11 @@ def test_emulator_cli_serves_on_the_given_port(tmp_path):
         assert [row[0] for row in response.json()] == [perp_listing, perp_listing + MINUTE]
         stats = httpx.get(f"http://127.0.0.1:{port}/emulator/stats").json()
         assert stats["binance"]["perp"]["answers"] == {"200": 1}
+        # a symbol listed on the command line: its candles from that day, and in exchangeInfo
+        extra = klines(f"http://127.0.0.1:{port}", symbol="S001USDT", startTime=0, limit=1).json()
+        assert extra[0][0] == int(utc(2021, 3, 1).timestamp() * 1000)
+        info = httpx.get(f"http://127.0.0.1:{port}/api/v3/exchangeInfo").json()
+        assert "S001USDT" in [entry["symbol"] for entry in info["symbols"]]
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from marketdata_assets.emulator.scenario import FailingWindow, InvalidBar, Outage, Scenario, documented_outages
@@ -99,12 +99,28 @@ class EmulatorConfig:
         listings[(market, symbol)] = int(first_open.timestamp() * 1000)
         return replace(self, listings=listings)
 
+    def with_listings(self, texts: Iterable[str]) -> EmulatorConfig:
+        """More Binance listings, each `MARKET:SYMBOL@YYYY-MM-DD` (the first candle at 00:00 UTC)."""
+        listings = dict(self.listings)
+        for text in texts:
+            market, _, rest = text.partition(":")
+            symbol, _, day = rest.partition("@")
+            try:
+                first = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+            except ValueError:
+                first = None
+            if market not in ("spot", "perp") or not symbol.isalnum() or first is None:
+                raise ValueError(f"listing {text!r} is not MARKET:SYMBOL@YYYY-MM-DD (market spot or perp)")
+            listings[(market, symbol.upper())] = int(first.timestamp() * 1000)
+        return replace(self, listings=listings)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmulatorConfig:
         """MARKETDATA_EMULATOR_{SPOT,FUTURES}_WEIGHT_LIMIT, _5XX_RATE, _TRUNCATE_RATE, _LATENCY_MS,
         _SEED, _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns) with
         _ARCHIVE_CORRUPT_ONCE=1, and the scenario: _OUTAGES (`[MARKET@]START/END`, added to the
-        documented ones), _INVALID_BARS (`SYMBOL/TF/TIME`), _FAILING_WINDOWS (`START/END[xN]`)."""
+        documented ones), _INVALID_BARS (`SYMBOL/TF/TIME`), _FAILING_WINDOWS (`START/END[xN]`), and
+        _LISTINGS (`MARKET:SYMBOL@YYYY-MM-DD`, added to the real ones)."""
         env = os.environ if env is None else env
 
         def number(name: str, default: float) -> float:
@@ -126,7 +142,7 @@ class EmulatorConfig:
             except ValueError as exc:
                 raise ValueError(f"MARKETDATA_EMULATOR_{name}: {exc}") from None
 
-        return cls(
+        config = cls(
             spot_weight_limit=int(number("SPOT_WEIGHT_LIMIT", 6000)),
             futures_weight_limit=int(number("FUTURES_WEIGHT_LIMIT", 2400)),
             faults=Faults(
@@ -146,3 +162,7 @@ class EmulatorConfig:
                 failing_windows=parsed("FAILING_WINDOWS", FailingWindow.parse),
             ),
         )
+        try:
+            return config.with_listings(names("LISTINGS"))
+        except ValueError as exc:
+            raise ValueError(f"MARKETDATA_EMULATOR_LISTINGS: {exc}") from None
