@@ -8,7 +8,7 @@ whose peak RSS is read with wait4. Nothing here is asserted: it is written down.
 bench.py runs the Dagster processes and the rest; children.py the measurements that need a
 process of their own; results.py writes RESULTS.md; workload.py holds what all of them measure.
 
-    uv run python bench/bench.py            # everything (about 8 minutes)
+    uv run python bench/bench.py            # everything (about 80 minutes, an hour of it the scaling curve)
     uv run python bench/bench.py --quick    # skip the 4-minute rate-limit run
 """
 
@@ -468,7 +468,7 @@ def main() -> None:
         if not only or "e_latency" in only:
             results.update(with_latency(work))
         if not only or "scale" in only:
-            print("scale (the scaling curve; about N minutes) …", flush=True)
+            print("scale (the scaling curve; about an hour) …", flush=True)
             results["scale"] = scaling_curve(work)
         if only:
             print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1, default=str))

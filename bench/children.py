@@ -67,8 +67,10 @@ def child_warehouse(url: str) -> dict:
         return pl.concat(frames).sort("open_time")
 
     frame = asyncio.run(collect())
-    batches = [frame.slice(i, 200_000) for i in range(0, frame.height, 200_000)]
-    out = {"rows": frame.height}
+    from marketdata_assets.ingest import DEFAULT_ROWS_PER_WRITE as size
+
+    batches = [frame.slice(i, size) for i in range(0, frame.height, size)]
+    out = {"rows": frame.height, "batch_rows": size}
     with tempfile.TemporaryDirectory() as scratch:
         warehouse = DuckDBWarehouse(Path(scratch) / "w.duckdb")
         for label in ("insert", "upsert_existing"):

@@ -5,13 +5,25 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 from dagster._core.errors import DagsterHomeNotSetError
+from dagster._core.instance.ref import InstanceRef
 from dagster._core.loader import LoadingContext
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from dagster._core.storage.event_log.base import AssetRecord
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+from dagster._core.storage.runs import SqliteRunStorage
+from dagster._core.storage.schedules import SqliteScheduleStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._core.utils import make_new_run_id
+from dagster._serdes import ConfigurableClassData
 from dagster._utils.schedules import is_valid_cron_string
 
 __all__ = [
@@ -27,6 +39,10 @@ __all__ = [
     "get_and_update_asset_status_cache_value",  # partition status as the UI computes it
     "is_valid_cron_string",  # MARKETDATA_SCHEDULE_CRON validated at load
     "make_new_run_id",  # a run id known before the run starts, for the progress watcher
+    # dagster_storage.py: Dagster's SQLite storage, subclassed to keep its event log open
+    "ConfigurableClassData", "DagsterSqliteStorage", "InstanceRef", "SQLITE_BUSY_TIMEOUT_SECONDS",
+    "SqliteEventLogStorage", "SqliteRunStorage", "SqliteScheduleStorage",
+    "_event_logs_directory", "_runs_directory", "_schedule_directory",
 ]
 
 

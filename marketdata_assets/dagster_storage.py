@@ -25,19 +25,21 @@ from typing import Any
 
 import yaml
 from dagster import DagsterInstance
-from dagster._core.instance.ref import InstanceRef
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    SqliteEventLogStorage as DagsterSqliteEventLogStorage,
-)
-from dagster._core.storage.runs import SqliteRunStorage
-from dagster._core.storage.schedules import SqliteScheduleStorage
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # type: ignore[attr-defined]
-from dagster._core.storage.sqlite_storage import (
-    DagsterSqliteStorage, _event_logs_directory, _runs_directory, _schedule_directory,
-)
-from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
+
+from marketdata_assets.dagster_internals import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    ConfigurableClassData,
+    DagsterSqliteStorage,
+    InstanceRef,
+    SqliteRunStorage,
+    SqliteScheduleStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
+from marketdata_assets.dagster_internals import SqliteEventLogStorage as DagsterSqliteEventLogStorage
 
 # Shards a process keeps open: a run writes its own and the index; the webserver reads many
 # runs' in turn, and the least recently used are closed past this many.

@@ -268,3 +268,29 @@ def test_a_postgresql_connection_lost_mid_write_is_written_again_once_then_fails
             or "server closed the connection unexpectedly" in message), message
     assert "already closed" not in message
     assert stored(warehouse).equals(rows)
+
+
+def test_postgresql_binary_and_csv_copies_store_the_same_rows(postgres_url):
+    """A batch of one series goes in COPY's binary format, one of several (or with a NULL) as CSV:
+    both read back as written, dates, small integers and microseconds included."""
+    from marketdata_assets.datasets.fear_greed import FEAR_GREED
+    from marketdata_assets.warehouse.postgres import binary_copy
+
+    warehouse = open_warehouse(postgres_url)
+    one = klines_frame("BTCUSDT", T0, 300).with_columns(  # microseconds survive the trip
+        pl.col("ingested_at").dt.offset_by("123456us"))
+    several = pl.concat([klines_frame("ETHUSDT", T0, 5), klines_frame("SOLUSDT", T0, 5)])
+    assert binary_copy(one, warehouse._column_types(KLINES)) is not None
+    assert binary_copy(several, warehouse._column_types(KLINES)) is None
+    for frame in (one, several):
+        assert warehouse.upsert(KLINES, frame) == frame.height
+    stored_rows = stored(warehouse)
+    assert stored_rows.equals(pl.concat([one, several]))  # BTCUSDT, ETHUSDT, SOLUSDT
+    days = pl.DataFrame({
+        "date": [dt.date(1999, 12, 31), dt.date(2000, 1, 1), dt.date(2024, 2, 29)],
+        "value": [20, 25, 30], "classification": ["Fear"] * 3, "source": ["rest"] * 3,
+        "ingested_at": [T0] * 3,
+    }).cast(FEAR_GREED.schema)  # type: ignore[arg-type]
+    assert binary_copy(days, warehouse._column_types(FEAR_GREED)) is not None
+    warehouse.upsert(FEAR_GREED, days)
+    assert warehouse.query("SELECT * FROM market_data.fear_greed ORDER BY date").equals(days)

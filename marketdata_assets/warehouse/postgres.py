@@ -41,6 +41,57 @@ _DTYPES: dict[int, pl.DataType] = {
 }
 
 
+# COPY's binary format per polars dtype: PostgreSQL's type name, and the big-endian numpy type of
+# the value (TEXT is handled apart: one value repeated down the batch).
+_BINARY: dict[type[pl.DataType], tuple[str, str]] = {
+    pl.Float64: ("float8", ">f8"), pl.Int64: ("int8", ">i8"), pl.Int32: ("int4", ">i4"),
+    pl.Int16: ("int2", ">i2"), pl.Boolean: ("bool", "u1"), pl.Date: ("date", ">i4"),
+    pl.Datetime: ("timestamptz", ">i8"),
+}
+_PG_EPOCH_DAYS = 10_957  # 2000-01-01, where PostgreSQL's dates and timestamps count from
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
+
+
+def binary_copy(frame: pl.DataFrame, pg_types: dict[str, str]) -> bytes | None:
+    """`frame` in COPY's binary format, or None where it does not apply (a NULL, a text column
+    with more than one value, a column whose type in the table is not the one its dtype maps to):
+    the caller sends CSV then. The server parses no text (a third less of its work on klines), and
+    every row has the same layout, so the rows are one numpy record array."""
+    import numpy as np
+
+    if frame.null_count().sum_horizontal().item():
+        return None
+    fields: list[tuple[str, str]] = [("count", ">i2")]
+    values: dict[str, Any] = {}
+    for name, dtype in frame.schema.items():
+        column = frame[name]
+        if dtype == pl.String:
+            if pg_types.get(name) != "text" or column.n_unique() != 1:
+                return None
+            text = column[0].encode()
+            fields += [(f"{name}_len", ">i4"), (name, f"S{len(text)}")]
+            values[name] = (len(text), text)
+            continue
+        kind = _BINARY.get(dtype.base_type())  # type: ignore[call-overload]
+        if kind is None or pg_types.get(name) != kind[0]:
+            return None
+        if dtype == pl.Date:
+            data = column.cast(pl.Int32).to_numpy() - _PG_EPOCH_DAYS
+        elif isinstance(dtype, pl.Datetime):
+            data = column.dt.convert_time_zone("UTC").dt.cast_time_unit("us").cast(pl.Int64).to_numpy() \
+                - _PG_EPOCH_DAYS * 86_400_000_000
+        else:
+            data = column.to_numpy()
+        fields += [(f"{name}_len", ">i4"), (name, kind[1])]
+        values[name] = (np.dtype(kind[1]).itemsize, data)
+    rows = np.empty(frame.height, dtype=fields)
+    rows["count"] = frame.width
+    for name, (length, data) in values.items():
+        rows[f"{name}_len"] = length
+        rows[name] = data
+    return _BINARY_HEADER + rows.tobytes() + b"\xff\xff"
+
+
 def _placeholders(sql: str) -> str:
     """`?` parameters to psycopg2's `%s` (a literal `%` doubled first)."""
     return sql.replace("%", "%%").replace("?", "%s")
@@ -71,6 +122,7 @@ class PostgresWarehouse(Warehouse):
         self._dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
         self._schema_ready = False
         self._ddl = threading.Lock()
+        self._types: dict[str, dict[str, str]] = {}
 
     @property
     def _where(self) -> str:
@@ -105,16 +157,20 @@ class PostgresWarehouse(Warehouse):
         if frame.is_empty():
             return 0
         frame = distinct_keys(table, frame.select(table.columns))
-        csv = io.BytesIO()
-        frame.write_csv(csv, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
-        csv.seek(0)
+        encoded = binary_copy(frame, self._column_types(table))
+        if encoded is not None:
+            rows, fmt = io.BytesIO(encoded), "binary"
+        else:
+            rows, fmt = io.BytesIO(), "csv"
+            frame.write_csv(rows, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
+            rows.seek(0)
         probe = overlap_probe(table, frame)
         try:
-            self._write(table, csv, probe)
+            self._write(table, rows, fmt, probe)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            csv.seek(0)  # the connection was lost, so nothing was written: once more on a new one
+            rows.seek(0)  # the connection was lost, so nothing was written: once more on a new one
             try:
-                self._write(table, csv, probe)
+                self._write(table, rows, fmt, probe)
             except psycopg2.Error as exc:
                 raise self._write_failed(table, frame.height, exc, " (and again on a new connection)") from None
         except psycopg2.Error as exc:
@@ -127,7 +183,18 @@ class PostgresWarehouse(Warehouse):
             f"nothing of them written: {_cause(exc)}"
         )
 
-    def _write(self, table: TableSpec, csv: io.BytesIO, probe: tuple[str, list[Any]]) -> None:
+    def _column_types(self, table: TableSpec) -> dict[str, str]:
+        """Each column's type name in the server's table (`float8`, `text`, …), asked once."""
+        if table.qualified_name not in self._types:
+            schema, name = table.qualified_name.split(".")
+            found = self.query(
+                "SELECT a.attname AS name, t.typname AS type FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE n.nspname = ? AND c.relname = ? AND a.attnum > 0 AND NOT a.attisdropped", [schema, name])
+            self._types[table.qualified_name] = dict(found.iter_rows())
+        return self._types[table.qualified_name]
+
+    def _write(self, table: TableSpec, rows: io.BytesIO, fmt: str, probe: tuple[str, list[Any]]) -> None:
         columns = ", ".join(table.columns)
         with self.connect() as con:
             try:
@@ -136,17 +203,17 @@ class PostgresWarehouse(Warehouse):
                     if cur.fetchone() is None:
                         try:
                             cur.execute("SAVEPOINT fresh")
-                            cur.copy_expert(f"COPY {table.qualified_name} ({columns}) FROM STDIN WITH (FORMAT csv)", csv)
+                            cur.copy_expert(f"COPY {table.qualified_name} ({columns}) FROM STDIN WITH (FORMAT {fmt})", rows)
                             con.commit()
                             return
                         except psycopg2.errors.UniqueViolation:
                             # Another writer stored one of these keys since the probe: upsert instead.
                             cur.execute("ROLLBACK TO SAVEPOINT fresh")
-                            csv.seek(0)
+                            rows.seek(0)
                     cur.execute(
                         f"CREATE TEMPORARY TABLE staging (LIKE {table.qualified_name} INCLUDING DEFAULTS) ON COMMIT DROP"
                     )
-                    cur.copy_expert(f"COPY staging ({columns}) FROM STDIN WITH (FORMAT csv)", csv)
+                    cur.copy_expert(f"COPY staging ({columns}) FROM STDIN WITH (FORMAT {fmt})", rows)
                     cur.execute(
                         f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM staging "
                         f"{table.on_conflict_update}"
