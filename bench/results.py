@@ -191,7 +191,8 @@ def report(results: dict) -> str:
         f"Four `dagster asset materialize` processes started together, one symbol each "
         f"({', '.join(LOAD_SYMBOLS)}), 1m bars {LOAD_MONTHS[0]}…{LOAD_MONTHS[1]} (24 monthly partitions) from the",
         "archive, one default SQLite instance; wall time until the last ends. PostgreSQL 15 on the same",
-        "machine (COPY into a staging table, then the upsert, one transaction per write batch).",
+        "machine (a write batch none of whose keys is stored is COPYed straight into the table, in COPY's binary",
+        "format, one transaction per batch).",
         "",
         "| warehouse | rows | distinct keys | wall | rows/s |",
         "|---|---|---|---|---|",
