@@ -13,8 +13,6 @@ build time is not ours.
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,27 +89,12 @@ query AssetCatalog {
 
 
 def asset_catalog_seconds(env: dict[str, str], times: int = 3) -> dict:
-    """The webserver on the seeded home: seconds to come up, and its asset catalog query (the
-    asset list the UI opens with), the median of `times`."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    """The webserver on the seeded home (the tests' own launcher): seconds to come up, and its
+    asset catalog query (the asset list the UI opens with), the median of `times`."""
+    from marketdata_tests.ui import webserver
+
     began = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-m", "marketdata_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit("the webserver exited")
-            try:
-                if httpx.get(url + "/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+    with webserver(env) as url:
         up = time.perf_counter() - began
         runs, nodes = [], 0
         for _ in range(times):
@@ -119,10 +102,7 @@ def asset_catalog_seconds(env: dict[str, str], times: int = 3) -> dict:
             answer = httpx.post(url + "/graphql", json={"query": ASSET_CATALOG_QUERY}, timeout=600).json()
             runs.append(time.perf_counter() - began)
             nodes = len(answer["data"]["assetsOrError"]["nodes"])
-        return {"startup_seconds": up, "query_seconds": sorted(runs)[times // 2], "assets": nodes}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    return {"startup_seconds": up, "query_seconds": sorted(runs)[times // 2], "assets": nodes}
 
 
 def seed_universe(run_dir: Path, env: dict[str, str], w: dict[str, dt.date], run_measured, warehouse) -> dict:
