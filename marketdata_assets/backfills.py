@@ -390,15 +390,22 @@ def _as_cause(message: str, class_name: str | None) -> str:
 
 
 def _watch(instance: dg.DagsterInstance, run_id: str, progress: Callable[[int], None], finished: threading.Event):
-    """Report materializations of `run_id` as they are recorded, until `finished`, then the rest."""
-    reported = 0
+    """Report materializations of `run_id` as they are recorded, until `finished`, then the rest.
+
+    Each poll reads only the records after the last one seen: a run of 1,500 assets records
+    45,000 materializations, and reading them all twice a second made every asset of a long run
+    slower than the one before."""
+    cursor = None
     while True:
         done = finished.wait(0.5)
-        count = len(instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION,
-                                                 limit=100_000).records)
-        if count > reported:
-            progress(count - reported)
-            reported = count
+        while True:
+            found = instance.get_records_for_run(run_id, cursor=cursor, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION,
+                                                 limit=10_000)
+            if found.records:
+                progress(len(found.records))
+                cursor = found.cursor
+            if not found.has_more:
+                break
         if done:
             return
 

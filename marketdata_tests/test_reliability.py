@@ -48,9 +48,10 @@ def klines_counts(url: str) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def slow_emulator():
-    """Binance answering after 100 ms: three months of 1m bars over REST take a second or two,
-    one month after the other, so the run can be killed between its writes."""
-    with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=100))) as server:
+    """Binance answering after 300 ms: three months of 1m bars over REST take about four seconds,
+    one write window after the other, so the run can be killed between its writes (a run keeps
+    DuckDB's file open up to a second at a time: the test sees the rows at the next turn)."""
+    with EmulatorServer(EmulatorConfig(faults=Faults(latency_ms=300))) as server:
         yield server
 
 

@@ -3,6 +3,7 @@ one transaction, nothing lost by a shorter re-fetch, concurrent writer processes
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing
 import threading
@@ -124,7 +125,7 @@ def test_threads_opening_a_duckdb_file_at_once_each_write(tmp_path):
     at that moment got a half-built one ("python_arrow_scan does not exist", "Unique file handle
     conflict"); the ingest's two concurrent writes do exactly that on a fresh process."""
     warehouse = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
-    stored(warehouse)  # the file and its schema exist; no connection stays open between attempts
+    stored(warehouse)  # the file and its schema exist
     for attempt in range(30):
         start = threading.Barrier(3)
         errors: list[str] = []
@@ -150,6 +151,59 @@ def test_threads_opening_a_duckdb_file_at_once_each_write(tmp_path):
             thread.join()
         assert errors == [], errors
     assert stored(warehouse).height == 30 * 20
+
+
+def _open_when_free(path: str, began: float, answer) -> None:
+    """In another process: DuckDB's own connect (no waiting of ours), tried until the file is free."""
+    import time
+
+    import duckdb
+
+    while True:
+        try:
+            with duckdb.connect(path, read_only=True) as con:
+                answer.put((time.time() - began, con.execute("SELECT count(*) FROM market_data.klines").fetchone()[0]))
+                return
+        except duckdb.IOException:
+            time.sleep(0.01)
+
+
+def test_a_process_keeps_the_duckdb_file_only_while_it_uses_it(tmp_path):
+    """Opening the file for each of an asset's queries cost ~20 ms and a checkpoint each, so a
+    process keeps it open while its operations follow one another, and lets it go when idle and
+    at least every few seconds when busy: another process waiting for the file gets it."""
+    import queue
+    import time
+
+    path = tmp_path / "w.duckdb"
+    warehouse = open_warehouse(f"duckdb:///{path}")
+    warehouse.upsert(KLINES, klines_frame("BTCUSDT", T0, 100))
+    context = multiprocessing.get_context("spawn")
+
+    # idle: this process stays alive and asks nothing more; the file is free within a second or so
+    answer = context.Queue()
+    began = time.time()
+    other = context.Process(target=_open_when_free, args=(str(path), began, answer))
+    other.start()
+    waited, rows = answer.get(timeout=60)
+    other.join(timeout=60)
+    assert rows == 100
+
+    # busy: a stream of queries with no pause for 20 s; the other process still gets the file,
+    # each of our queries waiting while it has it, and every query answered
+    answer = context.Queue()
+    other = context.Process(target=_open_when_free, args=(str(path), time.time(), answer))
+    counts, began = [], time.monotonic()
+    other.start()
+    while time.monotonic() - began < 20:
+        counts.append(stored(warehouse).height)
+        with contextlib.suppress(queue.Empty):
+            if answer.get_nowait()[1] == 100:
+                break
+    else:
+        raise AssertionError(f"the other process did not get the file in 20 s of our {len(counts)} queries")
+    other.join(timeout=60)
+    assert set(counts) == {100} and len(counts) > 10
 
 
 def test_bad_urls_and_the_ambiguous_file_name_are_refused(tmp_path):

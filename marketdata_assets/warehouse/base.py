@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,12 @@ class Warehouse(abc.ABC):
             return self._read(con, sql, list(params))
         with self.connect() as con:
             return self._read(con, sql, list(params))
+
+    def kept_open(self) -> AbstractContextManager[None]:
+        """Inside the block the warehouse may keep what it opened open between operations (a
+        run's asset asks it half a dozen questions in a second); other processes still get
+        their turn. Only DuckDB's file costs enough to open for this to matter."""
+        return nullcontext()
 
     @contextmanager
     def session(self) -> Iterator[None]:

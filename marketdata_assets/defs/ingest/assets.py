@@ -103,7 +103,8 @@ def build_dataset_assets(dataset: "Dataset", group: list["Series"], warehouse_ki
         for key in chosen:
             names = {c.name for c in context.selected_asset_check_keys if c.asset_key == key}
             try:
-                yield from _materialize_one(context, dataset, by_key[key], key, partitions, names)
+                with context.resources.warehouse.open().kept_open():
+                    yield from _materialize_one(context, dataset, by_key[key], key, partitions, names)
             except Exception as exc:  # the others of the run still go; it fails at the end, naming this
                 if len(chosen) == 1:
                     raise
