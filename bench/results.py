@@ -246,12 +246,15 @@ def report(results: dict) -> str:
 
 
 def growth(values: list[float], sizes: list[int]) -> str:
-    """How a cost grows from the smallest universe to the largest, against the universe."""
-    if len(values) < 2 or not values[0]:
+    """How a cost grows with the universe, step by step (10 → 100 → 300): each step's factor
+    against the universe's, judged on the last step, where fixed costs no longer hide the rest."""
+    if len(values) < 2 or not all(values):
         return "—"
-    factor = (values[-1] / values[0]) / (sizes[-1] / sizes[0])
+    steps = list(zip(zip(values, values[1:]), zip(sizes, sizes[1:])))
+    factor = (values[-1] / values[-2]) / (sizes[-1] / sizes[-2])
     word = "linear" if 0.75 <= factor <= 1.33 else "less than linear" if factor < 0.75 else "worse than linear"
-    return f"{word} (×{values[-1] / values[0]:.1f} for ×{sizes[-1] / sizes[0]:.0f} symbols)"
+    said = ", then ".join(f"×{b / a:.1f} for ×{n / m:.0f} symbols" for (a, b), (m, n) in steps)
+    return f"{word} from {sizes[-2]} to {sizes[-1]} symbols ({said})"
 
 
 def scaling(found: dict) -> list[str]:
@@ -296,4 +299,12 @@ def scaling(found: dict) -> list[str]:
             f"- the asset catalog query: {growth([r['webserver']['query_seconds'] for r in rows], sizes)}",
             "",
         ]
+        drift = rows[-1].get("drift")
+        if drift:
+            lines += [
+                f"Within the runs of {sizes[-1]} symbols, seconds an asset over the first tenth of each dataset's "
+                "assets and over the last tenth (a run slowing down as it goes would show the second larger): "
+                + "; ".join(f"{name} {first:.2f} → {last:.2f} s" for name, (first, last) in sorted(drift.items())) + ".",
+                "",
+            ]
     return lines

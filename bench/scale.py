@@ -122,7 +122,7 @@ def seed_universe(run_dir: Path, env: dict[str, str], w: dict[str, dt.date], run
     return {
         "seconds": hourly["seconds"] + seed["seconds"], "hourly_seconds": hourly["seconds"],
         "rss_mb": max(hourly["rss_mb"], seed["rss_mb"]), "rows": rows, "total_rows": sum(rows.values()),
-        "runs": log.count("\ndone   "), "bookkeeping": bookkeeping(env),
+        "runs": log.count("\ndone   "), "bookkeeping": bookkeeping(env), "drift": drift(env),
         "report_seconds": report["seconds"], "report_rss_mb": report["rss_mb"],
         "summary_seconds": summary["seconds"],
         "webserver": asset_catalog_seconds(env),
@@ -145,5 +145,32 @@ def bookkeeping(env: dict[str, str]) -> dict:
             data += run["seconds"]
             recording += sum(run.get("bookkeeping_seconds", {}).values())
         return {"data_path_seconds": data, "recording_seconds": recording}
+    finally:
+        instance.dispose()
+
+
+def drift(env: dict[str, str]) -> dict[str, list[float]]:
+    """Whether an asset costs more the later it comes in a long run: per dataset, the seconds
+    between one asset's last materialization and the next's in its run (every run of the home),
+    averaged over the first tenth of that dataset's assets and over the last tenth."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    try:
+        found: dict[str, list[float]] = {}
+        for run in instance.get_runs():
+            last: dict[dg.AssetKey, float] = {}
+            for record in instance.get_records_for_run(
+                    run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10_000_000).records:
+                last[record.event_log_entry.dagster_event.asset_key] = record.event_log_entry.timestamp
+            by_dataset: dict[str, list[float]] = {}
+            for key, moment in sorted(last.items(), key=lambda item: item[1]):
+                by_dataset.setdefault(key.path[1], []).append(moment)
+            for dataset, moments in by_dataset.items():
+                gaps = [b - a for a, b in zip(moments, moments[1:])]
+                if len(gaps) >= 10:
+                    tenth = len(gaps) // 10
+                    found[dataset] = [sum(gaps[:tenth]) / tenth, sum(gaps[-tenth:]) / tenth]
+        return found
     finally:
         instance.dispose()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from marketdata_assets.audit import SAMPLES, Interval, samples_table
@@ -100,22 +101,25 @@ class FuturesStatistic(InstrumentDataset):
         audits = []
         step = int(SNAPSHOT_INTERVAL.total_seconds())
         for name in self.series_names:
-            series = rows.filter(pl.col("series") == name)
-            times: list[dt.datetime] = series["snapshot_time"].to_list()
-            expected_from = min(times[0], first_window_end) if times else first_window_end
+            series = rows.filter(pl.col("series") == name)["snapshot_time"]
+            expected_from = min(series[0], first_window_end) if series.len() else first_window_end
             until = min(end, now - SNAPSHOT_INTERVAL)  # the newest snapshot may not be published yet
             if end > current_window_start:
-                newest = times[-1] + SNAPSHOT_INTERVAL if times else current_window_start
+                newest = series[-1] + SNAPSHOT_INTERVAL if series.len() else current_window_start
                 until = min(until, max(newest, current_window_start))
             lower = max(start, expected_from)
             first_mark = -(-int(lower.timestamp()) // step) * step
             marks = max(0, -(-(int(until.timestamp()) - first_mark) // step))
-            stamps = sorted({int(t.timestamp()) for t in times if lower <= t < until and int(t.timestamp()) % step == 0})
-            gaps, cursor = [], first_mark
-            for stamp in stamps + [first_mark + marks * step]:
-                if stamp > cursor:
-                    gaps.append((dt.datetime.fromtimestamp(cursor, dt.UTC), dt.datetime.fromtimestamp(stamp, dt.UTC)))
-                cursor = stamp + step
+            # the distinct grid marks stored in [lower, until), in whole seconds (a day's 288 a
+            # partition, thousands a window: in polars, not a Python loop over datetimes)
+            inside = series.filter((series >= lower) & (series < until)).dt.epoch("s")
+            stamps = inside.filter(inside % step == 0).unique().sort().to_numpy()
+            # a gap runs from each mark's successor (the window's first mark for the first) to the
+            # next mark stored (the window's end after the last), where they differ
+            starts = np.concatenate(([first_mark], stamps + step))
+            stops = np.concatenate((stamps, [first_mark + marks * step]))
+            gaps = [(dt.datetime.fromtimestamp(int(a), dt.UTC), dt.datetime.fromtimestamp(int(b), dt.UTC))
+                    for a, b in zip(starts, stops, strict=True) if b > a]
             broken = rows.filter((pl.col("series") == name) & pl.col("broken"))
             samples = warehouse.query(
                 f"SELECT * FROM {table} WHERE venue = ? AND symbol = ? AND snapshot_time >= ? AND snapshot_time < ? "

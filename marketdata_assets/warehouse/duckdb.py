@@ -7,14 +7,15 @@ another process holds it: concurrent runs queue instead of failing.
 Opening the file costs ~20 ms and closing it checkpoints the write-ahead log (up to ~250 ms), and
 an asset of a run asks the warehouse half a dozen times. Inside `kept_open()` (a run's asset) the
 first operation opens the file and the database instance stays open while operations follow
-(each then connects to it in ~0.1 ms); it is closed at the first moment no operation uses it
-once it has been open `HOLD_SECONDS`, and the process then lets `COURTESY_SECONDS` pass before
-opening it again: another process waiting for the file (trying every `POLL_SECONDS` at most)
+(each then connects to it in ~0.1 ms), across the run's next assets too; it is closed at the
+first moment no operation uses it once it has been open `HOLD_SECONDS`, and the process then
+lets `COURTESY_SECONDS` pass before opening it again: another process waiting for the file (trying every `POLL_SECONDS` at most)
 gets it at least that often. Outside, every operation opens and closes the file.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import random
 import threading
@@ -66,7 +67,13 @@ class DuckDBWarehouse(Warehouse):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An open connection with the schema in place; waits while another process holds the file."""
+        """An open connection with the schema in place; waits while another process holds the file.
+        Inside a session of this thread, the session's (a check that stores what it learned
+        writes from inside one: waiting for a connection of its own could wait on itself)."""
+        session = getattr(self._sessions, "con", None)
+        if session is not None:
+            yield session
+            return
         with self._local, self._kept.using(self._lock_timeout_s):
             with _OPEN_CLOSE:  # the file is open in this process: this connects to its instance
                 con = duckdb.connect(str(self.path))
@@ -148,6 +155,7 @@ class _KeptOpen:
         self._anchor: duckdb.DuckDBPyConnection | None = None
         self._users = self._keeping = 0
         self._opened = self._closed_at = 0.0
+        self._lingers = False  # opened inside kept(): stays until HOLD_SECONDS even after it ends
         self._reaper: threading.Thread | None = None
 
     @contextmanager
@@ -157,6 +165,7 @@ class _KeptOpen:
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap, name=f"duckdb-release {self.path.name}", daemon=True)
                 self._reaper.start()
+                atexit.register(self.close_if_unused)
         try:
             yield
         finally:
@@ -177,12 +186,19 @@ class _KeptOpen:
                 self._close_if_due()
 
     def _close_if_due(self) -> None:  # with self._state held
+        """Closed when unused, unless it was opened inside kept() less than HOLD_SECONDS ago (the
+        next asset of a run comes within milliseconds): then the reaper closes it at that time."""
         if self._anchor is None or self._users:
             return
-        if not self._keeping or time.monotonic() - self._opened >= HOLD_SECONDS:
+        if not self._lingers or time.monotonic() - self._opened >= HOLD_SECONDS:
             self._close()
         else:
-            self._state.notify_all()  # the reaper closes it when its time is up
+            self._state.notify_all()
+
+    def close_if_unused(self) -> None:
+        with self._state:
+            if self._anchor is not None and not self._users:
+                self._close()
 
     def _ensure_open(self, lock_timeout_s: float) -> None:
         with self._state:
@@ -195,6 +211,7 @@ class _KeptOpen:
             if self._anchor is None:  # or another thread opened it meanwhile
                 self._anchor = self._open(lock_timeout_s)
                 self._opened = time.monotonic()
+                self._lingers = self._keeping > 0
 
     def _open(self, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
