@@ -101,7 +101,7 @@ class EmulatorConfig:
 
     def with_listings(self, texts: Iterable[str]) -> EmulatorConfig:
         """More Binance listings, each `MARKET:SYMBOL@YYYY-MM-DD` (the first candle at 00:00 UTC)."""
-        listings = dict(self.listings)
+        config = self
         for text in texts:
             market, _, rest = text.partition(":")
             symbol, _, day = rest.partition("@")
@@ -111,8 +111,8 @@ class EmulatorConfig:
                 first = None
             if market not in ("spot", "perp") or not symbol.isalnum() or first is None:
                 raise ValueError(f"listing {text!r} is not MARKET:SYMBOL@YYYY-MM-DD (market spot or perp)")
-            listings[(market, symbol.upper())] = int(first.timestamp() * 1000)
-        return replace(self, listings=listings)
+            config = config.with_listing(market, symbol.upper(), first)
+        return config
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmulatorConfig:

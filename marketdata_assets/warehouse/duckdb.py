@@ -9,8 +9,9 @@ an asset of a run asks the warehouse half a dozen times. Inside `kept_open()` (a
 first operation opens the file and the database instance stays open while operations follow
 (each then connects to it in ~0.1 ms), across the run's next assets too; it is closed at the
 first moment no operation uses it once it has been open `HOLD_SECONDS`, and the process then
-lets `COURTESY_SECONDS` pass before opening it again: another process waiting for the file (trying every `POLL_SECONDS` at most)
-gets it at least that often. Outside, every operation opens and closes the file.
+lets `COURTESY_SECONDS` pass before opening it again: another process waiting for the file
+(trying every `POLL_SECONDS` at most) gets it at least that often. Outside, every operation
+opens and closes the file.
 """
 
 from __future__ import annotations
@@ -32,11 +33,6 @@ from marketdata_assets.schemas import TableSpec
 from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys, overlap_probe
 
 _LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
-# DuckDB keeps one database instance per file in a process and tears it down when its last
-# connection closes. A connect racing that teardown in another thread can get an instance half
-# gone ("Table Function with name python_arrow_scan does not exist!" on the next register), so
-# opening and closing connections take turns within the process.
-_OPEN_CLOSE = threading.Lock()
 
 HOLD_SECONDS = 1.0
 COURTESY_SECONDS = 0.05
@@ -75,8 +71,7 @@ class DuckDBWarehouse(Warehouse):
             yield session
             return
         with self._local, self._kept.using(self._lock_timeout_s):
-            with _OPEN_CLOSE:  # the file is open in this process: this connects to its instance
-                con = duckdb.connect(str(self.path))
+            con = duckdb.connect(str(self.path))  # to the instance the keeper holds open meanwhile
             try:
                 con.execute("SET TimeZone = 'UTC'")
                 with self._ddl:
@@ -86,7 +81,7 @@ class DuckDBWarehouse(Warehouse):
                         self._schema_ready = True
                 yield con
             finally:
-                with _OPEN_CLOSE, contextlib.suppress(duckdb.Error):  # invalidated by an error already raised
+                with contextlib.suppress(duckdb.Error):  # invalidated by an error already raised
                     con.close()
 
     def kept_open(self) -> AbstractContextManager[None]:
@@ -147,7 +142,12 @@ class _KeptOpen:
     """The database instance of one file in this process. Inside `kept()` a connection of our
     own keeps it open from the first operation on, until no operation uses it and it has been
     open `HOLD_SECONDS` (a reaper thread closes it then if nothing else does); outside, it is
-    closed when the last operation ends."""
+    closed when the last operation ends.
+
+    Only this connection opens and closes the instance, one thread at a time (under `_state`),
+    and never while an operation's connection is open. DuckDB tears an instance down when its
+    last connection closes, and a connect racing that teardown got an instance half gone
+    ("Table Function with name python_arrow_scan does not exist!" on the next register)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -219,8 +219,7 @@ class _KeptOpen:
         delay = 0.005
         while True:
             try:
-                with _OPEN_CLOSE:
-                    return duckdb.connect(str(self.path))
+                return duckdb.connect(str(self.path))
             except duckdb.IOException as exc:
                 if not any(marker in str(exc) for marker in _LOCK_MARKERS):
                     raise WarehouseError(f"DuckDB file {self.path}: {exc}") from None
@@ -247,5 +246,5 @@ class _KeptOpen:
     def _close(self) -> None:  # with self._state held
         anchor, self._anchor = self._anchor, None
         self._closed_at = time.monotonic()
-        with _OPEN_CLOSE, contextlib.suppress(duckdb.Error):
+        with contextlib.suppress(duckdb.Error):
             anchor.close()

@@ -174,9 +174,8 @@ def _materialize_one(
                                         series_rows),
         )
     spent = {"recording_partitions": clock() - began}
-    # The checks' questions share one connection: opening DuckDB's file costs ~9 ms, and they ask
-    # a few (it is not held while Dagster records events; the picture below reads the warehouse
-    # in a thread of its own, with its own).
+    # The checks' questions share one connection, and the writes they make use it too (the
+    # picture below reads the warehouse in a thread of its own, with its own).
     began = clock()
     with store.session():
         evaluations = list(checked_per_partition(context.instance, key, landed, checks))
