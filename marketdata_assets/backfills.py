@@ -116,17 +116,18 @@ def dataset_assets(definitions: dg.Definitions, dataset: str, symbols: Sequence[
 def selections(
     specs: Iterable[dg.AssetSpec], wanted: Callable[[dg.AssetSpec], list[str]],
 ) -> list[Selection]:
-    """One Selection per run of adjacent wanted partitions shared by assets of one PartitionsDefinition."""
-    groups: dict[tuple[dg.TimeWindowPartitionsDefinition, str, str], list[dg.AssetKey]] = defaultdict(list)
+    """One Selection per run of adjacent wanted partitions shared by assets of one PartitionsDefinition;
+    the assets derived from others' rows after the rest (so a local seed runs their inputs first)."""
+    groups: dict[tuple[bool, dg.TimeWindowPartitionsDefinition, str, str], list[dg.AssetKey]] = defaultdict(list)
     for spec in specs:
         partitions = spec.partitions_def
         assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
         for first, last in adjacent_runs(partitions, wanted(spec)):
-            groups[(partitions, first, last)].append(spec.key)
+            groups[(bool(spec.deps), partitions, first, last)].append(spec.key)
     return [
         Selection(tuple(sorted(keys, key=lambda k: k.path)), partitions, first, last)
-        for (partitions, first, last), keys in sorted(
-            groups.items(), key=lambda item: (item[0][0].start, item[0][1], item[1][0].path))
+        for (_, partitions, first, last), keys in sorted(
+            groups.items(), key=lambda item: (item[0][0], item[0][1].start, item[0][2], item[1][0].path))
     ]
 
 

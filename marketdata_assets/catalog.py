@@ -270,7 +270,23 @@ class Catalog(BaseModel):
                     raise ValueError(f"series[{index}] ({entry.describe()}) repeats series[{keys_seen[ident]}]"
                                      + (f" for key {key}" if key else ""))
                 keys_seen[ident] = index
+        self._inputs_kept()
         return self
+
+    def _inputs_kept(self) -> None:
+        """ValueError naming the entry when a derived series' input (ssr's market_cap) is not in
+        the catalog: it would have nothing to read."""
+        from marketdata_assets.datasets import all_datasets
+
+        every = [(each, series) for each in all_datasets() for series in each.series_of(self)]
+        kept = {each.asset_key(series) for each, series in every}
+        for each, series in every:
+            for needed in each.input_keys(each.asset_key(series)):
+                if needed not in kept:
+                    index = next(i for i, e in enumerate(self.series)
+                                 if e.dataset == each.name and series.key in (e.keys or (None,)))
+                    raise ValueError(f"series[{index}] ({self.series[index].describe()}): {each.name} reads "
+                                     f"{needed.to_user_string()}, which the catalog does not keep")
 
     def find(self, venue: str, market: str, symbol: str) -> Instrument | None:
         for instrument in self.instruments:

@@ -107,9 +107,10 @@ def emulator(
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         url = f"http://{host}:{bound}"
         click.echo(f"emulator listening on {url}", err=True)
-        from marketdata_assets.settings import ENDPOINT_DEFAULTS
+        from marketdata_assets.settings import emulated_endpoints
 
-        click.echo("export " + " ".join(f"{variable}={url}" for variable, _ in ENDPOINT_DEFAULTS.values()), err=True)
+        click.echo("export " + " ".join(f"{variable}={value}" for variable, value in emulated_endpoints(url).items()),
+                   err=True)
 
     import asyncio
 

@@ -15,7 +15,11 @@ from collections.abc import Callable
 
 import click
 
-from marketdata_assets.settings import ENDPOINT_DEFAULTS
+from marketdata_assets.settings import emulated_endpoints
+
+# The emulator takes any well-formed FRED key; a real FRED_API_KEY in the environment is kept
+# (it is never sent anywhere but the emulator here).
+DEMO_FRED_KEY = "0123456789abcdef0123456789abcdef"
 
 
 def start_emulator(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
@@ -46,8 +50,10 @@ def run_demo(from_raw: str | None, to_raw: str | None, run_seed: Callable[[dict,
     env.setdefault("MARKETDATA_WAREHOUSE_URL", "duckdb:///.marketdata/warehouse.duckdb")
     emulator, url = start_emulator(env)
     try:
-        for variable, _ in ENDPOINT_DEFAULTS.values():  # every upstream, emulated on one port
-            env[variable] = url
+        env.update(emulated_endpoints(url))  # every upstream, emulated on one port
+        env.setdefault("FRED_API_KEY", DEMO_FRED_KEY)
+        # the seed runs in this process, whose runs read the key from its own environment
+        os.environ.setdefault("FRED_API_KEY", env["FRED_API_KEY"])
         click.echo(f"emulator at {url}")
         began = time.perf_counter()
         ok = run_seed(env, from_raw, to_raw)

@@ -21,10 +21,17 @@ ENDPOINT_DEFAULTS = {
     "bybit_url": ("MARKETDATA_BYBIT_URL", "https://api.bybit.com"),
     "fear_greed_url": ("MARKETDATA_FEAR_GREED_URL", "https://api.alternative.me"),
     "defillama_url": ("MARKETDATA_DEFILLAMA_URL", "https://stablecoins.llama.fi"),
+    "blockchain_url": ("MARKETDATA_BLOCKCHAIN_URL", "https://api.blockchain.info"),
     "fred_url": ("MARKETDATA_FRED_URL", "https://api.stlouisfed.org/fred"),
     "deribit_url": ("MARKETDATA_DERIBIT_URL", "https://www.deribit.com"),
     "databento_url": ("MARKETDATA_DATABENTO_URL", "https://hist.databento.com"),
 }
+
+
+def emulated_endpoints(url: str) -> dict[str, str]:
+    """Every upstream's URL variable pointed at one emulator (`marketdata emulator`), each at the
+    upstream's own path (FRED's `/fred`)."""
+    return {variable: url.rstrip("/") + urlsplit(default).path for variable, default in ENDPOINT_DEFAULTS.values()}
 
 
 _SECRET_PARAMS = {"password", "pass", "passwd", "api_key", "apikey", "key", "token", "secret"}
@@ -95,6 +102,7 @@ class Settings:
     bybit_url: str = ENDPOINT_DEFAULTS["bybit_url"][1]
     fear_greed_url: str = ENDPOINT_DEFAULTS["fear_greed_url"][1]
     defillama_url: str = ENDPOINT_DEFAULTS["defillama_url"][1]
+    blockchain_url: str = ENDPOINT_DEFAULTS["blockchain_url"][1]
     fred_url: str = ENDPOINT_DEFAULTS["fred_url"][1]
     deribit_url: str = ENDPOINT_DEFAULTS["deribit_url"][1]
     databento_url: str = ENDPOINT_DEFAULTS["databento_url"][1]

@@ -53,3 +53,9 @@ def next_month(moment: dt.datetime) -> dt.datetime:
     """The first instant of the month after `moment`'s."""
     first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return (first + dt.timedelta(days=32)).replace(day=1)
+
+
+def end_day(end: dt.datetime) -> dt.date:
+    """The first UTC day not in a window ending at `end` (a day begun before `end` is in it)."""
+    end = end.astimezone(dt.UTC)
+    return end.date() if end.time() == dt.time(0) else end.date() + dt.timedelta(days=1)

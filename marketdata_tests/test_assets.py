@@ -88,8 +88,13 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
            for symbol in ("BTCUSDT", "ETHUSDT")]
         + ["okx_perp/funding/BTC_USDT_SWAP", "okx_perp/funding/ETH_USDT_SWAP",
            "bybit_perp/funding/BTCUSDT", "bybit_perp/funding/ETHUSDT"]
-        + ["alternative_me/fear_greed"]
+        + ["alternative_me/fear_greed", "defillama/stablecoin_supply", "blockchain_com/market_cap/BTC", "derived/ssr/BTC"]
+        + [f"fred/macro/{series}" for series in ("DGS10", "DGS2", "DFF", "CPIAUCSL", "PCEPILFE", "UNRATE", "M2SL",
+                                                 "VIXCLS", "DCOILWTICO", "DCOILBRENTEU", "NASDAQQGLDI", "DTWEXBGS")]
     )
+    macro = specs["fred/macro/CPIAUCSL"]
+    assert (macro.group_name, macro.partitions_def.get_first_partition_key()) == ("fred", "2000-01-01")  # yearly
+    assert macro.partitions_def.get_next_partition_key("2000-01-01") == "2001-01-01"
     btc_perp_1m = specs["binance_perp/klines_1m/BTCUSDT"]
     assert btc_perp_1m.group_name == "binance_perp"
     # Dagster's own table keys, so the UI names the table and lists its columns (README, Warehouse)
@@ -122,11 +127,13 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
     assert sorted(schedule.name for schedule in definitions.schedules) == [
         "fear_greed_daily", "funding_8h_since_2019_09", "funding_8h_since_2019_11", "funding_8h_since_2019_12",
         "funding_8h_since_2020_03", "funding_8h_since_2020_10", "klines_daily_since_2017_08",
-        "klines_daily_since_2019_09", "klines_daily_since_2019_11", "long_short_daily", "open_interest_daily"]
+        "klines_daily_since_2019_09", "klines_daily_since_2019_11", "long_short_daily", "macro_daily", "market_cap_daily",
+        "open_interest_daily", "ssr_daily", "stablecoin_supply_daily"]
     assert all(definitions.resolve_job_def(s.name).name == s.job_name == s.name for s in definitions.schedules)
     # each asset's description speaks of its own dataset and of no other's
     own = {"klines": "candles", "funding": "funding settlements", "open_interest": "open interest",
-           "long_short": "long/short", "fear_greed": "fear & greed"}
+           "long_short": "long/short", "fear_greed": "fear & greed", "stablecoin_supply": "per peg",
+           "market_cap": "market capitalization", "ssr": "supply ratio", "macro": "fred series"}
     for key, spec in specs.items():
         text = (spec.description or "").lower()
         assert own[spec.metadata["dataset"]] in text, (key, spec.description)

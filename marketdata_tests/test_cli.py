@@ -45,8 +45,9 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
     # one range run per PartitionsDefinition, over the months holding those days
+    # (BTC's market cap begins with spot, at the catalog's start: it shares their run)
     assert "done   binance_spot/klines_1h/BTCUSDT, binance_spot/klines_1h/ETHUSDT, binance_spot/klines_1m/BTCUSDT, " \
-           "binance_spot/klines_1m/ETHUSDT 2024-01-01...2024-02-01 (8 partitions)" in out
+           "binance_spot/klines_1m/ETHUSDT, blockchain_com/market_cap/BTC 2024-01-01...2024-02-01 (10 partitions)" in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("binance_")}
     for market in ("spot", "perp"):
         for symbol in ("BTCUSDT", "ETHUSDT"):
@@ -62,8 +63,17 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
         assert lines[f"binance_perp/long_short/{symbol}"][0] == str((31 + 29) * 288 * 4)
         assert f"bybit_perp/funding/{symbol} {(31 + 29) * 3} 2024-01-01 00:00 2024-02-29 16:00" in " ".join(out.split())
     assert "okx_perp/funding/BTC_USDT_SWAP: okx keeps about 90 days, so 0 of its 2 partitions are asked for" in out
-    # the packaged catalog's one series: a Fear & Greed value for every day of the two months
-    assert "alternative_me/fear_greed 60 2024-01-01 00:00 2024-02-29 00:00" in " ".join(out.split())
+    # the packaged catalog's series: a Fear & Greed value, four stablecoin pegs, a market cap and an
+    # SSR for every day of the two months; every vintage of 2024's CPI (two each), after the SSR's inputs
+    flat = " ".join(out.split())
+    for line in ("alternative_me/fear_greed 60 2024-01-01 00:00 2024-02-29 00:00",
+                 "defillama/stablecoin_supply 240 2024-01-01 00:00 2024-02-29 00:00",
+                 "blockchain_com/market_cap/BTC 60 2024-01-01 00:00 2024-02-29 00:00",
+                 "derived/ssr/BTC 60 2024-01-01 00:00 2024-02-29 00:00",
+                 "fred/macro/CPIAUCSL 24 2024-01-01 00:00 2024-12-01 00:00"):
+        assert line in flat, line
+    done = [line.split()[1] for line in out.splitlines() if line.startswith("done ")]
+    assert done[-1] == "derived/ssr/BTC"
     assert (tmp_path / ".marketdata" / "warehouse.duckdb").exists()
     instance_config = (REPO / "marketdata_assets" / "dagster_instance.yaml").read_text()
     assert (tmp_path / ".marketdata" / "dagster" / "dagster.yaml").read_text() == instance_config
@@ -77,7 +87,7 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
         "seeding 2024-01-30 00:00 .. 2024-02-03 00:00 UTC into duckdb:///.marketdata/warehouse.duckdb",
         "skipping funding (SKIP_FUNDING=1)",
         "skipping sentiment (SKIP_SENTIMENT=1)",
-        "all 24 partitions are materialized already",
+        "all 36 partitions are materialized already",  # klines 16, open interest and long/short 8, FRED 12
         "nothing to fetch: every partition is materialized already",
     ]
 
@@ -112,7 +122,7 @@ def test_backfill_requests_that_cannot_be_read_get_one_line_and_exit_2(tmp_path)
          "--to 2024-02-01 12:00:00 is before --from 2024-03-01"),
         (("candles",),
          "unknown dataset 'candles': the catalog has fear_greed, funding, klines, klines_1h, klines_1m, long_short, "
-         "open_interest, sentiment"),
+         "macro, market_cap, open_interest, sentiment, ssr, stablecoin_supply"),
         (("funding", "--symbols", "BTCUSDT,DOGEUSDT"), "no funding asset for symbol DOGEUSDT in the catalog"),
     ]:
         result = marketdata_here("backfill", *args, cwd=tmp_path)

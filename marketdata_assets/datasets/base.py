@@ -99,6 +99,10 @@ class Dataset:
     # lists `keys` ("required") or has one series ("none").
     series_source: ClassVar[str | None] = None
     keys: ClassVar[str] = "none"
+    # The column holding a series' key in the table of a `series:` dataset with keys (asset, series_id),
+    # and the keys the upstream has, when it has a few (blockchain.com charts BTC only).
+    key_column: ClassVar[str | None] = None
+    allowed_keys: ClassVar[tuple[str, ...] | None] = None
     # The names of the earliest and latest row's time on a materialization.
     moment_names: ClassVar[tuple[str, str]] = ("first_row", "last_row")
     # When an asset counts as fresh (Dagster's FreshnessPolicy), if the dataset says.
@@ -129,6 +133,9 @@ class Dataset:
             raise ValueError(f"keys: {self.name} has one series, so it takes no keys")
         if self.keys == "required" and not keys:
             raise ValueError(f"keys: {self.name} needs at least one key")
+        for key in keys:
+            if self.allowed_keys is not None and key not in self.allowed_keys:
+                raise ValueError(f"keys: {self.name} keeps {', '.join(self.allowed_keys)} only, not {key!r}")
         for name in options:
             raise ValueError(f"{name}: not an option of {self.name}")
 
@@ -150,8 +157,15 @@ class Dataset:
 
         return build_dataset_assets(self, group, warehouse_kind)
 
-    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> Any:
-        """The source (sources/protocol.py) of `series`, from `upstreams` (defs/ingest/resources.py)."""
+    def input_keys(self, key: dg.AssetKey) -> list[dg.AssetKey]:
+        """The assets whose rows the asset `key` is derived from (none for a dataset fetched from
+        an upstream): its lineage in the UI, each partition reading the same time window of
+        theirs, and what its daily schedule watches for changes."""
+        return []
+
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> Any:
+        """The source (sources/protocol.py) of `series`, from `upstreams` (defs/ingest/resources.py),
+        or from `warehouse` for a dataset derived from others' rows."""
         raise NotImplementedError(f"{self.name} declares no source")
 
     def asset_metadata(self, series: Series) -> dict[str, Any]:
@@ -198,6 +212,8 @@ class Dataset:
 
     def row_filter(self, series: Series) -> tuple[str, list[Any]]:
         """SQL condition (and its parameters) selecting the series' rows in the table."""
+        if self.key_column:
+            return f"{self.key_column} = ?", [series.key]
         return "TRUE", []
 
     def rows_stored(self, warehouse: Warehouse, series: Series) -> int:
@@ -215,12 +231,17 @@ class Dataset:
     def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
         """SELECT series (the asset key as text), rows, first_time, last_time of every stored
         series; only `symbol`'s when given."""
-        return (
-            f"SELECT '{self.series_source}/{self.name}' AS series, count(*) AS rows, min({self.time_column}) AS first_time, "
-            f"max({self.time_column}) AS last_time FROM {self.table.qualified_name} "
-            "WHERE CAST(? AS TEXT) IS NULL HAVING count(*) > 0",
-            [symbol],
-        )
+        time = self.time_column
+        first, last = f"min({time})", f"max({time})"
+        if self.table.schema[time] == pl.Date:
+            first, last = f"CAST({first} AS TIMESTAMPTZ)", f"CAST({last} AS TIMESTAMPTZ)"
+        counted = f"count(*) AS rows, {first} AS first_time, {last} AS last_time FROM {self.table.qualified_name}"
+        if self.key_column is None:
+            return (f"SELECT '{self.series_source}/{self.name}' AS series, {counted} "
+                    "WHERE CAST(? AS TEXT) IS NULL HAVING count(*) > 0", [symbol])
+        key = self.key_column
+        return (f"SELECT '{self.series_source}/{self.name}/' || {key} AS series, {counted} "
+                f"WHERE (CAST(? AS TEXT) IS NULL OR {key} = ?) GROUP BY {key}", [symbol, symbol])
 
     def describe_series(self, series: Series, partitions: dg.TimeWindowPartitionsDefinition) -> str:
         return (f"{self.title} ({series.describe()}), in {self.table.qualified_name}; monthly UTC partitions "

@@ -160,7 +160,7 @@ class Funding(InstrumentDataset):
         return (f"Funding settlements of {series.describe()} at their exact reported times, in "
                 f"market_data.funding_rates: {SOURCES[series.venue]}.")
 
-    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> Any:
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> Any:
         if series.venue == okx.VENUE.name:
             return okx.OkxFundingSource(upstreams.url(okx.VENUE.url_setting))
         if series.venue == bybit.VENUE.name:

@@ -71,7 +71,7 @@ class FuturesStatistic(InstrumentDataset):
             f"from {METRICS_FROM:%B %Y}. A day neither holds fails its partition."
         )
 
-    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceStatisticsSource:
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> BinanceStatisticsSource:
         return BinanceStatisticsSource(
             BinanceStatisticsClient(upstreams.url(BINANCE_FUTURES.url_setting)),
             BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)),

@@ -89,7 +89,7 @@ class Klines(InstrumentDataset):
             "progress included."
         )
 
-    def open_source(self, series: Series, upstreams: Any, bounds: Bounds) -> BinanceKlinesSource:
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> BinanceKlinesSource:
         assert series.instrument is not None
         mode = series.instrument.source or upstreams.klines_source
         archive = BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)) if mode != "rest" else None

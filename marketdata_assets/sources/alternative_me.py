@@ -11,19 +11,16 @@ value, or whose time is not a UTC midnight are rejected (kept in rejected_rows),
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import polars as pl
 
-from marketdata_assets.sources.protocol import SourceOutcome
 from marketdata_assets.schemas import REJECTED_ROWS, TableSpec
 from marketdata_assets.sources.errors import MalformedResponse
-from marketdata_assets.sources.http import Clock, EnvelopeError, RateLimit, Sleep, UpstreamClient, Venue
+from marketdata_assets.sources.http import DailyRestClient, EnvelopeError, Venue
 
 SOURCE = "alternative.me fear & greed"
 PATH = "/fng/"
@@ -92,37 +89,17 @@ def parse_fear_greed(body: Any, table: TableSpec, origin: str) -> tuple[pl.DataF
     return frame, pl.DataFrame(rejected, schema=REJECTED_ROWS.schema)
 
 
-class FearGreedSource(UpstreamClient):
+class FearGreedSource(DailyRestClient):
     """The index over one window: one request for the newest days back to the window's start."""
 
-    def __init__(
-        self, base_url: str, table: TableSpec, *, max_attempts: int = 5, backoff_base_s: float = 0.5,
-        clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
-    ):
-        self.rejected = []
-        self.table = table
-        self._rows = 0
-        self._clock = clock
-        self._http = VENUE.http(
-            SOURCE, base_url, RateLimit(REQUESTS_PER_MINUTE), max_concurrency=1, max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s, clock=clock, sleep=sleep,
-        )
-
-    def outcome(self) -> SourceOutcome:
-        return SourceOutcome(rejected=self.take_rejected(), requests=self.stats.requests, rows_by_source={"rest": self._rows},
-                             metadata={"rows_from_rest": self._rows})
+    VENUE, SOURCE, REQUESTS_PER_MINUTE = VENUE, SOURCE, REQUESTS_PER_MINUTE
 
     async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
         """The days in [start, end) (UTC) alternative.me has, ascending."""
-        today = dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
+        today = self.today()
         if start.date() > today:
             return
         params = {"limit": (today - start.date()).days + 1, "format": "json"}
         body, _ = await self._http.get_json(PATH, params, 1)
         frame, rejected = parse_fear_greed(body, self.table, f"GET {PATH}?limit={params['limit']}")
-        start_day, end_day = start.date(), end.date() if end.time() == dt.time(0) else end.date() + dt.timedelta(days=1)
-        inside = (pl.col("open_time") >= start) & (pl.col("open_time") < end)
-        self.rejected.append(rejected.filter(inside))
-        frame = frame.filter((pl.col("date") >= start_day) & (pl.col("date") < end_day))
-        self._rows += frame.height
-        yield frame
+        yield self.inside(frame, rejected, start, end)

@@ -394,6 +394,49 @@ class UpstreamClient:
         return taken
 
 
+class DailyRestClient(UpstreamClient):
+    """A source whose window is a request or two to one paced venue (alternative.me, DefiLlama,
+    blockchain.com): its client, the rejected rows it gathers and the rows it yields, and `inside`
+    to keep a window's days of an answer. Subclasses say the venue, name and rate (`VENUE`,
+    `SOURCE`, `REQUESTS_PER_MINUTE`) and `read`."""
+
+    VENUE: Venue
+    SOURCE: str
+    REQUESTS_PER_MINUTE: int
+    MAX_CONCURRENCY = 1
+
+    def __init__(
+        self, base_url: str, table: Any, *, max_attempts: int = 5, backoff_base_s: float = 0.5,
+        clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
+    ):
+        self.rejected = []
+        self.table = table
+        self._rows = 0
+        self._clock = clock
+        self._http = self.VENUE.http(
+            self.SOURCE, base_url, RateLimit(self.REQUESTS_PER_MINUTE), max_concurrency=self.MAX_CONCURRENCY,
+            max_attempts=max_attempts, backoff_base_s=backoff_base_s, clock=clock, sleep=sleep,
+        )
+
+    def today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
+
+    def outcome(self) -> Any:
+        from marketdata_assets.sources.protocol import SourceOutcome
+
+        return SourceOutcome(rejected=self.take_rejected(), requests=self.stats.requests,
+                             rows_by_source={"rest": self._rows}, metadata={"rows_from_rest": self._rows})
+
+    def inside(self, frame: pl.DataFrame, rejected: pl.DataFrame, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+        """`frame`'s days of [start, end) (UTC; counted as yielded), and `rejected`'s kept."""
+        from marketdata_assets.timeframes import end_day
+
+        self.rejected.append(rejected.filter((pl.col("open_time") >= start) & (pl.col("open_time") < end)))
+        frame = frame.filter((pl.col("date") >= start.date()) & (pl.col("date") < end_day(end)))
+        self._rows += frame.height
+        return frame
+
+
 class _Undecodable(Exception):
     """A 200 answer whose body cannot be read (cut off in transit): worth another attempt."""
 

@@ -19,19 +19,21 @@ class WarehouseError(RuntimeError):
     """The warehouse cannot be opened or written; the message names the URL and the cause."""
 
 
-def ddl_statements() -> list[str]:
-    """Every statement of sql/*.sql, in file order (the same DDL serves DuckDB and PostgreSQL)."""
+def ddl_statements(dialect: str) -> list[str]:
+    """Every statement of sql/*.sql, in file order (the same DDL serves DuckDB and PostgreSQL),
+    then those of sql/<dialect>/*.sql (what the two write differently: functions)."""
     root = resources.files("marketdata_assets").joinpath("sql")
     if not root.is_dir():  # running from a checkout: sql/ sits beside the package
         root = Path(__file__).resolve().parents[2] / "sql"
     statements = []
-    for path in sorted(root.iterdir(), key=lambda p: p.name):
-        if not path.name.endswith(".sql"):
-            continue
-        text = "\n".join(
-            line for line in path.read_text().splitlines() if not line.lstrip().startswith("--")
-        )
-        statements += [s.strip() for s in text.split(";") if s.strip()]
+    for folder in (root, root.joinpath(dialect)):
+        for path in sorted(folder.iterdir(), key=lambda p: p.name):
+            if not path.name.endswith(".sql"):
+                continue
+            text = "\n".join(
+                line for line in path.read_text().splitlines() if not line.lstrip().startswith("--")
+            )
+            statements += [s.strip() for s in text.split(";") if s.strip()]
     return statements
 
 

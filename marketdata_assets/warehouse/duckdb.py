@@ -76,7 +76,7 @@ class DuckDBWarehouse(Warehouse):
                 con.execute("SET TimeZone = 'UTC'")
                 with self._ddl:
                     if not self._schema_ready:
-                        for statement in ddl_statements():
+                        for statement in ddl_statements("duckdb"):
                             con.execute(statement)
                         self._schema_ready = True
                 yield con

@@ -143,7 +143,7 @@ class PostgresWarehouse(Warehouse):
                 if not self._schema_ready:
                     with con.cursor() as cur:
                         cur.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
-                        for statement in ddl_statements():
+                        for statement in ddl_statements("postgres"):
                             cur.execute(statement)
                     con.commit()
                     self._schema_ready = True

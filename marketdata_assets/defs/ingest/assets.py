@@ -80,6 +80,8 @@ def build_dataset_assets(dataset: "Dataset", group: list["Series"], warehouse_ki
             description=dataset.describe_series(series, partitions),
             metadata=dataset.asset_metadata(series),
             freshness_policy=dataset.freshness_policy,
+            deps=[dg.AssetDep(upstream, partition_mapping=dg.TimeWindowPartitionMapping())
+                  for upstream in dataset.input_keys(key)],
         )
         for key, series in by_key.items()
     ]
@@ -147,7 +149,7 @@ def _materialize_one(
         yield from _checks_done(context, key, names)
         return
     adopt(context.instance)  # bans other runs earned: nothing is sent to a host that banned our IP
-    source = dataset.open_source(series, context.resources.upstreams, bounds)
+    source = dataset.open_source(series, context.resources.upstreams, bounds, store)
     try:
         report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end,
                         rows_per_write=context.resources.warehouse.rows_per_write, partitions=windows)

@@ -33,6 +33,14 @@ def monthly_partitions(start: dt.date, cadence: str = "monthly") -> dg.TimeWindo
     return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), end_offset=1)
 
 
+def yearly_partitions(start: dt.date) -> dg.TimeWindowPartitionsDefinition:
+    """Calendar years (UTC) from the start's year up to and including the one in progress: for
+    series with a few observations a month or fewer (macro), where a month would hold one row."""
+    return dg.TimeWindowPartitionsDefinition(
+        start=dt.datetime(start.year, 1, 1, tzinfo=dt.UTC), cron_schedule="0 0 1 1 *", fmt="%Y-%m-%d",
+        timezone="UTC", end_offset=1)
+
+
 def partition_bounds(partitions: dg.TimeWindowPartitionsDefinition) -> tuple[dt.datetime, dt.datetime]:
     """(end of the first partition, which holds the listing; start of the one in progress)."""
     last_key = partitions.get_last_partition_key()

@@ -141,6 +141,25 @@ def stale_partitions(
     return stale, reason
 
 
+def inputs_changed(
+    instance: dg.DagsterInstance, key: dg.AssetKey, inputs: list[dg.AssetKey],
+    partitions: dg.TimeWindowPartitionsDefinition, now: dt.datetime,
+) -> list[str]:
+    """The partitions of `key` (derived from `inputs`' rows) some input materialized after `key`
+    last did: the event log's storage ids order materializations of every asset."""
+    if not inputs:
+        return []
+    event = dg.DagsterEventType.ASSET_MATERIALIZATION
+    own = instance.get_latest_storage_id_by_partition(key, event)
+    keys = set(partitions.get_partition_keys(current_time=now))
+    changed = set()
+    for upstream in inputs:
+        for partition, storage_id in instance.get_latest_storage_id_by_partition(upstream, event).items():
+            if partition in keys and storage_id > own.get(partition, -1):
+                changed.add(partition)
+    return sorted(changed)
+
+
 def plan_incremental(
     instance: dg.DagsterInstance, job: IncrementalJob, now: dt.datetime, tick: str,
 ) -> Plan:
@@ -154,6 +173,12 @@ def plan_incremental(
     by_range: dict[tuple[str, str], list[dg.AssetKey]] = defaultdict(list)
     for key in job.keys:
         stale, reason = stale_partitions(instance, key, job.partitions, now)
+        changed = inputs_changed(instance, key, job.declared.input_keys(key), job.partitions, now)
+        if changed:  # one range run: every partition from the first changed one on
+            every = list(job.partitions.get_partition_keys(current_time=now))
+            wanted = sorted(set(stale) | set(changed))
+            stale = every[every.index(wanted[0]):every.index(wanted[-1]) + 1]
+            reason += f"; an input was materialized after it in {', '.join(changed)}"
         if not stale:
             plan.decisions.append(f"{key.to_user_string()}: up to date ({reason})")
             continue
