@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import polars as pl
 
 UTC_TIME = pl.Datetime("us", "UTC")
@@ -94,6 +95,16 @@ REJECTED_ROWS = TableSpec(
     ),
     primary_key=("dataset", "venue", "market", "symbol", "timeframe", "open_time"),
 )
+
+def rejected_row(
+    dataset: str, venue: str, symbol: str, open_time: object, reasons: list[str], sent: object, origin: str,
+    ingested_at: object, timeframe: str = "1d",
+) -> dict[str, object]:
+    """One REJECTED_ROWS row of a series dataset (no market): `sent` kept as JSON, as it came."""
+    return {"dataset": dataset, "venue": venue, "market": "", "symbol": symbol, "timeframe": timeframe,
+            "open_time": open_time, "reason": "; ".join(reasons), "payload": orjson.dumps(sent).decode(),
+            "origin": origin, "source": "rest", "ingested_at": ingested_at}
+
 
 # Windows with no bars at the exchange: documented maintenance, or verified empty by refetching.
 KNOWN_GAPS = TableSpec(

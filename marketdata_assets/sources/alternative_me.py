@@ -15,10 +15,9 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import polars as pl
 
-from marketdata_assets.schemas import REJECTED_ROWS, TableSpec
+from marketdata_assets.schemas import REJECTED_ROWS, TableSpec, rejected_row
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import DailyRestClient, EnvelopeError, Venue
 
@@ -73,11 +72,7 @@ def parse_fear_greed(body: Any, table: TableSpec, origin: str) -> tuple[pl.DataF
         if stamp % _DAY_S:
             reasons.append(f"timestamp {stamp} is not 00:00 UTC")
         if reasons:
-            rejected.append({
-                "dataset": "fear_greed", "venue": VENUE.name, "market": "", "symbol": "", "timeframe": "1d",
-                "open_time": day, "reason": "; ".join(reasons), "payload": orjson.dumps(row).decode(),
-                "origin": origin, "source": "rest", "ingested_at": now,
-            })
+            rejected.append(rejected_row("fear_greed", VENUE.name, "", day, reasons, row, origin, now))
             continue
         kept["date"].append(day.date())
         kept["value"].append(value)

@@ -18,10 +18,9 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import polars as pl
 
-from marketdata_assets.schemas import REJECTED_ROWS, TableSpec
+from marketdata_assets.schemas import REJECTED_ROWS, TableSpec, rejected_row
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import DailyRestClient, EnvelopeError, Venue
 from marketdata_assets.timeframes import end_day
@@ -72,11 +71,7 @@ def parse_chart(body: Any, origin: str, today: dt.date, name: str) -> tuple[dict
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             reasons.append(f"{name} {value!r} is not a positive number")
         if reasons:
-            rejected.append({
-                "dataset": "market_cap", "venue": VENUE.name, "market": "", "symbol": "BTC", "timeframe": "1d",
-                "open_time": day, "reason": "; ".join(reasons), "payload": orjson.dumps(point).decode(),
-                "origin": origin, "source": "rest", "ingested_at": now,
-            })
+            rejected.append(rejected_row("market_cap", VENUE.name, "BTC", day, reasons, point, origin, now))
             continue
         kept[day.date()] = float(value)
     return kept, rejected

@@ -19,10 +19,9 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import polars as pl
 
-from marketdata_assets.schemas import REJECTED_ROWS, TableSpec
+from marketdata_assets.schemas import REJECTED_ROWS, TableSpec, rejected_row
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import DailyRestClient, Venue
 
@@ -67,11 +66,7 @@ def parse_stablecoin_supply(body: Any, table: TableSpec, origin: str, today: dt.
             elif not math.isfinite(value) or value < 0:
                 reasons.append(f"{peg} is {value}, not a supply")
             if reasons:
-                rejected.append({
-                    "dataset": "stablecoin_supply", "venue": VENUE.name, "market": "", "symbol": peg, "timeframe": "1d",
-                    "open_time": day, "reason": "; ".join(reasons), "payload": orjson.dumps({peg: value}).decode(),
-                    "origin": origin, "source": "rest", "ingested_at": now,
-                })
+                rejected.append(rejected_row("stablecoin_supply", VENUE.name, peg, day, reasons, {peg: value}, origin, now))
                 continue
             kept["date"].append(day.date())
             kept["peg"].append(peg)

@@ -24,10 +24,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import orjson
 import polars as pl
 
-from marketdata_assets.schemas import REJECTED_ROWS, TableSpec
+from marketdata_assets.schemas import REJECTED_ROWS, TableSpec, rejected_row
 from marketdata_assets.sources.errors import MalformedResponse, UpstreamError, UpstreamRejected, UpstreamUnavailable
 from marketdata_assets.sources.http import Clock, RequestStats, Sleep, WeightBudget
 from marketdata_assets.sources.protocol import SourceOutcome
@@ -84,11 +83,8 @@ def parse_vintages(root: Any, series_id: str, table: TableSpec, origin: str) -> 
         if end < start:
             reasons.append(f"realtime_end {end} before realtime_start {start}")
         if reasons:
-            rejected.append({
-                "dataset": "macro", "venue": "fred", "market": "", "symbol": series_id, "timeframe": "",
-                "open_time": dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC), "reason": "; ".join(reasons),
-                "payload": orjson.dumps(attributes).decode(), "origin": origin, "source": "rest", "ingested_at": now,
-            })
+            rejected.append(rejected_row("macro", "fred", series_id, dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC),
+                                         reasons, attributes, origin, now, timeframe=""))
             continue
         kept["date"].append(day)
         kept["value"].append(value)
