@@ -300,9 +300,10 @@ def targets(results: dict) -> list[str]:
          "(PostgreSQL)", True, ""),
         ("the scaling curve", "linear", f"DuckDB {walls['duckdb'].split(' (')[0]}, PostgreSQL "
          f"{walls['postgresql'].split(' (')[0]}", not any(w.startswith("worse") for w in walls.values()),
-         "an asset takes longer the later it comes in a long run (the first and last tenth below) while the "
-         f"process grows to {largest['duckdb'].get('rss_mb', 0):.0f} MB (suspected, not yet measured: the local run's "
-         "in-process execution keeps every event of the run, and Python's collector walks them all)"),
+         "an asset costs more the larger the universe, from a run's first asset on (seconds an asset: "
+         + ", ".join(f"{u['symbols']} symbols {u['duckdb']['seconds'] / (7 * u['symbols']):.2f}" for u in universes)
+         + " on DuckDB), and a little more as a run goes on (the first and last tenth below); what grows with "
+         "the universe is not found yet"),
     ]
     return [
         "## Targets (issue 17), measured in this run",
