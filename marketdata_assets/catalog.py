@@ -278,15 +278,17 @@ class Catalog(BaseModel):
         the catalog: it would have nothing to read."""
         from marketdata_assets.datasets import all_datasets
 
-        every = [(each, series) for each in all_datasets() for series in each.series_of(self)]
-        kept = {each.asset_key(series) for each, series in every}
-        for each, series in every:
-            for needed in each.input_keys(each.asset_key(series)):
-                if needed not in kept:
-                    index = next(i for i, e in enumerate(self.series)
-                                 if e.dataset == each.name and series.key in (e.keys or (None,)))
-                    raise ValueError(f"series[{index}] ({self.series[index].describe()}): {each.name} reads "
-                                     f"{needed.to_user_string()}, which the catalog does not keep")
+        reading = [(each, series, needed) for each in all_datasets() if each.series_source
+                   for series in each.series_of(self) for needed in each.input_keys(each.asset_key(series))]
+        if not reading:
+            return  # the instruments' thousands of asset keys are built only when some series reads them
+        kept = {each.asset_key(series) for each in all_datasets() for series in each.series_of(self)}
+        for each, series, needed in reading:
+            if needed not in kept:
+                index = next(i for i, e in enumerate(self.series)
+                             if e.dataset == each.name and series.key in (e.keys or (None,)))
+                raise ValueError(f"series[{index}] ({self.series[index].describe()}): {each.name} reads "
+                                 f"{needed.to_user_string()}, which the catalog does not keep")
 
     def find(self, venue: str, market: str, symbol: str) -> Instrument | None:
         for instrument in self.instruments:

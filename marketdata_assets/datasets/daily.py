@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any, ClassVar
 
 import dagster as dg
+import polars as pl
 
 from marketdata_assets.audit import SAMPLES
 from marketdata_assets.catalog import Series
@@ -51,6 +52,20 @@ class DailyDataset(Dataset):
             f"SELECT date FROM {self.table.qualified_name} WHERE {where} AND date >= ? AND date < ?",
             [*params, first, end],
         )["date"].to_list()))
+
+    def rejected_unstored(
+        self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime,
+    ) -> pl.DataFrame:
+        """open_time, reason, payload of the series' rows rejected at ingest in [start, end) whose
+        day has no stored row (a later fetch did not mend them)."""
+        where, params = self.row_filter(series)
+        mine, mine_params = ("AND symbol = ? ", [series.key]) if self.key_column else ("", [])
+        return warehouse.query(
+            f"SELECT open_time, reason, payload FROM market_data.rejected_rows WHERE dataset = ? {mine}"
+            "AND open_time >= ? AND open_time < ? AND open_time NOT IN (SELECT CAST(date AS TIMESTAMPTZ) "
+            f"FROM {self.table.qualified_name} WHERE {where}) ORDER BY open_time",
+            [self.name, *mine_params, start, end, *params],
+        )
 
     def last_final_day(self, now: dt.datetime) -> dt.date:
         """The newest day whose value is final at `now`."""

@@ -77,12 +77,7 @@ class FearGreed(DailyDataset):
                 f"SELECT date, value, classification FROM market_data.fear_greed WHERE date >= ? AND date < ? "
                 f"AND ({_BROKEN}) ORDER BY date", [utc_day(start), utc_day(end)],
             )
-            rejected = warehouse.query(
-                "SELECT open_time, reason, payload FROM market_data.rejected_rows WHERE dataset = ? "
-                "AND open_time >= ? AND open_time < ? AND open_time NOT IN "
-                "(SELECT CAST(date AS TIMESTAMPTZ) FROM market_data.fear_greed) ORDER BY open_time",
-                [self.name, start, end],
-            )
+            rejected = self.rejected_unstored(warehouse, series, start, end)
             missing = self.missing(warehouse, series, start, end, bounds, now)
             newest = self.newest_day(warehouse, series)
         return [

@@ -137,10 +137,14 @@ class Macro(Dataset):
         # the key from the run's environment, never from the resource's (visible) configuration
         return FredVintagesSource(upstreams.url("fred_url"), Settings.from_env().fred_api_key, MACRO_OBSERVATIONS)
 
-    def _recent_dates(self, warehouse: Warehouse, series: Series, before: dt.date) -> list[dt.date]:
-        return sorted(warehouse.query(
+    def _shape(self, warehouse: Warehouse, series: Series, before: dt.date) -> tuple[dt.date | None, dt.date | None, str | None]:
+        """(first, newest stored observation date, frequency read from the last 40 dates before `before`)."""
+        span = warehouse.query("SELECT min(date) AS first, max(date) AS newest FROM market_data.macro_observations "
+                               "WHERE series_id = ?", [series.key])
+        recent = warehouse.query(
             "SELECT DISTINCT date FROM market_data.macro_observations WHERE series_id = ? AND date < ? "
-            "ORDER BY date DESC LIMIT 40", [series.key, before])["date"].to_list())
+            "ORDER BY date DESC LIMIT 40", [series.key, before])["date"].to_list()
+        return span["first"][0], span["newest"][0], frequency_of(sorted(recent))
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,
@@ -149,12 +153,14 @@ class Macro(Dataset):
         """Observation dates of [start, end) the series' cadence has and the table lacks, between
         its first and its newest stored observation (what is due after that is the freshness
         check's)."""
+        return self._missing(warehouse, series, start, end, *self._shape(warehouse, series, end_day(end)))
+
+    def _missing(
+        self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, earliest: dt.date | None,
+        newest: dt.date | None, frequency: str | None,
+    ) -> Missing:
         first_day, last_day = utc_day(start), end_day(end)
-        span = warehouse.query("SELECT min(date) AS first, max(date) AS newest FROM market_data.macro_observations "
-                               "WHERE series_id = ?", [series.key])
-        earliest, newest = span["first"][0], span["newest"][0]
-        frequency = frequency_of(self._recent_dates(warehouse, series, last_day))
-        if earliest is None or frequency is None:
+        if earliest is None or newest is None or frequency is None:
             return Missing()
         lower, until = max(first_day, earliest), min(last_day, newest + DAY)
         stored = set(warehouse.query(
@@ -203,10 +209,8 @@ class Macro(Dataset):
             rejected = warehouse.query(
                 "SELECT open_time, reason, payload FROM market_data.rejected_rows WHERE dataset = ? AND symbol = ? "
                 "AND open_time >= ? AND open_time < ? ORDER BY open_time", [self.name, series.key, start, end])
-            missing = self.missing(warehouse, series, start, end, bounds, now)
-            frequency = frequency_of(self._recent_dates(warehouse, series, last_day))
-            newest = warehouse.query("SELECT max(date) AS newest FROM market_data.macro_observations WHERE series_id = ?",
-                                     [series.key])["newest"][0]
+            earliest, newest, frequency = self._shape(warehouse, series, last_day)
+            missing = self._missing(warehouse, series, start, end, earliest, newest, frequency)
         gaps = "\n".join(f"- [{a:%Y-%m-%d}, {b:%Y-%m-%d})" for a, b in missing.windows[:SAMPLES])
         reaches_today = end > now
         due = utc_day(now) - DUE_WITHIN[frequency] if frequency else None

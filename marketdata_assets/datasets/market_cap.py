@@ -109,12 +109,7 @@ class MarketCap(DailyDataset):
                 "SELECT date, market_cap_usd, supply FROM market_data.market_caps WHERE asset = ? AND date >= ? "
                 "AND date < ? ORDER BY date", [series.key, utc_day(start), utc_day(end)],
             )
-            rejected = warehouse.query(
-                "SELECT open_time, reason, payload FROM market_data.rejected_rows WHERE dataset = ? AND symbol = ? "
-                "AND open_time >= ? AND open_time < ? AND open_time NOT IN (SELECT CAST(date AS TIMESTAMPTZ) "
-                "FROM market_data.market_caps WHERE asset = ?) ORDER BY open_time",
-                [self.name, series.key, start, end, series.key],
-            )
+            rejected = self.rejected_unstored(warehouse, series, start, end)
             prices = price_at_midnight(warehouse, caps.filter(pl.col("supply").is_not_null())["date"].to_list())
             missing = self.missing(warehouse, series, start, end, bounds, now)
             newest = self.newest_day(warehouse, series)

@@ -25,6 +25,8 @@ from marketdata_assets.sources.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from marketdata_assets.sources.protocol import SourceOutcome
+from marketdata_assets.timeframes import end_day
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -421,16 +423,12 @@ class DailyRestClient(UpstreamClient):
     def today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock(), dt.UTC).date()
 
-    def outcome(self) -> Any:
-        from marketdata_assets.sources.protocol import SourceOutcome
-
+    def outcome(self) -> SourceOutcome:
         return SourceOutcome(rejected=self.take_rejected(), requests=self.stats.requests,
                              rows_by_source={"rest": self._rows}, metadata={"rows_from_rest": self._rows})
 
     def inside(self, frame: pl.DataFrame, rejected: pl.DataFrame, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
         """`frame`'s days of [start, end) (UTC; counted as yielded), and `rejected`'s kept."""
-        from marketdata_assets.timeframes import end_day
-
         self.rejected.append(rejected.filter((pl.col("open_time") >= start) & (pl.col("open_time") < end)))
         frame = frame.filter((pl.col("date") >= start.date()) & (pl.col("date") < end_day(end)))
         self._rows += frame.height
