@@ -30,6 +30,7 @@ def main() -> None:
 @click.option("--fault-5xx-rate", type=float, help="Share of data requests answered with 503.")
 @click.option("--fault-truncate-rate", type=float, help="Share of data answers cut in half.")
 @click.option("--fault-latency-ms", type=float, help="Delay before every data answer.")
+@click.option("--archive-cache-mb", type=int, help="Built archive files kept in memory [1024].")
 @click.option("--archive-missing", multiple=True, help="Archive zip name (or pattern) to answer 404.")
 @click.option("--archive-corrupt", multiple=True, help="Archive zip name (or pattern) to serve corrupted.")
 @click.option("--archive-corrupt-once", is_flag=True, default=None, help="Corrupt only the first download.")
@@ -42,7 +43,7 @@ def main() -> None:
               help="A Binance symbol listed besides the real ones (spot or perp), from that day.")
 def emulator(
     host, port, spot_weight_limit, futures_weight_limit, fault_5xx_rate, fault_truncate_rate,
-    fault_latency_ms, archive_missing, archive_corrupt, archive_corrupt_once, outage, invalid_bar,
+    fault_latency_ms, archive_cache_mb, archive_missing, archive_corrupt, archive_corrupt_once, outage, invalid_bar,
     failing_window, listing,
 ) -> None:
     """Serve the local emulators of every upstream until interrupted.
@@ -58,6 +59,8 @@ def emulator(
             _fail("emulator", f"{option} {share} is not a share of requests (0 to 1)")
     if fault_latency_ms is not None and fault_latency_ms < 0:
         _fail("emulator", f"--fault-latency-ms {fault_latency_ms} is negative")
+    if archive_cache_mb is not None and archive_cache_mb < 1:
+        _fail("emulator", f"--archive-cache-mb {archive_cache_mb} is not a size (1 or more)")
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
@@ -90,6 +93,7 @@ def emulator(
         config,
         spot_weight_limit=spot_weight_limit or config.spot_weight_limit,
         futures_weight_limit=futures_weight_limit or config.futures_weight_limit,
+        archive_cache_mb=archive_cache_mb or config.archive_cache_mb,
         faults=faults,
         archive_faults=dataclasses.replace(
             config.archive_faults,

@@ -74,6 +74,16 @@ def test_the_emulator_serves_the_archive_layout_with_sha256sum_checksums(emulato
     assert first[1:6] == rest[0][1:6] and first[7:11] == [str(v) for v in rest[0][7:11]]
 
 
+def test_the_emulator_builds_a_file_once_while_its_cache_holds_it():
+    """A month of 1m is about 1.7 MB zipped: a 2 MB cache holds one of them, 1 GB all three."""
+    months = [ArchiveFile.monthly("spot", "BTCUSDT", "1m", dt.date(2024, month, 1)) for month in (1, 2, 1)]
+    for cache_mb, built in ((2, 3), (1024, 2)):
+        with EmulatorServer(EmulatorConfig(archive_cache_mb=cache_mb)) as emu:
+            first = [download(emu.url, file)[0].content for file in months]
+            assert first[0] == first[2]  # rebuilt or not, the same bytes
+            assert httpx.get(emu.url + "/emulator/stats").json()["archive"]["answers"]["built"] == built
+
+
 def test_spot_files_switch_to_microseconds_in_2025_and_futures_files_gain_a_header(emulator):
     def first_line(file: ArchiveFile) -> str:
         zipped, _ = download(emulator.url, file)

@@ -185,6 +185,7 @@ def test_bad_emulator_options_get_one_line_and_exit_2(tmp_path, emulator):
         (("--port", port), f"cannot listen on 127.0.0.1:{port}: Address already in use"),
         (("--fault-5xx-rate", "2"), "--fault-5xx-rate 2.0 is not a share of requests (0 to 1)"),
         (("--fault-latency-ms", "-5"), "--fault-latency-ms -5.0 is negative"),
+        (("--archive-cache-mb", "0"), "--archive-cache-mb 0 is not a size (1 or more)"),
         (("--listing", "spot:BTC-USDT@2021"),
          "listing 'spot:BTC-USDT@2021' is not MARKET:SYMBOL@YYYY-MM-DD (market spot or perp)"),
     ]:

@@ -250,7 +250,8 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
 ):
     catalog = write_catalog(tmp_path / "catalog.yaml", [
         {"venue": "binance", "market": "spot", "symbol": "BTCUSDT", "timeframes": ["1h"], "start_date": "2024-01-01"},
-        # over REST with every page 400 ms late: its two-year backfill is still writing when cancelled
+        # over REST, two pages at a time and every page 400 ms late, a write a month: its two-year
+        # backfill takes minutes, so it is still writing when cancelled however busy the host
         {"venue": "binance", "market": "spot", "symbol": "ETHUSDT", "timeframes": ["1m"], "start_date": "2024-01-01",
          "source": "rest"},
         # June 2024 never answers (HTTP 503): its backfill fails, and --wait says why and what to run
@@ -264,7 +265,8 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
             as emulator, deployment(
         tmp_path, emulator.url, catalog,
         before_start=lambda instance: record_materialization(instance, BTC_1H, month_key(stopped), stopped),
-        MARKETDATA_SCHEDULE_CRON="* * * * *",
+        MARKETDATA_SCHEDULE_CRON="* * * * *", MARKETDATA_BINANCE_MAX_CONCURRENCY="2",
+        MARKETDATA_ROWS_PER_WRITE="50000",
     ) as deployed:
         monkeypatch.setenv("DAGSTER_POSTGRES_URL", deployed.dagster_url)  # this process reads the instance too
         # From the CLI, followed to the end; and as the UI's launcher sends one, two years long.

@@ -58,7 +58,6 @@ _FUTURES_HEADER = (
     "taker_buy_quote_volume,ignore"
 )
 _DAY_MS = 86_400_000
-_CACHE_BYTES = 1 << 30  # built files kept in memory, least recently used dropped first
 
 
 @dataclass(frozen=True)
@@ -236,7 +235,8 @@ class BinanceArchiveEmulator:
         return _Requested("perp", symbol, kind, start, end, zip_name), checksum
 
     def file(self, requested: _Requested) -> tuple[bytes, str]:
-        """The zip's bytes and sha256 hex digest, built once."""
+        """The zip's bytes and sha256 hex digest, built once while it stays in the cache (each
+        build counts in the stats' answers as `built`)."""
         key = (requested.market, requested.symbol, requested.interval, requested.name)
         with self._guard:
             if key in self._cache:
@@ -249,9 +249,10 @@ class BinanceArchiveEmulator:
                     return self._cache[key]
             built = self._build(requested)
             with self._guard:
+                self.answers["built"] += 1
                 self._cache[key] = built
                 self._cache_bytes += len(built[0])
-                while self._cache_bytes > _CACHE_BYTES and len(self._cache) > 1:
+                while self._cache_bytes > self.config.archive_cache_mb << 20 and len(self._cache) > 1:
                     _, (dropped, _) = self._cache.popitem(last=False)
                     self._cache_bytes -= len(dropped)
                 self._building.pop(key, None)

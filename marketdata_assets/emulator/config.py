@@ -74,6 +74,9 @@ class EmulatorConfig:
     archive_publish_delay_s: float = 0.0  # a file appears this long after its period ends
     # The archive's futures metrics files start about here (earlier days: 404).
     archive_metrics_from: dt.date = dt.date(2021, 12, 1)
+    # Built archive files kept in memory, least recently used dropped first. A universe whose
+    # files do not fit is rebuilt on every pass (a scan larger than an LRU cache always misses).
+    archive_cache_mb: int = 1024
     # Futures statistics: requests per 5 minutes per IP, and whether `timestamp` is sent as a
     # string (as Binance's docs show it) rather than a number (as real answers carry it).
     stats_request_limit: int = 1000
@@ -117,7 +120,7 @@ class EmulatorConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmulatorConfig:
         """MARKETDATA_EMULATOR_{SPOT,FUTURES}_WEIGHT_LIMIT, _5XX_RATE, _TRUNCATE_RATE, _LATENCY_MS,
-        _SEED, _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns) with
+        _SEED, _ARCHIVE_CACHE_MB, _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns) with
         _ARCHIVE_CORRUPT_ONCE=1, and the scenario: _OUTAGES (`[MARKET@]START/END`, added to the
         documented ones), _INVALID_BARS (`SYMBOL/TF/TIME`), _FAILING_WINDOWS (`START/END[xN]`), and
         _LISTINGS (`MARKET:SYMBOL@YYYY-MM-DD`, added to the real ones)."""
@@ -151,6 +154,7 @@ class EmulatorConfig:
                 latency_ms=number("LATENCY_MS", 0.0),
                 seed=int(number("SEED", 0)),
             ),
+            archive_cache_mb=int(number("ARCHIVE_CACHE_MB", 1024)),
             archive_faults=ArchiveFaults(
                 missing=names("ARCHIVE_MISSING"),
                 corrupt=names("ARCHIVE_CORRUPT"),
