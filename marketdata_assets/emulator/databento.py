@@ -1,0 +1,423 @@
+"""Databento's historical API (hist.databento.com/v0) for CME Globex (GLBX.MDP3), as the
+`databento` 0.88 client calls it:
+
+- `POST /v0/timeseries.get_range`, a form (`dataset`, `start`, `end`, `symbols` comma-separated,
+  `schema`, `stype_in`, `stype_out`, `encoding=dbn`, `compression=zstd`, `limit`), HTTP Basic with
+  the key as user name. The answer is DBN (version 3) compressed with zstd: the metadata (the
+  query, `not_found`, and each requested symbol's mappings: date ranges [start_date, end_date)
+  and the instrument id it pointed to then), then the records by `ts_event`.
+  - `ohlcv-1h` (rtype 34) and `ohlcv-1d` (rtype 35, UTC days): prices int64 × 1e-9, no record for
+    an interval without trades. A continuous symbol's bar carries the price of the contract it
+    maps to that day, unadjusted: a roll shows as a jump.
+  - `definition`: one InstrumentDefMsg per contract the symbols mapped to in the range (its
+    `raw_symbol` such as `ESH4`, `expiration` in ns).
+  - `stype_in=continuous`: `ROOT.c.N` (calendar: the Nth contract not yet expired), `ROOT.n.N`
+    (open interest: rolls 8 days before expiry), `ROOT.v.N` (volume: 6 days before).
+- `GET /v0/metadata.get_dataset_range?dataset=…` → `{"start", "end", "schema": {name: {start, end}}}`
+  (ISO 8601, `end` the start of the current hour: nothing later is served yet).
+- `POST /v0/metadata.get_cost` (get_range's form) → the price in USD as a JSON number: the bytes
+  of the records the same get_range would send, at `usd_per_gb` (the emulator's rates, not
+  Databento's list prices).
+
+Globex's week: trade date D's session runs 17:00 CT on D−1 to 16:00 CT on D (the daily
+maintenance halt between), Monday to Friday; closed on New Year's Day, Good Friday and Christmas
+(a weekend holiday observed on the nearest weekday). Hours in `quiet` ((root, hour start)) have
+no trades, as do most hours of the thin roots in `THIN`.
+
+Errors, with the body `{"detail": …}` the client shows: 401 for a missing or malformed key, 422
+for a bad query (unknown dataset, schema or symbology, start on or after end, end past the
+available range), 504 when a request would send more than `gateway_limit_records` records (the
+gateway times out), 429 with `Retry-After` past 100 requests in a second or while `refuse_next`
+lasts. Symbols that resolve to nothing are in `not_found` and named in an `X-Warning` header.
+Tests read `seen_keys`, `requests` (each get_range's form) and `answers` (by status).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import re
+import time
+import zlib
+from collections import Counter
+from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo
+
+import databento_dbn as dbn
+import orjson
+import zstandard
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+DATASET = "GLBX.MDP3"
+AVAILABLE_FROM = dt.datetime(2010, 6, 6, tzinfo=dt.UTC)
+PUBLISHER_ID = 1  # GLBX.MDP3.GLBX
+REQUESTS_PER_SECOND = 100
+CHICAGO = ZoneInfo("America/Chicago")
+_HOUR_NS = 3_600 * 10**9
+_DAY = dt.timedelta(days=1)
+_SCHEMAS = {"ohlcv-1h": 34, "ohlcv-1d": 35, "definition": None}
+_KEY = re.compile(r"db-[A-Za-z0-9]{20,40}")
+_CONTINUOUS = re.compile(r"([A-Z0-9]{1,4})\.([cnv])\.(\d+)")
+_MONTH_CODES = "FGHJKMNQUVXZ"
+# The rule's days before expiry on which a continuous symbol moves to the next contract.
+_ROLL_DAYS = {"c": 0, "n": 8, "v": 6}
+
+# root -> (price level, tick, contract months): quarterly roots expire on the third Friday of
+# their month, the others on the 20th of the month before (as energy contracts roughly do).
+ROOTS: dict[str, tuple[float, float, str]] = {
+    "ES": (4_500.0, 0.25, "HMUZ"), "NQ": (15_000.0, 0.25, "HMUZ"), "YM": (35_000.0, 1.0, "HMUZ"),
+    "RTY": (2_000.0, 0.1, "HMUZ"), "MES": (4_500.0, 0.25, "HMUZ"), "MNQ": (15_000.0, 0.25, "HMUZ"),
+    "ZN": (110.0, 0.015625, "HMUZ"), "ZB": (120.0, 0.03125, "HMUZ"), "ZF": (107.0, 0.0078125, "HMUZ"),
+    "ZT": (102.0, 0.00390625, "HMUZ"), "6E": (1.1, 0.00005, "HMUZ"), "6J": (0.007, 0.0000005, "HMUZ"),
+    "6B": (1.27, 0.0001, "HMUZ"), "6A": (0.66, 0.00005, "HMUZ"), "CL": (75.0, 0.01, _MONTH_CODES),
+    "NG": (3.0, 0.001, _MONTH_CODES), "RB": (2.3, 0.0001, _MONTH_CODES), "HO": (2.5, 0.0001, _MONTH_CODES),
+    "GC": (1_900.0, 0.1, "GJMQVZ"), "SI": (23.0, 0.005, "HKNUZ"), "HG": (3.8, 0.0005, "HKNUZ"),
+    "PL": (950.0, 0.1, "FJNV"), "ZC": (450.0, 0.25, "HKNUZ"), "ZS": (1_200.0, 0.25, "FHKNQUX"),
+    "ZW": (600.0, 0.25, "HKNUZ"), "ZM": (380.0, 0.1, "FHKNQUVZ"), "ZL": (55.0, 0.01, "FHKNQUVZ"),
+    "LE": (180.0, 0.025, "GJMQVZ"), "HE": (85.0, 0.025, "GJKMNQVZ"), "BTC": (60_000.0, 5.0, _MONTH_CODES),
+    "ETH": (3_000.0, 0.5, _MONTH_CODES), "LBR": (550.0, 0.5, "FHKNUX"), "DC": (18.0, 0.01, _MONTH_CODES),
+}
+THIN = {"LBR", "DC"}  # roots that trade in about one hour of three
+
+
+def _ns(moment: dt.datetime) -> int:
+    return int(moment.timestamp()) * 10**9
+
+
+def _easter(year: int) -> dt.date:
+    """Gregorian Easter Sunday (the anonymous algorithm)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = b // 4, b % 4
+    g = (8 * b + 13) // 25
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = c // 4, c % 4
+    l = (32 + 2 * e + 2 * i - h - k) % 7  # noqa: E741 - the algorithm's name
+    m = (a + 11 * h + 22 * l) // 451
+    month, day = divmod(h + l - 7 * m + 114, 31)
+    return dt.date(year, month, day + 1)
+
+
+def _observed(day: dt.date) -> dt.date:
+    return day + _DAY if day.weekday() == 6 else day - _DAY if day.weekday() == 5 else day
+
+
+def closed_days(year: int) -> set[dt.date]:
+    """Trade dates with no session: New Year's Day, Good Friday, Christmas."""
+    return {_observed(dt.date(year, 1, 1)), _easter(year) - 2 * _DAY, _observed(dt.date(year, 12, 25))}
+
+
+def _trade_date(hour: dt.datetime) -> dt.date | None:
+    """The Globex trade date an hour (UTC, on the hour) belongs to, or None in the halt or a
+    weekend or holiday."""
+    local = hour.astimezone(CHICAGO)
+    if local.hour == 16:
+        return None
+    day = local.date() + _DAY if local.hour >= 17 else local.date()
+    if day.weekday() >= 5 or day in closed_days(day.year):
+        return None
+    return day
+
+
+def _third_friday(year: int, month: int) -> dt.date:
+    first = dt.date(year, month, 1)
+    return first + dt.timedelta(days=(4 - first.weekday()) % 7 + 14)
+
+
+class Contract:
+    def __init__(self, root: str, year: int, month: int):
+        self.root, self.year, self.month = root, year, month
+        months = ROOTS[root][2]
+        if months == "HMUZ":
+            self.expiry = _third_friday(year, month)
+        else:
+            before = dt.date(year, month, 1) - _DAY
+            self.expiry = before.replace(day=20)
+        self.raw_symbol = f"{root}{_MONTH_CODES[month - 1]}{year % 10}"
+        # stable across runs; distinct for the contracts of one request
+        self.instrument_id = zlib.crc32(f"{root}{year}{month}".encode()) % 4_000_000 + 1_000
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Contract) and (self.root, self.year, self.month) == (other.root, other.year, other.month)
+
+    def __hash__(self) -> int:
+        return hash((self.root, self.year, self.month))
+
+
+def contracts_from(root: str, day: dt.date, count: int) -> list[Contract]:
+    """The first `count` contracts of `root` expiring after `day`, nearest first."""
+    months = [_MONTH_CODES.index(code) + 1 for code in ROOTS[root][2]]
+    found, year = [], day.year
+    while len(found) < count:
+        for month in months:
+            contract = Contract(root, year, month)
+            if contract.expiry > day:
+                found.append(contract)
+                if len(found) == count:
+                    break
+        year += 1
+    return found
+
+
+def mapped_contract(root: str, rule: str, rank: int, day: dt.date) -> Contract:
+    """The contract `ROOT.rule.rank` points to on UTC date `day`."""
+    return contracts_from(root, day + dt.timedelta(days=_ROLL_DAYS[rule]), rank + 1)[rank]
+
+
+def _price(root: str, contract: Contract, moment_ns: int) -> float:
+    """A deterministic path: the root's level with slow and fast waves, plus carry to expiry."""
+    level, tick, _ = ROOTS[root]
+    hours = moment_ns / _HOUR_NS
+    spot = level * (1 + 0.12 * math.sin(hours / 2_900.0 + len(root)) + 0.01 * math.sin(hours / 7.0))
+    carry = 1 + 0.002 * (contract.expiry - dt.datetime.fromtimestamp(moment_ns / 1e9, dt.UTC).date()).days / 30
+    return round(spot * carry / tick) * tick
+
+
+def _fixed(price: float) -> int:
+    return round(price * 1e9)
+
+
+class DatabentoEmulator:
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.gateway_limit_records = 20_000
+        self.usd_per_gb = {"ohlcv-1h": 600.0, "ohlcv-1d": 600.0, "definition": 300.0}
+        self.quiet: set[tuple[str, dt.datetime]] = set()
+        self.undefined: set[tuple[str, dt.datetime]] = set()  # (root, bar start): open sent as 2^63 − 1
+        self.refuse_next = 0
+        self.seen_keys: set[str] = set()
+        self.requests: list[dict[str, str]] = []
+        self.answers: Counter[str] = Counter()
+        self._second = (-1, 0)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v0/timeseries.get_range", self.get_range, methods=["POST"]),
+            Route("/v0/metadata.get_cost", self.get_cost, methods=["POST"]),
+            Route("/v0/metadata.get_dataset_range", self.get_dataset_range, methods=["GET"]),
+        ]
+
+    # ---- answers -----------------------------------------------------------------------
+
+    def _error(self, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+        self.answers[str(status)] += 1
+        return Response(orjson.dumps({"detail": detail}), status_code=status, media_type="application/json",
+                        headers=headers)
+
+    def _refused(self, request: Request) -> Response | None:
+        """429 past the per-second budget, 401 without a well-formed key."""
+        now = self.clock()
+        second, count = self._second
+        self._second = (int(now), (count if second == int(now) else 0) + 1)
+        if self._second[1] > REQUESTS_PER_SECOND or self.refuse_next > 0:
+            self.refuse_next = max(0, self.refuse_next - 1)
+            return self._error(429, "Too many requests.", {"Retry-After": "1"})
+        header = request.headers.get("authorization", "")
+        key = ""
+        if header.startswith("Basic "):
+            try:
+                key = base64.b64decode(header[6:]).decode().partition(":")[0]
+            except ValueError:
+                key = ""
+        if key:
+            self.seen_keys.add(key)
+        if not _KEY.fullmatch(key):
+            return self._error(401, "Authentication failed.")
+        return None
+
+    def available_end(self) -> dt.datetime:
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        return now.replace(minute=0, second=0, microsecond=0)
+
+    async def get_dataset_range(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if request.query_params.get("dataset") != DATASET:
+            return self._error(422, f"Invalid dataset '{request.query_params.get('dataset')}'.")
+        start, end = (f"{m:%Y-%m-%dT%H:%M:%S}.000000000Z" for m in (AVAILABLE_FROM, self.available_end()))
+        self.answers["200"] += 1
+        return Response(orjson.dumps({"start": start, "end": end,
+                                      "schema": {name: {"start": start, "end": end} for name in _SCHEMAS}}),
+                        media_type="application/json")
+
+    async def get_cost(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        query = await self._query(request)
+        if isinstance(query, Response):
+            return query
+        schema, records, _, _ = query
+        size = sum(len(bytes(record)) for record in records)
+        self.answers["200"] += 1
+        return Response(orjson.dumps(size / 1e9 * self.usd_per_gb[schema]), media_type="application/json")
+
+    async def get_range(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        query = await self._query(request)
+        if isinstance(query, Response):
+            return query
+        schema, records, metadata, not_found = query
+        if len(records) > self.gateway_limit_records:
+            self.answers["504"] += 1
+            return Response("<html><body><h1>504 Gateway Time-out</h1></body></html>", status_code=504,
+                            media_type="text/html")
+        body = zstandard.ZstdCompressor().compress(bytes(metadata) + b"".join(bytes(r) for r in records))
+        headers = {}
+        if not_found:
+            headers["X-Warning"] = orjson.dumps(
+                [f"BentoWarning: The following symbols could not be resolved: {', '.join(not_found)}."]).decode()
+        self.answers["200"] += 1
+        return Response(body, media_type="application/octet-stream", headers=headers)
+
+    # ---- the query -----------------------------------------------------------------------
+
+    async def _query(self, request: Request):
+        """(schema, records, metadata, not_found) of a get_range form, or the error answer."""
+        form = dict(parse_qsl((await request.body()).decode()))  # application/x-www-form-urlencoded
+        self.requests.append(form)
+        if form.get("dataset") != DATASET:
+            return self._error(422, f"Invalid dataset '{form.get('dataset')}'.")
+        schema = form.get("schema", "")
+        if schema not in _SCHEMAS:
+            return self._error(422, f"Invalid schema '{schema}' for this emulator of {DATASET}.")
+        if form.get("stype_in") != "continuous":
+            return self._error(422, f"Invalid stype_in '{form.get('stype_in')}'.")
+        try:
+            start = _moment(form.get("start", ""))
+            end = _moment(form["end"]) if form.get("end") else start + (_DAY if schema != "ohlcv-1h" else dt.timedelta(hours=1))
+        except ValueError as exc:
+            return self._error(422, f"Invalid datetime: {exc}.")
+        available = self.available_end()
+        if start >= end:
+            return self._error(422, f"Invalid time range: start cannot be on or after end "
+                                    f"({start.isoformat()} >= {end.isoformat()}).")
+        if end > available:
+            return self._error(422, f"The end of the requested range {end.isoformat()} is after the available end "
+                                    f"of dataset {DATASET} ({available.isoformat()}). Set end to "
+                                    f"{available.isoformat()} or earlier.")
+        if start < AVAILABLE_FROM:
+            return self._error(422, f"The start of the requested range {start.isoformat()} is before the available "
+                                    f"start of dataset {DATASET} ({AVAILABLE_FROM.isoformat()}).")
+        symbols = [s for s in form.get("symbols", "").split(",") if s]
+        if not symbols:
+            return self._error(422, "At least one symbol is required.")
+        resolved, not_found = [], []
+        for symbol in symbols:
+            match = _CONTINUOUS.fullmatch(symbol)
+            if match is None or match.group(1) not in ROOTS:
+                not_found.append(symbol)
+            else:
+                resolved.append((symbol, match.group(1), match.group(2), int(match.group(3))))
+        records, mappings = [], []
+        for symbol, root, rule, rank in resolved:
+            days = _days(start, end)
+            by_day = {day: mapped_contract(root, rule, rank, day) for day in days}
+            mappings.append(_Mapping(symbol, _intervals(by_day)))
+            if schema == "definition":
+                records += [_definition(contract, start) for contract in dict.fromkeys(by_day.values())]
+            else:
+                records += self._bars(schema, root, by_day, start, end)
+        records.sort(key=lambda record: (record.ts_event, record.instrument_id))
+        limit = form.get("limit")
+        if limit:
+            records = records[:int(limit)]
+        metadata = dbn.Metadata(
+            DATASET, _ns(start), dbn.SType.CONTINUOUS, dbn.SType.INSTRUMENT_ID, dbn.Schema.from_str(schema),
+            symbols=symbols, partial=[], not_found=not_found, mappings=mappings, end=_ns(end),
+        )
+        return schema, records, metadata, not_found
+
+    def _traded(self, root: str, hour: dt.datetime) -> bool:
+        if _trade_date(hour) is None or (root, hour) in self.quiet:
+            return False
+        return root not in THIN or zlib.crc32(f"{root}{hour:%Y%m%d%H}".encode()) % 3 == 0
+
+    def _bars(self, schema: str, root: str, by_day: dict[dt.date, Contract], start: dt.datetime,
+              end: dt.datetime) -> list[dbn.OHLCVMsg]:
+        """The bars of one continuous symbol: an hour's from its price path; a UTC day's from that
+        day's hours."""
+        tick = ROOTS[root][1]
+        bars = []
+        for day, contract in by_day.items():
+            hourly = []
+            for index in range(24):
+                hour = dt.datetime(day.year, day.month, day.day, index, tzinfo=dt.UTC)
+                if not self._traded(root, hour):
+                    continue
+                moment = _ns(hour)
+                opened, closed = _price(root, contract, moment), _price(root, contract, moment + _HOUR_NS)
+                spread = max(tick, round(0.002 * opened / tick) * tick)
+                volume = 50 + zlib.crc32(f"{contract.raw_symbol}{moment}".encode()) % 5_000
+                hourly.append((hour, opened, max(opened, closed) + spread, min(opened, closed) - spread, closed, volume))
+            if schema == "ohlcv-1h":
+                chosen = [bar for bar in hourly if start <= bar[0] < end]
+            else:
+                begin = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+                chosen = [(begin, hourly[0][1], max(b[2] for b in hourly), min(b[3] for b in hourly), hourly[-1][4],
+                           sum(b[5] for b in hourly))] if hourly and start <= begin < end else []
+            for moment, opened, high, low, closed, volume in chosen:
+                undefined = (root, moment) in self.undefined
+                bars.append(dbn.OHLCVMsg(
+                    _SCHEMAS[schema], PUBLISHER_ID, contract.instrument_id, _ns(moment),
+                    dbn.UNDEF_PRICE if undefined else _fixed(opened), _fixed(high), _fixed(low), _fixed(closed), volume,
+                ))
+        return bars
+
+    def stats(self) -> dict:
+        return {"answers": dict(sorted(self.answers.items())), "requests": len(self.requests)}
+
+
+class _Interval:
+    def __init__(self, start_date: dt.date, end_date: dt.date, symbol: str):
+        self.start_date, self.end_date, self.symbol = start_date, end_date, symbol
+
+
+class _Mapping:
+    def __init__(self, raw_symbol: str, intervals: list[_Interval]):
+        self.raw_symbol, self.intervals = raw_symbol, intervals
+
+
+def _moment(text: str) -> dt.datetime:
+    """A get_range bound: nanoseconds since the epoch, or an ISO 8601 date or time (UTC if naive)."""
+    if text.isdigit():
+        return dt.datetime.fromtimestamp(int(text) / 1e9, dt.UTC)
+    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def _days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
+    """The UTC dates that [start, end) touches."""
+    first, last = start.date(), (end - dt.timedelta(microseconds=1)).date()
+    return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def _intervals(by_day: dict[dt.date, Contract]) -> list[_Interval]:
+    """Runs of days mapped to one contract, as [start_date, end_date) with its instrument id."""
+    runs: list[_Interval] = []
+    for day, contract in by_day.items():
+        if runs and runs[-1].symbol == str(contract.instrument_id) and runs[-1].end_date == day:
+            runs[-1].end_date = day + _DAY
+        else:
+            runs.append(_Interval(day, day + _DAY, str(contract.instrument_id)))
+    return runs
+
+
+def _definition(contract: Contract, start: dt.datetime) -> dbn.InstrumentDefMsg:
+    level, tick, _ = ROOTS[contract.root]
+    expiration = dt.datetime.combine(contract.expiry, dt.time(13, 30), dt.UTC)
+    return dbn.InstrumentDefMsg(
+        PUBLISHER_ID, contract.instrument_id, _ns(start), _ns(start), _fixed(tick), 1_000_000_000,
+        contract.raw_symbol, contract.root, "FUT", dbn.InstrumentClass.FUTURE, dbn.SecurityUpdateAction.ADD,
+        expiration=_ns(expiration), currency="USD", exchange="XCME",
+    )
+
+
+def build(config, failures, clock=time.time) -> DatabentoEmulator:
+    """This upstream's emulator, for the server (emulator/server.py) to mount as `databento`."""
+    return DatabentoEmulator(clock)
