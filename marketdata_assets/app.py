@@ -140,8 +140,58 @@ def plan_seed(env: Mapping[str, str], from_raw: str | None, to_raw: str | None) 
         raise AppError(str(exc)) from None
     check_warehouse(settings)
     instance = local_instance(env)
-    chosen, notes = backfills.plan_seed(definitions, instance, start, end, now, backfills.skipped_datasets(env))
+    from marketdata_assets.datasets import all_datasets
+
+    unmet = {d.name: why for d in all_datasets() if (why := d.unmet_requirement(settings))}
+    chosen, notes = backfills.plan_seed(definitions, instance, start, end, now, backfills.skipped_datasets(env), unmet)
     return SeedPlan(settings, definitions, instance, start, end, chosen, notes)
+
+
+@dataclass
+class Cost:
+    """What an upstream that bills by volume asks for one dataset's part of a launch."""
+
+    dataset: str
+    usd: float
+    series: int
+    start: dt.datetime
+    end: dt.datetime
+
+    def describe(self) -> str:
+        return (f"{self.dataset}: the upstream asks ${self.usd:,.4f} for {self.series} series over "
+                f"{self.start:%Y-%m-%d} .. {self.end:%Y-%m-%d}")
+
+
+def launch_costs(settings: Settings, chosen: list) -> list[Cost]:
+    """The cost of each dataset of `chosen` (backfills.Selection) whose upstream bills by volume,
+    asked of it before anything is launched; AppError naming the dataset when it cannot run (a
+    missing key) or the upstream refuses to say."""
+    from marketdata_assets.catalog import load_catalog
+    from marketdata_assets.datasets import dataset as dataset_named
+    from marketdata_assets.sources.errors import UpstreamError
+
+    now = dt.datetime.now(dt.UTC)
+    by_key = {dataset_named(s.dataset).asset_key(s): s for s in load_catalog(settings.catalog_path).all_series()}
+    costs: dict[str, Cost] = {}
+    for selection in chosen:
+        series = [by_key[key] for key in selection.keys if key in by_key]
+        declared = dataset_named(series[0].dataset) if series else None
+        if declared is None or not declared.bills_by_volume:
+            continue
+        start = selection.partitions.time_window_for_partition_key(selection.first).start
+        end = min(selection.partitions.time_window_for_partition_key(selection.last).end, now)
+        why = declared.unmet_requirement(settings)
+        if why:
+            raise AppError(f"{declared.name}: {why}; nothing was launched")
+        try:
+            usd = declared.cost_usd(series, start, end, settings) or 0.0
+        except UpstreamError as exc:
+            raise AppError(f"{declared.name}: the cost could not be asked: {exc}; nothing was launched") from None
+        found = costs.setdefault(declared.name, Cost(declared.name, 0.0, 0, start, end))
+        found.usd += usd
+        found.series += len(series)
+        found.start, found.end = min(found.start, start), max(found.end, end)
+    return list(costs.values())
 
 
 def check_warehouse(settings: Settings) -> None:

@@ -237,14 +237,16 @@ class DagsterApi:
             raise DagsterApiError(f"{answer['__typename']}: {answer['message'].strip().splitlines()[0]}")
         return answer
 
-    def launch(self, chosen: Sequence[Selection], title: str) -> str:
+    def launch(self, chosen: Sequence[Selection], title: str, tags: Mapping[str, str] | None = None) -> str:
+        """Launch `chosen` as one backfill; `tags` are added to its runs' (the trigger's is)."""
         params = {
             "partitionsByAssets": [
                 {"assetKey": {"path": key.path}, "partitions": {"range": {"start": s.first, "end": s.last}}}
                 for s in chosen for key in s.keys
             ],
             "title": title,
-            "tags": [{"key": "marketdata/trigger", "value": "marketdata backfill"}],
+            "tags": [{"key": key, "value": value}
+                     for key, value in {"marketdata/trigger": "marketdata backfill", **(tags or {})}.items()],
         }
         return self._ask(_LAUNCH, {"params": params}, "launchPartitionBackfill")["backfillId"]
 
@@ -431,12 +433,16 @@ def skipped_datasets(env: Mapping[str, str]) -> list[str]:
 
 def plan_seed(
     definitions: dg.Definitions, instance: dg.DagsterInstance, start: dt.datetime, end: dt.datetime,
-    now: dt.datetime, skip: Sequence[str],
+    now: dt.datetime, skip: Sequence[str], unmet: Mapping[str, str] | None = None,
 ) -> tuple[list[Selection], list[str]]:
-    """The partitions overlapping [start, end) of every dataset not skipped that are not yet
-    materialized, as Selections, and what the plan left out and why, one line each."""
+    """The partitions overlapping [start, end) of every dataset not skipped (nor `unmet`: dataset ->
+    the requirement it lacks) that are not yet materialized, as Selections, and what the plan left
+    out and why, one line each."""
+    unmet = unmet or {}
     notes = [f"skipping {name} (SKIP_{name.upper()}=1)" for name in skip]
     skipped = set(skip) | {name for group, names in groups().items() if group in skip for name in names}
+    notes += [f"skipping {name}: {why}" for name, why in unmet.items() if name not in skipped]
+    skipped |= set(unmet)
     specs = [s for s in definitions.resolve_all_asset_specs() if dataset_of(s) not in skipped]
     wanted: dict[dg.AssetKey, list[str]] = {}
     already = total = 0
@@ -455,7 +461,7 @@ def plan_seed(
         wanted[spec.key] = [k for k in keys if k not in materialized]
         already += len(keys) - len(wanted[spec.key])
         total += len(keys)
-    if already == total:
+    if already == total and total:
         notes.append(f"all {total} partitions are materialized already")
     elif already:
         notes.append(f"{already} of {total} partitions are materialized already: fetching only the other "

@@ -285,6 +285,31 @@ def _selection(command: str, dataset: str, symbols: tuple[str, ...], from_raw: s
         _fail(command, str(exc))
 
 
+COST_TAG = "marketdata/estimated_cost_usd"
+
+
+def _priced(command: str, settings, chosen, max_cost: float | None, echo) -> dict[str, str]:
+    """Ask each upstream that bills by volume what `chosen` costs, say it with `echo`, and stop
+    (exit 2, nothing sent but the questions) above `max_cost` USD (MARKETDATA_DATABENTO_MAX_COST
+    when not given); the runs' tags recording the estimate otherwise."""
+    from marketdata_assets import app
+
+    try:
+        costs = app.launch_costs(settings, chosen)
+    except app.AppError as exc:
+        _fail(command, str(exc))
+    if not costs:
+        return {}
+    limit = settings.databento_max_cost if max_cost is None else max_cost
+    total = sum(cost.usd for cost in costs)
+    for cost in costs:
+        echo(cost.describe())
+    if total > limit:
+        _fail(command, f"the estimated cost ${total:,.4f} is above the limit of ${limit:,.2f} (--max-cost, "
+                       "MARKETDATA_DATABENTO_MAX_COST): nothing was fetched")
+    return {COST_TAG: f"{total:.6f}"}
+
+
 def _run_here(definitions, chosen, instance, tags=None) -> bool:
     """Run `chosen` in this process with a progress bar over its partitions; print each outcome."""
     from marketdata_assets.backfills import run_here
@@ -314,7 +339,9 @@ def _run_here(definitions, chosen, instance, tags=None) -> bool:
 @click.option("--to", "to_raw", metavar="DATE|now", help="The last day (included), a moment, or now [now].")
 @click.option("--wait", is_flag=True, help="Follow the backfill until it ends; exit 1 unless it succeeded.")
 @click.option("--local", is_flag=True, help="Run it in this process (no webserver), with a progress bar.")
-def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: bool) -> None:
+@click.option("--max-cost", type=click.FloatRange(min=0), metavar="USD",
+              help="Refuse a backfill an upstream prices higher (Databento) [MARKETDATA_DATABENTO_MAX_COST, 5].")
+def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: bool, max_cost) -> None:
     """Backfill DATASET (a dataset, a key's dataset part such as klines_1m, or a group such as
     sentiment) over a date range.
 
@@ -322,6 +349,7 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
     from marketdata_assets.backfills import DagsterApi, DagsterApiError
 
     settings, definitions, chosen = _selection("backfill", dataset, symbols, from_raw, to_raw)
+    priced = _priced("backfill", settings, chosen, max_cost, lambda line: click.echo(line, err=True))
     if local:
         from marketdata_assets.app import AppError, check_warehouse, local_instance
 
@@ -330,14 +358,14 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
         except AppError as exc:
             _fail("backfill", str(exc))
         instance = local_instance()
-        ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata backfill --local"})
+        ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata backfill --local", **priced})
         instance.dispose()
         sys.exit(0 if ok else 1)
     api = DagsterApi(settings.dagster_url)
     title = f"marketdata backfill {dataset}" + (f" {','.join(symbols)}" if symbols else "") + \
         f" {from_raw or 'listing'}..{to_raw or 'now'}"
     try:
-        backfill_id = api.launch(chosen, title)
+        backfill_id = api.launch(chosen, title, priced)
         click.echo(backfill_id)
         if not wait:
             return
@@ -433,7 +461,7 @@ def backfill_cancel(backfill_id: str) -> None:
                f"({info.done} of {info.total} partitions done so far stay)")
 
 
-def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
+def run_seed(env, from_raw: str | None, to_raw: str | None, max_cost: float | None = None) -> bool:
     """`marketdata seed` with the settings of `env`, printed as it goes; True when every run succeeded."""
     from marketdata_assets import app
 
@@ -445,10 +473,12 @@ def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
     for note in plan.notes:
         click.echo(note)
     if not plan.chosen:
-        click.echo("nothing to fetch: every partition is materialized already")
+        done = any(note.endswith("partitions are materialized already") for note in plan.notes)
+        click.echo("nothing to fetch" + (": every partition is materialized already" if done else ""))
         plan.instance.dispose()
         return True
-    ok = _run_here(plan.definitions, plan.chosen, plan.instance, {"marketdata/trigger": "marketdata seed"})
+    priced = _priced("seed", plan.settings, plan.chosen, max_cost, click.echo)
+    ok = _run_here(plan.definitions, plan.chosen, plan.instance, {"marketdata/trigger": "marketdata seed", **priced})
     plan.instance.dispose()
     return ok
 
@@ -456,14 +486,16 @@ def run_seed(env, from_raw: str | None, to_raw: str | None) -> bool:
 @main.command()
 @click.option("--from", "from_raw", envvar="FROM_DATE", metavar="DATE", help="First day [a year ago].")
 @click.option("--to", "to_raw", envvar="TO_DATE", metavar="DATE", help="Last day, included [now].")
-def seed(from_raw: str | None, to_raw: str | None) -> None:
+@click.option("--max-cost", type=click.FloatRange(min=0), metavar="USD",
+              help="Refuse a seed an upstream prices higher (Databento) [MARKETDATA_DATABENTO_MAX_COST, 5].")
+def seed(from_raw: str | None, to_raw: str | None, max_cost: float | None) -> None:
     """Bootstrap: every dataset of the catalog over the last year, in this process.
 
     SKIP_<DATASET>=1 leaves a dataset out (SKIP_KLINES, SKIP_FUNDING, …), SKIP_<GROUP>=1 a
     group of them (SKIP_SENTIMENT). A re-run fetches only the partitions not materialized yet."""
     import os
 
-    sys.exit(0 if run_seed(os.environ, from_raw, to_raw) else 1)
+    sys.exit(0 if run_seed(os.environ, from_raw, to_raw, max_cost) else 1)
 
 
 @main.command()

@@ -20,6 +20,8 @@ from marketdata_assets.settings import emulated_endpoints
 # The emulator takes any well-formed FRED key; a real FRED_API_KEY in the environment is kept
 # (it is never sent anywhere but the emulator here).
 DEMO_FRED_KEY = "0123456789abcdef0123456789abcdef"
+# Likewise a Databento-shaped key ("db-" and 27 letters or digits): no account has it.
+DEMO_DATABENTO_KEY = "db-DemoKeyForTheLocalEmulator0"
 
 
 def start_emulator(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
@@ -52,8 +54,10 @@ def run_demo(from_raw: str | None, to_raw: str | None, run_seed: Callable[[dict,
     try:
         env.update(emulated_endpoints(url))  # every upstream, emulated on one port
         env.setdefault("FRED_API_KEY", DEMO_FRED_KEY)
-        # the seed runs in this process, whose runs read the key from its own environment
-        os.environ.setdefault("FRED_API_KEY", env["FRED_API_KEY"])
+        env.setdefault("DATABENTO_API_KEY", DEMO_DATABENTO_KEY)
+        # the seed runs in this process, whose runs read the keys from its own environment
+        for variable in ("FRED_API_KEY", "DATABENTO_API_KEY"):
+            os.environ.setdefault(variable, env[variable])
         click.echo(f"emulator at {url}")
         began = time.perf_counter()
         ok = run_seed(env, from_raw, to_raw)

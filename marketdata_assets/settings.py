@@ -75,6 +75,19 @@ def _int_setting(env: Mapping[str, str], name: str, default: int, minimum: int =
     return value
 
 
+def _usd_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an amount of USD") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name}={raw} must be an amount of USD, 0 or more")
+    return value
+
+
 def _choice_setting(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = env.get(name) or default
     if raw not in choices:
@@ -124,6 +137,9 @@ class Settings:
     warehouse_url_in_environment: bool = False
     fred_api_key: str | None = field(default=None, repr=False)
     databento_api_key: str | None = field(default=None, repr=False)
+    # Databento bills by volume: a backfill estimated above this many USD is refused before it
+    # sends a data request (`--max-cost` overrides it).
+    databento_max_cost: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,5 +165,6 @@ class Settings:
             dagster_url=(env.get("MARKETDATA_DAGSTER_URL") or DEFAULT_DAGSTER_URL).rstrip("/"),
             fred_api_key=env.get("FRED_API_KEY"),
             databento_api_key=env.get("DATABENTO_API_KEY"),
+            databento_max_cost=_usd_setting(env, "MARKETDATA_DATABENTO_MAX_COST", 5.0),
             **endpoints,
         )

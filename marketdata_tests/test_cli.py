@@ -70,8 +70,12 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
                  "defillama/stablecoin_supply 240 2024-01-01 00:00 2024-02-29 00:00",
                  "blockchain_com/market_cap/BTC 60 2024-01-01 00:00 2024-02-29 00:00",
                  "derived/ssr/BTC 60 2024-01-01 00:00 2024-02-29 00:00",
-                 "fred/macro/CPIAUCSL 24 2024-01-01 00:00 2024-12-01 00:00"):
+                 "fred/macro/CPIAUCSL 24 2024-01-01 00:00 2024-12-01 00:00",
+                 # CME daily bars of 2024 (a yearly partition): 366 days, less 52 Saturdays and Good Friday
+                 "databento_glbx/ohlcv_1d/ES 313 2024-01-01 00:00 2024-12-31 00:00"):
         assert line in flat, line
+    priced = [line for line in out.splitlines() if line.startswith("ohlcv_1d: the upstream asks $")]
+    assert len(priced) == 1 and priced[0].endswith(" for 6 series over 2024-01-01 .. 2025-01-01"), priced
     done = [line.split()[1] for line in out.splitlines() if line.startswith("done ")]
     assert done[-1] == "derived/ssr/BTC"
     assert (tmp_path / ".marketdata" / "warehouse.duckdb").exists()
@@ -83,10 +87,12 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
     again = marketdata_here("seed", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02",
                                                        "SKIP_FUNDING": "1", "SKIP_SENTIMENT": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.splitlines()[0:5] == [
+    assert again.stdout.splitlines()[0:7] == [
         "seeding 2024-01-30 00:00 .. 2024-02-03 00:00 UTC into duckdb:///.marketdata/warehouse.duckdb",
         "skipping funding (SKIP_FUNDING=1)",
         "skipping sentiment (SKIP_SENTIMENT=1)",
+        "skipping ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)",  # (the demo set a key of its own)
+        "skipping ohlcv_1h: DATABENTO_API_KEY is not set (Databento's API key)",
         "all 36 partitions are materialized already",  # klines 16, open interest and long/short 8, FRED 12
         "nothing to fetch: every partition is materialized already",
     ]

@@ -107,3 +107,140 @@ def test_the_emulator_answers_the_databento_client_with_globex_sessions_rolls_an
             bars(client, "ohlcv-1d", ["ES.c.0"], "2024-03-11", "2024-03-12")
         assert refused.value.headers["Retry-After"] == "1"
         assert emu.databento.requests[0]["stype_in"] == "continuous" and emu.databento.seen_keys == {KEY, "db-nope"}
+
+
+def _env(settings_url: str, warehouse_url: str, dagster_home, catalog, key: str | None = KEY) -> dict[str, str]:
+    env = {"MARKETDATA_WAREHOUSE_URL": warehouse_url, "DAGSTER_HOME": str(dagster_home),
+           "MARKETDATA_CATALOG": str(catalog), "MARKETDATA_DATABENTO_URL": settings_url}
+    if key:
+        env["DATABENTO_API_KEY"] = key
+    return env
+
+
+ROOTS_1D = ["ES", "NQ", "CL", "GC", "ZN", "6E", "ZC", "HG", "LE", "ZZZ"]  # ZZZ: no such root at Databento
+ROOTS_1H = ["ES", "NQ", "CL", "6E", "LBR"]
+
+
+def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first_and_the_key_nowhere(
+    tmp_path, warehouse_url, dagster_home, monkeypatch,
+):
+    import json
+
+    import polars as pl
+
+    from marketdata_assets.warehouse import open_warehouse
+    from marketdata_tests.test_cli import marketdata, marketdata_here
+
+    monkeypatch.delenv("DATABENTO_API_KEY", raising=False)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml_text([
+        {"source": "databento_glbx", "dataset": "ohlcv_1d", "keys": ROOTS_1D, "start_date": "2011-01-01"},
+        {"source": "databento_glbx", "dataset": "ohlcv_1h", "keys": ROOTS_1H, "start_date": "2024-01-01"},
+    ]))
+    with EmulatorServer() as emu:
+        env = _env(emu.url, warehouse_url, dagster_home, catalog)
+        # Refused before anything is fetched: an ICE root, no key, a price above the limit
+        ice = tmp_path / "ice.yaml"
+        ice.write_text(yaml_text([{"source": "databento_glbx", "dataset": "ohlcv_1d", "keys": ["ES", "KC"]}]))
+        refused = marketdata_here("backfill", "ohlcv_1d", "--local", cwd=tmp_path, env={**env, "MARKETDATA_CATALOG": str(ice)})
+        assert refused.returncode == 2 and "keys: KC trades on ICE, not CME Globex: it needs Databento's IFUS.IMPACT " \
+                                          "dataset" in refused.stderr, refused.stderr
+        keyless = marketdata_here("backfill", "ohlcv_1d", "--local", cwd=tmp_path,
+                                  env=_env(emu.url, warehouse_url, dagster_home, catalog, key=None))
+        assert (keyless.returncode, keyless.stderr.strip()) == (2, "marketdata backfill: ohlcv_1d: DATABENTO_API_KEY is "
+                                                                   "not set (Databento's API key); nothing was launched")
+        seeded = marketdata_here("seed", "--from", "2024-01-01", "--to", "2024-01-31", cwd=tmp_path,
+                                 env=_env(emu.url, warehouse_url, dagster_home, catalog, key=None))
+        assert seeded.returncode == 0 and seeded.stdout.splitlines()[1:] == [
+            "skipping ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)",
+            "skipping ohlcv_1h: DATABENTO_API_KEY is not set (Databento's API key)", "nothing to fetch"], seeded.stdout
+        costly = marketdata_here("backfill", "ohlcv_1d", "--from", "2011-01-01", "--to", "2025-12-31",
+                                 "--max-cost", "1", "--local", cwd=tmp_path, env=env)
+        lines = costly.stderr.strip().splitlines()
+        asked = float(lines[0].split("$")[1].split()[0])
+        assert costly.returncode == 2 and lines == [
+            f"ohlcv_1d: the upstream asks ${asked:.4f} for 10 series over 2011-01-01 .. 2026-01-01",
+            f"marketdata backfill: the estimated cost ${asked:.4f} is above the limit of $1.00 (--max-cost, "
+            "MARKETDATA_DATABENTO_MAX_COST): nothing was fetched"], costly.stderr
+        assert {r["endpoint"] for r in emu.databento.requests} == {"metadata.get_cost"}  # no data asked
+
+        # Fifteen years of ten roots (one unknown), the gateway timing out on a year of bars: each
+        # 504 halves the piece. One day of NQ comes with an undefined price.
+        emu.databento.gateway_limit_records = 200
+        emu.databento.undefined.add(("NQ", utc(2024, 3, 18)))
+        daily = marketdata("backfill", "ohlcv_1d", "--from", "2011-01-01", "--to", "2025-12-31", "--local",
+                           cwd=tmp_path, env=env)
+        assert daily.returncode == 1, daily.stderr[-3000:]  # ZZZ's asset fails; the others land
+        assert "Databento: timeseries.get_range ohlcv-1d ZZZ.c.0 2011-01-01 00:00..2012-01-02 00:00 rejected with " \
+               "HTTP 200: GLBX.MDP3 has no symbol ZZZ.c.0 (not found in its symbology)" in daily.stdout, daily.stdout
+        assert emu.databento.answers["504"] >= 9  # a 504 for the first year piece of each root
+        warehouse = open_warehouse(warehouse_url)
+        bars = warehouse.query("SELECT * FROM market_data.futures_bars WHERE timeframe = '1d' ORDER BY symbol, ts_event")
+        per_year = bars.filter(pl.col("ts_event").dt.year() == 2024).group_by("symbol").len()
+        # 2024 by hand: 366 UTC days, less 52 Saturdays, less Good Friday (no session at all that
+        # day); New Year's Day and Christmas keep the evening session's hours of the next trade date
+        assert dict(per_year.iter_rows()) == {f"{r}.c.0": 313 for r in ROOTS_1D if r not in ("NQ", "ZZZ")} | {"NQ.c.0": 312}
+        es = bars.filter(pl.col("symbol") == "ES.c.0")
+        assert es["ts_event"].min() == utc(2011, 1, 2) and es["ts_event"].max() == utc(2025, 12, 31)
+        roll = es.filter(pl.col("ts_event").is_between(utc(2024, 3, 14), utc(2024, 3, 15)))
+        assert roll["raw_symbol"].to_list() == ["ESH4", "ESM4"]  # ESH4 expires on 15 March 2024
+        assert es.filter(pl.col("raw_symbol").is_null()).is_empty()
+        # the prices as the vendor's own decoding reads them, ×1e-9
+        with warnings.catch_warnings(action="ignore"):  # pandas' deprecation notes inside the vendor's to_df
+            vendor = bars_of(emu.url, "ohlcv-1d", "ES.c.0", "2024-03-18", "2024-03-19").to_df(price_type="float")
+        mine = es.filter(pl.col("ts_event") == utc(2024, 3, 18)).row(0, named=True)
+        assert [mine[c] for c in ("open", "high", "low", "close", "volume")] == [
+            vendor[c].iloc[0] for c in ("open", "high", "low", "close", "volume")]
+        # the price asked first is that of the bars then sent (56 bytes a bar at the emulator's rate)
+        assert asked == pytest.approx((bars.height + 1) * 56 / 1e9 * emu.databento.usd_per_gb["ohlcv-1d"], abs=1e-4)
+        rejected = warehouse.query("SELECT symbol, timeframe, open_time, reason FROM market_data.rejected_rows")
+        assert rejected.rows() == [("NQ.c.0", "1d", utc(2024, 3, 18), "undefined price (2^63-1)")]
+
+        # Once each: the same backfill again stores nothing twice
+        again = marketdata("backfill", "ohlcv_1d", "--symbols", "ES,NQ", "--from", "2024-01-01", "--to", "2024-12-31",
+                           "--local", cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert warehouse.query("SELECT count(*) AS n FROM market_data.futures_bars WHERE timeframe = '1d'")["n"][0] == bars.height
+
+        # A year of hourly bars for five roots, seven days a request
+        hourly = marketdata("backfill", "ohlcv_1h", "--from", "2024-01-01", "--to", "2024-12-31", "--local",
+                            cwd=tmp_path, env=env)
+        assert hourly.returncode == 0, hourly.stderr[-3000:]
+        week = warehouse.query(
+            "SELECT symbol, count(*) AS n FROM market_data.futures_bars WHERE timeframe = '1h' AND ts_event >= ? "
+            "AND ts_event < ? GROUP BY symbol", [utc(2024, 3, 17), utc(2024, 3, 23)])
+        counts = dict(week.iter_rows())
+        # Sunday from 22:00 UTC, Monday to Thursday 23 hours (the 21:00 UTC halt), Friday to 20:00
+        full = 2 + 4 * 23 + 21
+        # (NQ's undefined price on 18 March is in that day's first hour too: that bar is rejected)
+        assert {s: n for s, n in counts.items() if s != "LBR.c.0"} == {
+            "ES.c.0": full, "NQ.c.0": full - 1, "CL.c.0": full, "6E.c.0": full}
+        assert 0 < counts["LBR.c.0"] < 2 + 4 * 23 + 21  # a thin root: hours without trades have no bar
+
+        # The report: per root, rows, first and last, what is missing; ZZZ has nothing
+        report = marketdata("report", "--dataset", "ohlcv_1d", "--format", "json", cwd=tmp_path, env=env)
+        assert report.returncode in (0, 1), report.stderr
+        rows = {row["asset"]: row for row in json.loads(report.stdout)}
+        assert rows["databento_glbx/ohlcv_1d/ZZZ"]["rows"] == 0
+        assert rows["databento_glbx/ohlcv_1d/ES"]["rows"] == es.height
+        # nothing printed, logged or recorded holds the key
+        import dagster as dg
+
+        printed = "".join(r.stdout + r.stderr for r in (refused, costly, daily, again, hourly, report))
+        assert KEY not in printed
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
+        logged = [dg.serialize_value(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
+        assert logged and not [line for line in logged if KEY in line]
+        assert instance.get_runs()[0].tags["marketdata/estimated_cost_usd"]
+        instance.dispose()
+        assert emu.databento.seen_keys == {KEY}
+
+
+def yaml_text(series: list[dict]) -> str:
+    import yaml
+
+    return yaml.safe_dump({"series": series})
+
+
+def bars_of(url: str, schema: str, symbol: str, start: str, end: str) -> db.DBNStore:
+    return bars(client_of(url), schema, [symbol], start, end)

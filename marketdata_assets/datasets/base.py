@@ -107,6 +107,8 @@ class Dataset:
     moment_names: ClassVar[tuple[str, str]] = ("first_row", "last_row")
     # When an asset counts as fresh (Dagster's FreshnessPolicy), if the dataset says.
     freshness_policy: ClassVar[Any] = None
+    # The upstream bills by the volume of data sent (Databento): a launch asks `cost_usd` first.
+    bills_by_volume: ClassVar[bool] = False
     # The report audits this dataset in detail (klines: known gaps, rejected rows, Dagster
     # against the warehouse); the others through `missing`.
     detailed_audit: ClassVar[bool] = False
@@ -167,6 +169,16 @@ class Dataset:
         """The source (sources/protocol.py) of `series`, from `upstreams` (defs/ingest/resources.py),
         or from `warehouse` for a dataset derived from others' rows."""
         raise NotImplementedError(f"{self.name} declares no source")
+
+    def unmet_requirement(self, settings: Any) -> str | None:
+        """Why this dataset cannot run with `settings` (a vendor key missing from the
+        environment), or None: `marketdata seed` leaves it out saying so, `backfill` refuses it."""
+        return None
+
+    def cost_usd(self, series: list[Series], start: dt.datetime, end: dt.datetime, settings: Any) -> float:
+        """What the upstream bills for the rows of `series` over [start, end) UTC, asked of it
+        without spending (a dataset that `bills_by_volume` says)."""
+        raise NotImplementedError(f"{self.name} is not billed by volume")
 
     def asset_metadata(self, series: Series) -> dict[str, Any]:
         """What the asset's definition says of itself: its dataset, venue, key and table."""

@@ -29,14 +29,14 @@ for a bad query (unknown dataset, schema or symbology, start on or after end, en
 available range), 504 when a request would send more than `gateway_limit_records` records (the
 gateway times out), 429 with `Retry-After` past 100 requests in a second or while `refuse_next`
 lasts. Symbols that resolve to nothing are in `not_found` and named in an `X-Warning` header.
-Tests read `seen_keys`, `requests` (each get_range's form) and `answers` (by status).
+Tests read `seen_keys`, `requests` (each get_range's and get_cost's form, with its `endpoint`)
+and `answers` (by status).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
 import re
 import time
 import zlib
@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 import databento_dbn as dbn
+import numpy as np
 import orjson
 import zstandard
 from starlette.requests import Request
@@ -80,7 +81,12 @@ ROOTS: dict[str, tuple[float, float, str]] = {
     "LE": (180.0, 0.025, "GJMQVZ"), "HE": (85.0, 0.025, "GJKMNQVZ"), "BTC": (60_000.0, 5.0, _MONTH_CODES),
     "ETH": (3_000.0, 0.5, _MONTH_CODES), "LBR": (550.0, 0.5, "FHKNUX"), "DC": (18.0, 0.01, _MONTH_CODES),
 }
-THIN = {"LBR", "DC"}  # roots that trade in about one hour of three
+# The rest of Globex's roots this emulator lists, at a made-up level, a cent's tick, monthly contracts.
+for _root in ("ZO ZR XC XW XK KE MWE BZ QM QG MCL MNG PA MGC SIL MHG UB TN TWE SR3 SR1 ZQ EMD NKD MYM M2K "
+              "6C 6S 6N 6M 6L 6Z E7 J7 M6E M6A M6B RP GF MBT MET BFF N1U T1U F1U B1U GDK CSC GNF CB DY VXM "
+              "BVX SOV").split():
+    ROOTS.setdefault(_root, (100.0, 0.01, _MONTH_CODES))
+THIN = {"LBR", "DC", "GDK", "CSC", "GNF", "CB", "DY"}  # roots that trade in about one hour of three
 
 
 def _ns(moment: dt.datetime) -> int:
@@ -109,16 +115,39 @@ def closed_days(year: int) -> set[dt.date]:
     return {_observed(dt.date(year, 1, 1)), _easter(year) - 2 * _DAY, _observed(dt.date(year, 12, 25))}
 
 
-def _trade_date(hour: dt.datetime) -> dt.date | None:
-    """The Globex trade date an hour (UTC, on the hour) belongs to, or None in the halt or a
-    weekend or holiday."""
-    local = hour.astimezone(CHICAGO)
-    if local.hour == 16:
-        return None
-    day = local.date() + _DAY if local.hour >= 17 else local.date()
-    if day.weekday() >= 5 or day in closed_days(day.year):
-        return None
-    return day
+_EPOCH = dt.date(1970, 1, 1)  # a Thursday: day number n falls on weekday (n + 3) % 7 (Monday 0)
+
+
+def _day_number(day: dt.date) -> int:
+    return (day - _EPOCH).days
+
+
+def _daylight_spans(first_year: int, last_year: int) -> np.ndarray:
+    """[start, end) hours since the epoch of US daylight time (the rule since 2007): from the second
+    Sunday of March at 02:00 CST (08:00 UTC) to the first Sunday of November at 02:00 CDT (07:00 UTC)."""
+    spans = []
+    for year in range(first_year, last_year + 1):
+        march, november = dt.date(year, 3, 1), dt.date(year, 11, 1)
+        second_sunday = march + dt.timedelta(days=(6 - march.weekday()) % 7 + 7)
+        first_sunday = november + dt.timedelta(days=(6 - november.weekday()) % 7)
+        spans.append((_day_number(second_sunday) * 24 + 8, _day_number(first_sunday) * 24 + 7))
+    return np.array(spans, dtype=np.int64)
+
+
+def session_hours_mask(hours: np.ndarray) -> np.ndarray:
+    """Which hours (each an hour number since the epoch, UTC) Globex trades in: a trade date's
+    session runs 17:00 CT the day before to 16:00 CT (the halt follows), Monday to Friday, and not
+    on a closed day."""
+    years = range(1970 + int(hours.min()) // 8766 - 1, 1970 + int(hours.max()) // 8766 + 2)
+    spans = _daylight_spans(years.start, years.stop - 1)
+    daylight = np.zeros(hours.shape, dtype=bool)
+    for opened, closed in spans:
+        daylight |= (hours >= opened) & (hours < closed)
+    local = hours + np.where(daylight, -5, -6)
+    local_hour, local_day = local % 24, local // 24
+    trade_day = local_day + (local_hour >= 17)
+    closed_days_numbers = [_day_number(day) for year in years for day in closed_days(year)]
+    return (local_hour != 16) & ((trade_day + 3) % 7 < 5) & ~np.isin(trade_day, closed_days_numbers)
 
 
 def _third_friday(year: int, month: int) -> dt.date:
@@ -166,17 +195,18 @@ def mapped_contract(root: str, rule: str, rank: int, day: dt.date) -> Contract:
     return contracts_from(root, day + dt.timedelta(days=_ROLL_DAYS[rule]), rank + 1)[rank]
 
 
-def _price(root: str, contract: Contract, moment_ns: int) -> float:
-    """A deterministic path: the root's level with slow and fast waves, plus carry to expiry."""
+def _prices(root: str, hours: np.ndarray, expiry_days: np.ndarray) -> np.ndarray:
+    """The price at the start of each hour (hour numbers since the epoch) of the contracts
+    expiring on `expiry_days` (day numbers): the root's level with slow and fast waves, plus
+    carry to expiry, on the tick."""
     level, tick, _ = ROOTS[root]
-    hours = moment_ns / _HOUR_NS
-    spot = level * (1 + 0.12 * math.sin(hours / 2_900.0 + len(root)) + 0.01 * math.sin(hours / 7.0))
-    carry = 1 + 0.002 * (contract.expiry - dt.datetime.fromtimestamp(moment_ns / 1e9, dt.UTC).date()).days / 30
-    return round(spot * carry / tick) * tick
+    spot = level * (1 + 0.12 * np.sin(hours / 2_900.0 + len(root)) + 0.01 * np.sin(hours / 7.0))
+    carry = 1 + 0.002 * (expiry_days - hours // 24) / 30
+    return np.round(spot * carry / tick) * tick
 
 
-def _fixed(price: float) -> int:
-    return round(price * 1e9)
+def _fixed(prices: np.ndarray) -> np.ndarray:
+    return np.rint(prices * 1e9).astype(np.int64)
 
 
 class DatabentoEmulator:
@@ -280,7 +310,7 @@ class DatabentoEmulator:
     async def _query(self, request: Request):
         """(schema, records, metadata, not_found) of a get_range form, or the error answer."""
         form = dict(parse_qsl((await request.body()).decode()))  # application/x-www-form-urlencoded
-        self.requests.append(form)
+        self.requests.append({"endpoint": request.url.path.rsplit("/", 1)[-1], **form})
         if form.get("dataset") != DATASET:
             return self._error(422, f"Invalid dataset '{form.get('dataset')}'.")
         schema = form.get("schema", "")
@@ -333,41 +363,51 @@ class DatabentoEmulator:
         )
         return schema, records, metadata, not_found
 
-    def _traded(self, root: str, hour: dt.datetime) -> bool:
-        if _trade_date(hour) is None or (root, hour) in self.quiet:
-            return False
-        return root not in THIN or zlib.crc32(f"{root}{hour:%Y%m%d%H}".encode()) % 3 == 0
-
     def _bars(self, schema: str, root: str, by_day: dict[dt.date, Contract], start: dt.datetime,
               end: dt.datetime) -> list[dbn.OHLCVMsg]:
         """The bars of one continuous symbol: an hour's from its price path; a UTC day's from that
-        day's hours."""
+        day's hours. Hours outside the sessions, in `quiet`, or (for a thin root) most hours, have
+        no trades and no bar."""
         tick = ROOTS[root][1]
-        bars = []
-        for day, contract in by_day.items():
-            hourly = []
-            for index in range(24):
-                hour = dt.datetime(day.year, day.month, day.day, index, tzinfo=dt.UTC)
-                if not self._traded(root, hour):
-                    continue
-                moment = _ns(hour)
-                opened, closed = _price(root, contract, moment), _price(root, contract, moment + _HOUR_NS)
-                spread = max(tick, round(0.002 * opened / tick) * tick)
-                volume = 50 + zlib.crc32(f"{contract.raw_symbol}{moment}".encode()) % 5_000
-                hourly.append((hour, opened, max(opened, closed) + spread, min(opened, closed) - spread, closed, volume))
-            if schema == "ohlcv-1h":
-                chosen = [bar for bar in hourly if start <= bar[0] < end]
-            else:
-                begin = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-                chosen = [(begin, hourly[0][1], max(b[2] for b in hourly), min(b[3] for b in hourly), hourly[-1][4],
-                           sum(b[5] for b in hourly))] if hourly and start <= begin < end else []
-            for moment, opened, high, low, closed, volume in chosen:
-                undefined = (root, moment) in self.undefined
-                bars.append(dbn.OHLCVMsg(
-                    _SCHEMAS[schema], PUBLISHER_ID, contract.instrument_id, _ns(moment),
-                    dbn.UNDEF_PRICE if undefined else _fixed(opened), _fixed(high), _fixed(low), _fixed(closed), volume,
-                ))
-        return bars
+        contracts = list(by_day.values())
+        days = np.array([_day_number(day) for day in by_day], dtype=np.int64)
+        hours = (days[:, None] * 24 + np.arange(24)[None, :]).ravel()
+        expiry = np.repeat([_day_number(c.expiry) for c in contracts], 24)
+        ids = np.repeat([c.instrument_id for c in contracts], 24)
+        traded = session_hours_mask(hours)
+        if root in THIN:
+            traded &= (hours * 7 + zlib.crc32(root.encode())) % 3 == 0
+        for quiet_root, moment in self.quiet:
+            if quiet_root == root:
+                traded &= hours != int(moment.timestamp()) // 3_600
+        opened, closed = _prices(root, hours, expiry), _prices(root, hours + 1, expiry)
+        spread = np.maximum(tick, np.round(0.002 * opened / tick) * tick)
+        high, low = np.maximum(opened, closed) + spread, np.minimum(opened, closed) - spread
+        volume = 50 + ((hours * 2_654_435_761) ^ ids) % 5_000
+        first, last = int(start.timestamp()) // 3_600, -(-int(end.timestamp()) // 3_600)
+        if schema == "ohlcv-1h":
+            chosen = np.flatnonzero(traded & (hours >= first) & (hours < last))
+            rows = zip(hours[chosen], ids[chosen], _fixed(opened[chosen]), _fixed(high[chosen]), _fixed(low[chosen]),
+                       _fixed(closed[chosen]), volume[chosen], strict=True)
+        else:
+            by_hour = traded.reshape(-1, 24)
+            kept = by_hour.any(axis=1) & (days * 24 >= first) & (days * 24 < last)
+            opens = np.argmax(by_hour, axis=1)
+            closes = 23 - np.argmax(by_hour[:, ::-1], axis=1)
+            index = np.arange(len(days)) * 24
+            rows = zip(
+                days[kept] * 24, ids[index][kept], _fixed(opened[index + opens][kept]),
+                _fixed(np.where(by_hour, high.reshape(-1, 24), -np.inf).max(axis=1)[kept]),
+                _fixed(np.where(by_hour, low.reshape(-1, 24), np.inf).min(axis=1)[kept]),
+                _fixed(closed[index + closes][kept]), np.where(by_hour, volume.reshape(-1, 24), 0).sum(axis=1)[kept],
+                strict=True,
+            )
+        rtype = _SCHEMAS[schema]
+        return [
+            dbn.OHLCVMsg(rtype, PUBLISHER_ID, int(instrument), int(hour) * _HOUR_NS,
+                         dbn.UNDEF_PRICE if (root, _at(hour)) in self.undefined else int(o), int(h), int(lo), int(c), int(v))
+            for hour, instrument, o, h, lo, c, v in rows
+        ]
 
     def stats(self) -> dict:
         return {"answers": dict(sorted(self.answers.items())), "requests": len(self.requests)}
@@ -381,6 +421,10 @@ class _Interval:
 class _Mapping:
     def __init__(self, raw_symbol: str, intervals: list[_Interval]):
         self.raw_symbol, self.intervals = raw_symbol, intervals
+
+
+def _at(hour: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(hour) * 3_600, dt.UTC)
 
 
 def _moment(text: str) -> dt.datetime:
