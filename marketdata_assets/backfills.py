@@ -441,9 +441,11 @@ def plan_seed(
     unmet = unmet or {}
     notes = [f"skipping {name} (SKIP_{name.upper()}=1)" for name in skip]
     skipped = set(skip) | {name for group, names in groups().items() if group in skip for name in names}
-    notes += [f"skipping {name}: {why}" for name, why in unmet.items() if name not in skipped]
+    every = list(definitions.resolve_all_asset_specs())
+    kept = {dataset_of(s) for s in every}
+    notes += [f"skipping {name}: {why}" for name, why in unmet.items() if name not in skipped and name in kept]
     skipped |= set(unmet)
-    specs = [s for s in definitions.resolve_all_asset_specs() if dataset_of(s) not in skipped]
+    specs = [s for s in every if dataset_of(s) not in skipped]
     wanted: dict[dg.AssetKey, list[str]] = {}
     already = total = 0
     for spec in specs:

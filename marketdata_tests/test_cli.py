@@ -87,12 +87,13 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
     again = marketdata_here("seed", cwd=tmp_path, env={"FROM_DATE": "2024-01-30", "TO_DATE": "2024-02-02",
                                                        "SKIP_FUNDING": "1", "SKIP_SENTIMENT": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.splitlines()[0:7] == [
+    assert again.stdout.splitlines()[0:8] == [
         "seeding 2024-01-30 00:00 .. 2024-02-03 00:00 UTC into duckdb:///.marketdata/warehouse.duckdb",
         "skipping funding (SKIP_FUNDING=1)",
         "skipping sentiment (SKIP_SENTIMENT=1)",
         "skipping ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)",  # (the demo set a key of its own)
         "skipping ohlcv_1h: DATABENTO_API_KEY is not set (Databento's API key)",
+        "skipping options_ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)",
         "all 36 partitions are materialized already",  # klines 16, open interest and long/short 8, FRED 12
         "nothing to fetch: every partition is materialized already",
     ]

@@ -136,6 +136,7 @@ def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first
     catalog.write_text(yaml_text([
         {"source": "databento_glbx", "dataset": "ohlcv_1d", "keys": ROOTS_1D, "start_date": "2011-01-01"},
         {"source": "databento_glbx", "dataset": "ohlcv_1h", "keys": ROOTS_1H, "start_date": "2024-01-01"},
+        {"source": "databento_glbx", "dataset": "options_ohlcv_1d", "keys": ["ES"], "start_date": "2024-03-01"},
     ]))
     with EmulatorServer() as emu:
         env = _env(emu.url, warehouse_url, dagster_home, catalog)
@@ -153,7 +154,8 @@ def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first
                                  env=_env(emu.url, warehouse_url, dagster_home, catalog, key=None))
         assert seeded.returncode == 0 and seeded.stdout.splitlines()[1:] == [
             "skipping ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)",
-            "skipping ohlcv_1h: DATABENTO_API_KEY is not set (Databento's API key)", "nothing to fetch"], seeded.stdout
+            "skipping ohlcv_1h: DATABENTO_API_KEY is not set (Databento's API key)",
+            "skipping options_ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)", "nothing to fetch"], seeded.stdout
         costly = marketdata_here("backfill", "ohlcv_1d", "--from", "2011-01-01", "--to", "2025-12-31",
                                  "--max-cost", "1", "--local", cwd=tmp_path, env=env)
         lines = costly.stderr.strip().splitlines()
@@ -217,6 +219,24 @@ def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first
             "ES.c.0": full, "NQ.c.0": full - 1, "CL.c.0": full, "6E.c.0": full}
         assert 0 < counts["LBR.c.0"] < 2 + 4 * 23 + 21  # a thin root: hours without trades have no bar
 
+        # Options on ES futures in March 2024, each bar with its contract: what its raw symbol says
+        options = marketdata("backfill", "options_ohlcv_1d", "--from", "2024-03-01", "--to", "2024-03-31", "--local",
+                             cwd=tmp_path, env=env)
+        assert options.returncode == 0, options.stderr[-3000:]
+        chain = warehouse.query("SELECT * FROM market_data.options_bars ORDER BY ts_event, raw_symbol")
+        assert chain.height and set(chain["parent"]) == {"ES.OPT"}
+        for row in chain.iter_rows(named=True):
+            underlying, contract = row["raw_symbol"].split(" ")  # "ESM4 C5200"
+            assert (row["underlying"], row["option_type"], row["strike"]) == (underlying, contract[0], float(contract[1:]))
+            assert 0 < row["low"] <= min(row["open"], row["close"]) <= max(row["open"], row["close"]) <= row["high"]
+        expiries = dict(chain.select("underlying", "expiration").unique().iter_rows())
+        assert expiries["ESH4"] == dt.datetime(2024, 3, 15, 13, 30, tzinfo=dt.UTC)  # the third Friday
+        assert set(expiries) == {"ESH4", "ESM4", "ESU4"}  # the two nearest futures, before and after March's
+        assert chain.filter(pl.col("underlying") == "ESH4")["ts_event"].max() < utc(2024, 3, 15)
+        days = chain["ts_event"].dt.date().unique().sort().to_list()
+        assert days == [dt.date(2024, 3, d) for d in (1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 21,
+                                                      22, 24, 25, 26, 27, 28, 31)]  # every Globex day but Good Friday
+
         # The report: per root, rows, first and last, what is missing; ZZZ has nothing
         report = marketdata("report", "--dataset", "ohlcv_1d", "--format", "json", cwd=tmp_path, env=env)
         assert report.returncode in (0, 1), report.stderr
@@ -226,7 +246,7 @@ def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first
         # nothing printed, logged or recorded holds the key
         import dagster as dg
 
-        printed = "".join(r.stdout + r.stderr for r in (refused, costly, daily, again, hourly, report))
+        printed = "".join(r.stdout + r.stderr for r in (refused, costly, daily, again, hourly, options, report))
         assert KEY not in printed
         instance = dg.DagsterInstance.from_config(str(dagster_home))
         logged = [dg.serialize_value(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]

@@ -168,7 +168,7 @@ class FuturesBars(Dataset):
     partition_name: ClassVar[str] = "monthly"
 
     def asset_metadata(self, series: Series) -> dict[str, Any]:
-        return super().asset_metadata(series) | {"continuous_symbol": self.symbol(series),
+        return super().asset_metadata(series) | {"databento_symbol": self.symbol(series),
                                                  "timeframe": self.schema.timeframe}
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> DatabentoBarsSource:
@@ -185,8 +185,9 @@ class FuturesBars(Dataset):
 
     # --- the audit ---------------------------------------------------------------------------
 
-    def row_filter(self, series: Series) -> tuple[str, list[Any]]:
-        return "dataset = ? AND symbol = ? AND timeframe = ?", [GLBX, self.symbol(series), self.schema.timeframe]
+    def row_filter(self, series: Series, alias: str = "") -> tuple[str, list[Any]]:
+        return (f"{alias}dataset = ? AND {alias}symbol = ? AND {alias}timeframe = ?",
+                [GLBX, self.symbol(series), self.schema.timeframe])
 
     def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
         return (f"SELECT '{SOURCE}/{self.name}/' || split_part(symbol, '.', 1) AS series, count(*) AS rows, "
@@ -253,6 +254,7 @@ class FuturesBars(Dataset):
     ) -> list[dg.AssetCheckResult]:
         window = dg.MetadataValue.text(window_text(start, end))
         where, params = self.row_filter(series)
+        mended, mended_params = self.row_filter(series, "b.")
         with warehouse.session():
             broken = warehouse.query(
                 f"SELECT ts_event, open, high, low, close FROM {self.table.qualified_name} WHERE {where} AND "
@@ -261,9 +263,8 @@ class FuturesBars(Dataset):
             rejected = warehouse.query(
                 "SELECT open_time, reason, payload FROM market_data.rejected_rows r WHERE dataset = ? AND symbol = ? "
                 "AND timeframe = ? AND open_time >= ? AND open_time < ? AND NOT EXISTS (SELECT 1 FROM "
-                f"{self.table.qualified_name} b WHERE b.dataset = ? AND b.symbol = ? AND b.timeframe = ? "
-                "AND b.ts_event = r.open_time) ORDER BY open_time",
-                [self.name, self.symbol(series), self.schema.timeframe, start, end, *params])
+                f"{self.table.qualified_name} b WHERE {mended} AND b.ts_event = r.open_time) ORDER BY open_time",
+                [self.name, self.symbol(series), self.schema.timeframe, start, end, *mended_params])
             missing = self.missing(warehouse, series, start, end, bounds, now)
             newest = warehouse.query(f"SELECT max(ts_event) AS newest FROM {self.table.qualified_name} WHERE {where}",
                                      params)["newest"][0]

@@ -13,6 +13,8 @@
     `raw_symbol` such as `ESH4`, `expiration` in ns).
   - `stype_in=continuous`: `ROOT.c.N` (calendar: the Nth contract not yet expired), `ROOT.n.N`
     (open interest: rolls 8 days before expiry), `ROOT.v.N` (volume: 6 days before).
+  - `stype_in=parent`: `ROOT.OPT`, the options on the root's two nearest futures (ohlcv-1d and
+    definition: `instrument_class` C or P, `strike_price` × 1e-9, `expiration`, `underlying`).
 - `GET /v0/metadata.get_dataset_range?dataset=…` → `{"start", "end", "schema": {name: {start, end}}}`
   (ISO 8601, `end` the start of the current hour: nothing later is served yet).
 - `POST /v0/metadata.get_cost` (get_range's form) → the price in USD as a JSON number: the bytes
@@ -175,6 +177,50 @@ class Contract:
         return hash((self.root, self.year, self.month))
 
 
+STRIKES_EACH_SIDE = 3
+
+
+class Option:
+    """A call or put on a future at a strike (its grid: 2% of the root's level apart, about it),
+    expiring with the future (as quarterly equity options do)."""
+
+    def __init__(self, future: Contract, strike: float, kind: str):
+        self.future, self.strike, self.kind = future, strike, kind
+        self.raw_symbol = f"{future.raw_symbol} {kind}{strike:g}"
+        self.instrument_id = zlib.crc32(f"{future.root}{future.year}{future.month}{kind}{strike:g}".encode()) % 4_000_000 + 5_000_000
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Option) and self.raw_symbol == other.raw_symbol and self.future == other.future
+
+    def __hash__(self) -> int:
+        return hash((self.future, self.raw_symbol))
+
+    def premium(self, future_prices: np.ndarray, days: np.ndarray, tick: float) -> np.ndarray:
+        """Intrinsic value plus time value (5% of the future a year, by the square root of time)."""
+        intrinsic = np.maximum(0.0, future_prices - self.strike if self.kind == "C" else self.strike - future_prices)
+        years = np.maximum(_day_number(self.future.expiry) - days, 0) / 365.0
+        return np.maximum(tick, np.round((intrinsic + 0.05 * future_prices * np.sqrt(years)) / tick) * tick)
+
+    def definition(self, start: dt.datetime) -> dbn.InstrumentDefMsg:
+        level, tick, _ = ROOTS[self.future.root]
+        expiration = dt.datetime.combine(self.future.expiry, dt.time(13, 30), dt.UTC)
+        return dbn.InstrumentDefMsg(
+            PUBLISHER_ID, self.instrument_id, _ns(start), _ns(start), int(round(tick * 1e9)), 1_000_000_000,
+            self.raw_symbol, self.future.root, "OOF",
+            dbn.InstrumentClass.CALL if self.kind == "C" else dbn.InstrumentClass.PUT, dbn.SecurityUpdateAction.ADD,
+            expiration=_ns(expiration), strike_price=int(round(self.strike * 1e9)), currency="USD", exchange="XCME",
+            underlying=self.future.raw_symbol,
+        )
+
+
+def options_on(future: Contract) -> list[Option]:
+    level, tick, _ = ROOTS[future.root]
+    step = max(tick, round(level * 0.02 / tick) * tick)
+    middle = round(level / step) * step
+    strikes = [middle + step * n for n in range(-STRIKES_EACH_SIDE, STRIKES_EACH_SIDE + 1)]
+    return [Option(future, round(strike, 9), kind) for strike in strikes for kind in ("C", "P")]
+
+
 def contracts_from(root: str, day: dt.date, count: int) -> list[Contract]:
     """The first `count` contracts of `root` expiring after `day`, nearest first."""
     months = [_MONTH_CODES.index(code) + 1 for code in ROOTS[root][2]]
@@ -316,8 +362,11 @@ class DatabentoEmulator:
         schema = form.get("schema", "")
         if schema not in _SCHEMAS:
             return self._error(422, f"Invalid schema '{schema}' for this emulator of {DATASET}.")
-        if form.get("stype_in") != "continuous":
-            return self._error(422, f"Invalid stype_in '{form.get('stype_in')}'.")
+        stype_in = form.get("stype_in")
+        if stype_in not in ("continuous", "parent"):
+            return self._error(422, f"Invalid stype_in '{stype_in}'.")
+        if stype_in == "parent" and schema == "ohlcv-1h":
+            return self._error(422, "This emulator serves options (parent symbols) as ohlcv-1d and definition only.")
         try:
             start = _moment(form.get("start", ""))
             end = _moment(form["end"]) if form.get("end") else start + (_DAY if schema != "ohlcv-1h" else dt.timedelta(hours=1))
@@ -337,6 +386,8 @@ class DatabentoEmulator:
         symbols = [s for s in form.get("symbols", "").split(",") if s]
         if not symbols:
             return self._error(422, "At least one symbol is required.")
+        if stype_in == "parent":
+            return self._options(schema, symbols, start, end)
         resolved, not_found = [], []
         for symbol in symbols:
             match = _CONTINUOUS.fullmatch(symbol)
@@ -362,6 +413,59 @@ class DatabentoEmulator:
             symbols=symbols, partial=[], not_found=not_found, mappings=mappings, end=_ns(end),
         )
         return schema, records, metadata, not_found
+
+    def _options(self, schema: str, symbols: list[str], start: dt.datetime, end: dt.datetime):
+        """Options on futures by parent symbol (`ES.OPT`): on each day, calls and puts on the two
+        nearest contracts at STRIKES_EACH_SIDE strikes either side of the root's level, each trading
+        on about half the session days; the mappings list every option's days under the parent."""
+        records, mappings, not_found = [], [], []
+        days = _days(start, end)
+        for symbol in symbols:
+            root = symbol.removesuffix(".OPT")
+            if not symbol.endswith(".OPT") or root not in ROOTS:
+                not_found.append(symbol)
+                continue
+            listed: dict[Option, list[dt.date]] = {}
+            for day in days:
+                for future in contracts_from(root, day, 2):
+                    for option in options_on(future):
+                        listed.setdefault(option, []).append(day)
+            mappings.append(_Mapping(symbol, [_Interval(on[0], on[-1] + _DAY, str(option.instrument_id))
+                                              for option, on in listed.items()]))
+            if schema == "definition":
+                records += [option.definition(start) for option in listed]
+            else:
+                records += self._option_bars(root, listed)
+        records.sort(key=lambda record: (record.ts_event, record.instrument_id))
+        metadata = dbn.Metadata(
+            DATASET, _ns(start), dbn.SType.PARENT, dbn.SType.INSTRUMENT_ID, dbn.Schema.from_str(schema),
+            symbols=symbols, partial=[], not_found=not_found, mappings=mappings, end=_ns(end),
+        )
+        return schema, records, metadata, not_found
+
+    def _option_bars(self, root: str, listed: dict[Option, list[dt.date]]) -> list[dbn.OHLCVMsg]:
+        """A UTC day's bar of each option that traded that day (a Globex session day, and about one
+        in two of them for any one option), priced off its future at the day's open and close."""
+        tick = ROOTS[root][1]
+        bars = []
+        for option, on in listed.items():
+            days = np.array([_day_number(day) for day in on], dtype=np.int64)
+            hours = days[:, None] * 24 + np.arange(24)[None, :]
+            session = session_hours_mask(hours.ravel()).reshape(-1, 24).any(axis=1)
+            traded = session & ((days * 31 + option.instrument_id) % 2 == 0)
+            expiry = np.full(len(days), _day_number(option.future.expiry))
+            opened = option.premium(_prices(root, days * 24, expiry), days, tick)
+            closed = option.premium(_prices(root, days * 24 + 24, expiry), days + 1, tick)
+            spread = np.maximum(tick, np.round(0.05 * opened / tick) * tick)
+            high, low = np.maximum(opened, closed) + spread, np.maximum(tick, np.minimum(opened, closed) - spread)
+            volume = 1 + (days * 2_654_435_761 ^ option.instrument_id) % 400
+            for index in np.flatnonzero(traded):
+                bars.append(dbn.OHLCVMsg(
+                    35, PUBLISHER_ID, option.instrument_id, int(days[index]) * 24 * _HOUR_NS,
+                    *(int(v) for v in _fixed(np.array([opened[index], high[index], low[index], closed[index]]))),
+                    int(volume[index]),
+                ))
+        return bars
 
     def _bars(self, schema: str, root: str, by_day: dict[dt.date, Contract], start: dt.datetime,
               end: dt.datetime) -> list[dbn.OHLCVMsg]:

@@ -65,6 +65,7 @@ class Schema:
 
 OHLCV_1D = Schema("ohlcv-1d", "1d", dt.timedelta(days=1), dt.timedelta(days=366))
 OHLCV_1H = Schema("ohlcv-1h", "1h", dt.timedelta(hours=1), dt.timedelta(days=7))
+OPTIONS_1D = Schema("ohlcv-1d", "1d", dt.timedelta(days=1), dt.timedelta(days=31))  # every option: a month
 
 
 def continuous_symbol(root: str, rule: str = "c") -> str:
@@ -98,14 +99,15 @@ def _ns_to_utc(column: Any) -> pl.Series:
     return pl.Series(column.astype("int64")).cast(pl.Datetime("ns", "UTC")).cast(pl.Datetime("us", "UTC"))
 
 
-def parse_bars(
-    records: Any, mappings: list[dict], raw_symbols: dict[int, str], symbol: str, schema: Schema, table: TableSpec,
-    dataset: str, start: dt.datetime, end: dt.datetime, origin: str, now: dt.datetime,
+def screened_bars(
+    records: Any, mappings: list[dict], symbol: str, schema: Schema, dataset: str, start: dt.datetime,
+    end: dt.datetime, origin: str, now: dt.datetime, defined: set[int] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(rows in `table`'s schema, rejected rows) of one answer's OHLCV records (a numpy structured
-    array as DBNStore.to_ndarray gives it), for `symbol` over [start, end) UTC; rejected rows are
-    kept under `dataset`. `mappings` are the
-    answer's symbology intervals of `symbol` (start_date, end_date, symbol = instrument id)."""
+    """(bars that pass, rejected rows) of one answer's OHLCV records (a numpy structured array as
+    DBNStore.to_ndarray gives it) for `symbol` over [start, end) UTC: ts_event, instrument_id,
+    prices in USD, volume. `mappings` are the answer's symbology intervals of `symbol`
+    (start_date, end_date, symbol = an instrument id); a bar must come from an instrument mapped
+    that day (and, given `defined`, one the answer defines). Rejected rows are kept under `dataset`."""
     where = f"{SOURCE} {symbol} {schema.name}"
     frame = pl.DataFrame({
         "ts_event": _ns_to_utc(records["ts_event"]),
@@ -114,20 +116,20 @@ def parse_bars(
         "volume": pl.Series(records["volume"].astype("int64")),
     })
     if frame.is_empty():
-        return table.empty_frame(), REJECTED_ROWS.empty_frame()
+        return frame, REJECTED_ROWS.empty_frame()
     times = frame["ts_event"]
     if times.min() < start or times.max() >= end:
         raise MalformedResponse(where, f"asked for bars in [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC, got "
                                        f"bars from {times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M}")
-    if not times.is_sorted() or times.n_unique() != len(times):
-        raise MalformedResponse(where, "bars are not in strictly ascending ts_event order")
+    if not times.is_sorted() or frame.select("instrument_id", "ts_event").is_duplicated().any():
+        raise MalformedResponse(where, "bars are not in ascending ts_event order, one per instrument and time")
     mapped = pl.DataFrame(
         [(m["start_date"], m["end_date"], int(m["symbol"])) for m in mappings],
-        schema={"from": pl.Date, "until": pl.Date, "mapped_id": pl.Int64}, orient="row",
+        schema={"from": pl.Date, "until": pl.Date, "instrument_id": pl.Int64}, orient="row",
     )
-    frame = frame.with_columns(day=pl.col("ts_event").dt.date()).join_where(
-        mapped, pl.col("day") >= pl.col("from"), pl.col("day") < pl.col("until"),
-    ).sort("ts_event") if mapped.height else frame.with_columns(day=pl.col("ts_event").dt.date(), mapped_id=None)
+    frame = frame.with_row_index("row").with_columns(day=pl.col("ts_event").dt.date())
+    matched = frame.join_where(mapped, pl.col("instrument_id") == pl.col("instrument_id_right"),
+                               pl.col("day") >= pl.col("from"), pl.col("day") < pl.col("until"))["row"]
     undefined = pl.any_horizontal(pl.col(c) == UNDEFINED_PRICE for c in ("open", "high", "low", "close"))
     reason = (
         pl.when(undefined).then(pl.lit("undefined price (2^63-1)"))
@@ -135,9 +137,11 @@ def parse_bars(
         .when((pl.col("open") < pl.col("low")) | (pl.col("open") > pl.col("high"))
               | (pl.col("close") < pl.col("low")) | (pl.col("close") > pl.col("high")))
         .then(pl.lit("open or close outside [low, high]"))
-        .when(pl.col("mapped_id").is_null() | (pl.col("mapped_id") != pl.col("instrument_id")))
-        .then(pl.lit("instrument is not the one the symbology maps that day to"))
+        .when(~pl.col("row").is_in(matched.implode()))
+        .then(pl.lit("instrument is not one the symbology maps that day to"))
     )
+    if defined is not None:
+        reason = reason.when(~pl.col("instrument_id").is_in(list(defined))).then(pl.lit("instrument not defined in the answer"))
     frame = frame.with_columns(reason=reason)
     bad = frame.filter(pl.col("reason").is_not_null())
     rejected = pl.DataFrame([
@@ -146,21 +150,27 @@ def parse_bars(
                      timeframe=schema.timeframe)
         for row in bad.iter_rows(named=True)
     ], schema=REJECTED_ROWS.schema)
-    good = frame.filter(pl.col("reason").is_null())
+    good = frame.filter(pl.col("reason").is_null()).select(
+        "ts_event", "instrument_id", *(pl.col(c).cast(pl.Float64) / PRICE_UNITS for c in ("open", "high", "low", "close")),
+        "volume")
+    return good, rejected
+
+
+def futures_rows(good: pl.DataFrame, symbol: str, schema: Schema, raw_symbols: dict[int, str], table: TableSpec,
+                 now: dt.datetime) -> pl.DataFrame:
+    """Bars that passed (screened_bars) as rows of market_data.futures_bars."""
     rows = good.height
-    kept = pl.DataFrame({
-        "dataset": [DATASET] * rows, "symbol": [symbol] * rows, "timeframe": [schema.timeframe] * rows,
-        "ts_event": good["ts_event"],
-        **{name: good[name].cast(pl.Float64) / PRICE_UNITS for name in ("open", "high", "low", "close")},
-        "volume": good["volume"], "instrument_id": good["instrument_id"],
-        "raw_symbol": good["instrument_id"].replace_strict(raw_symbols, default=None, return_dtype=pl.String),
-        "source": ["rest"] * rows, "ingested_at": [now] * rows,
-    }, schema=table.schema)
-    return kept, rejected
+    return good.with_columns(
+        dataset=pl.lit(DATASET), symbol=pl.lit(symbol), timeframe=pl.lit(schema.timeframe),
+        raw_symbol=good["instrument_id"].replace_strict(raw_symbols, default=None, return_dtype=pl.String),
+        source=pl.lit("rest"), ingested_at=pl.Series([now] * rows, dtype=pl.Datetime("us", "UTC")),
+    ).select(table.columns).cast(dict(table.schema))
 
 
 class DatabentoBarsSource:
     """The bars of one root's continuous symbol over a window, piece by piece."""
+
+    stype_in = "continuous"
 
     def __init__(
         self, base_url: str, api_key: str | None, schema: Schema, table: TableSpec, dataset: str, *, rule: str = "c",
@@ -257,21 +267,29 @@ class DatabentoBarsSource:
 
         def ask(schema: str) -> Any:
             return client.timeseries.get_range(dataset=DATASET, schema=schema, symbols=[symbol],
-                                               stype_in="continuous", start=start.isoformat(), end=end.isoformat())
+                                               stype_in=self.stype_in, start=start.isoformat(), end=end.isoformat())
 
         bars = await self._call(request, lambda: ask(self.schema.name))
         if symbol in bars.metadata.not_found:
             raise UpstreamRejected(SOURCE, request, 200, f"{DATASET} has no symbol {symbol} (not found in its symbology)")
         definitions = await self._call(f"timeseries.get_range definition {symbol} {span}", lambda: ask("definition"))
+        return self.rows(bars, list(definitions), symbol, start, end,
+                         f"POST /v0/timeseries.get_range {self.schema.name} {symbol} {span}", dt.datetime.now(dt.UTC))
+
+    def rows(self, bars: Any, definitions: list, symbol: str, start: dt.datetime, end: dt.datetime, origin: str,
+             now: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(rows, rejected rows) of one piece's answers: its bars (a DBNStore) and definitions."""
+        good, rejected = screened_bars(bars.to_ndarray(), bars.metadata.mappings.get(symbol, []), symbol, self.schema,
+                                       self.dataset, start, end, origin, now)
         raw_symbols = {int(record.instrument_id): str(record.raw_symbol) for record in definitions}
-        mappings = bars.metadata.mappings.get(symbol, [])
-        return parse_bars(bars.to_ndarray(), mappings, raw_symbols, symbol, self.schema, self.table, self.dataset,
-                          start, end,
-                          f"POST /v0/timeseries.get_range {self.schema.name} {symbol} {span}", dt.datetime.now(dt.UTC))
+        return futures_rows(good, symbol, self.schema, raw_symbols, self.table, now), rejected
+
+    def symbol_of(self, series: Any) -> str:
+        return continuous_symbol(str(series.key), self.rule)
 
     async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
         """The bars of `series` (its key a root) with ts_event in [start, end) UTC, a piece at a time."""
-        symbol = continuous_symbol(str(series.key), self.rule)
+        symbol = self.symbol_of(series)
         end = min(end, await self.available_end())
         pending = []
         cursor = start
@@ -318,3 +336,38 @@ def estimate_cost(base_url: str, api_key: str, schema: Schema, roots: list[tuple
         message = str(getattr(exc, "message", None) or exc).replace(api_key, "***")
         raise UpstreamRejected(SOURCE, f"metadata.get_cost {schema.name}", getattr(exc, "http_status", None) or 0,
                                message) from None
+
+
+OPTION_TYPES = {"C": "call", "P": "put"}
+
+
+class DatabentoOptionsSource(DatabentoBarsSource):
+    """The daily bars of every option on a root's futures (parent symbol `ROOT.OPT`), each with its
+    contract from the definition schema: raw symbol, underlying, expiration, strike, call or put."""
+
+    stype_in = "parent"
+
+    def symbol_of(self, series: Any) -> str:
+        return f"{series.key}.OPT"
+
+    def rows(self, bars: Any, definitions: list, symbol: str, start: dt.datetime, end: dt.datetime, origin: str,
+             now: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+        contracts = {}
+        for record in definitions:
+            kind = str(getattr(record.instrument_class, "value", record.instrument_class))
+            if kind in OPTION_TYPES and record.strike_price != UNDEFINED_PRICE:
+                contracts[int(record.instrument_id)] = (
+                    str(record.raw_symbol), str(record.underlying), int(record.expiration), record.strike_price / PRICE_UNITS,
+                    kind)
+        good, rejected = screened_bars(bars.to_ndarray(), bars.metadata.mappings.get(symbol, []), symbol, self.schema,
+                                       self.dataset, start, end, origin, now, defined=set(contracts))
+        defined = pl.DataFrame(
+            [(i, *c) for i, c in contracts.items()], orient="row",
+            schema={"instrument_id": pl.Int64, "raw_symbol": pl.String, "underlying": pl.String,
+                    "expiration_ns": pl.Int64, "strike": pl.Float64, "option_type": pl.String},
+        )
+        return good.join(defined, on="instrument_id", how="left").with_columns(
+            dataset=pl.lit(DATASET), parent=pl.lit(symbol),
+            expiration=pl.col("expiration_ns").cast(pl.Datetime("ns", "UTC")).cast(pl.Datetime("us", "UTC")),
+            source=pl.lit("rest"), ingested_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")),
+        ).select(self.table.columns).cast(dict(self.table.schema)).sort("ts_event", "instrument_id"), rejected
