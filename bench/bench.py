@@ -183,6 +183,32 @@ def derivatives_backfill(work: Path, url: str) -> dict:
     return measured
 
 
+DATABENTO_ROOTS = ["ES", "NQ", "YM", "CL", "NG", "GC", "SI", "ZN", "ZB", "6E"]
+
+
+def databento_daily(work: Path, url: str) -> dict:
+    """Fifteen years of daily bars of ten CME roots from the Databento emulator: one
+    `marketdata backfill ohlcv_1d --local` (its price asked first), rows a second and peak RSS."""
+    from marketdata_assets.demo import DEMO_DATABENTO_KEY
+    from marketdata_assets.warehouse import open_warehouse
+
+    run_dir = work / "databento"
+    run_dir.mkdir()
+    catalog = run_dir / "catalog.yaml"
+    catalog.write_text("series:\n  - {source: databento_glbx, dataset: ohlcv_1d, keys: [" + ", ".join(DATABENTO_ROOTS)
+                       + "], start_date: 2011-01-01}\n")
+    env = run_env(run_dir, url, MARKETDATA_CATALOG=str(catalog), DATABENTO_API_KEY=DEMO_DATABENTO_KEY)
+    cmd = [sys.executable, "-m", "marketdata_assets.cli", "backfill", "ohlcv_1d", "--from", "2011-01-01",
+           "--to", "2025-12-31", "--local"]
+    measured = run_measured(cmd, env, run_dir, run_dir / "backfill.log")
+    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
+    measured["rows"] = int(warehouse.query("SELECT count(*) AS n FROM market_data.futures_bars")["n"][0])
+    measured["roots"] = len(DATABENTO_ROOTS)
+    measured["requests"] = sum(run_totals(env, f"databento_glbx/ohlcv_1d/{root}").get("databento_requests", 0)
+                               for root in DATABENTO_ROOTS)
+    return measured
+
+
 def seed_year(work: Path, url: str) -> dict:
     """`marketdata seed` of the default catalog on a fresh environment (every dataset, the last
     year), then the same command again, which must find nothing to fetch."""
@@ -464,6 +490,7 @@ def main() -> None:
                 ("report", lambda: run_child(work, "report", url)),
                 ("load", lambda: run_child(work, "load", url)),
                 ("derivatives", lambda: derivatives_backfill(work, url)),
+                ("databento", lambda: databento_daily(work, url)),
                 ("seed", lambda: seed_year(work, url)),
                 ("load_postgres", lambda: load_postgres(work, url)),
                 ("load_duckdb", lambda: concurrent_backfills(
