@@ -140,6 +140,8 @@ class Settings:
     # Databento bills by volume: a backfill estimated above this many USD is refused before it
     # sends a data request (`--max-cost` overrides it).
     databento_max_cost: float = 5.0
+    # Roots one Databento request asks for at once (a 504 splits them, then the days).
+    databento_symbols_per_request: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -166,5 +168,6 @@ class Settings:
             fred_api_key=env.get("FRED_API_KEY"),
             databento_api_key=env.get("DATABENTO_API_KEY"),
             databento_max_cost=_usd_setting(env, "MARKETDATA_DATABENTO_MAX_COST", 5.0),
+            databento_symbols_per_request=_int_setting(env, "MARKETDATA_DATABENTO_SYMBOLS_PER_REQUEST", 3),
             **endpoints,
         )

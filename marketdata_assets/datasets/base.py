@@ -170,6 +170,12 @@ class Dataset:
         or from `warehouse` for a dataset derived from others' rows."""
         raise NotImplementedError(f"{self.name} declares no source")
 
+    def run_scope(self, series: list[Series]) -> Any:
+        """What the sources of one run share, given the series it reads in order (None: nothing).
+        Its `attach(source)` is called on each source the run opens (Databento asks for several
+        roots a request and keeps the others' answers for their turn)."""
+        return None
+
     def unmet_requirement(self, settings: Any) -> str | None:
         """Why this dataset cannot run with `settings` (a vendor key missing from the
         environment), or None: `marketdata seed` leaves it out saying so, `backfill` refuses it."""

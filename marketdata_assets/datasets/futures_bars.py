@@ -43,6 +43,7 @@ from marketdata_assets.sources.databento import (
     ROLL_RULES,
     DatabentoBarsSource,
     Schema,
+    SharedRequests,
     continuous_symbol,
     estimate_cost,
 )
@@ -175,6 +176,9 @@ class FuturesBars(Dataset):
         # the key from the run's environment, never from the resource's (visible) configuration
         return DatabentoBarsSource(upstreams.url("databento_url"), Settings.from_env().databento_api_key,
                                    self.schema, FUTURES_BARS, self.name, rule=self.rule(series))
+
+    def run_scope(self, series: list[Series]) -> SharedRequests:
+        return SharedRequests([self.symbol(s) for s in series], Settings.from_env().databento_symbols_per_request)
 
     def unmet_requirement(self, settings: Settings) -> str | None:
         return None if settings.databento_api_key else f"{KEY_VARIABLE} is not set (Databento's API key)"

@@ -1,12 +1,15 @@
 """CME Globex bars from Databento (dataset GLBX.MDP3) through the vendor's `databento` client.
 
 A series is one root read as its continuous symbol `ROOT.{rule}.0` (`c` calendar, `n` open
-interest, `v` volume roll). A window is cut into pieces (hourly bars at most 7 days, daily bars at
-most a year) and each piece is two requests: `timeseries.get_range(schema=ohlcv-1d|ohlcv-1h,
-stype_in=continuous)` for the bars and `schema=definition` for the contracts they came from
-(instrument_id → raw_symbol such as `ESH4`), so each bar keeps the contract it mapped to that day
-and rolls show. One root a request: an asset's rows and cost are its own, and a root the venue
-cannot resolve fails its own asset only.
+interest, `v` volume roll), or its options as the parent symbol `ROOT.OPT`. A window is cut into
+pieces (hourly bars at most 7 days, daily bars at most a year, options a month) and each piece is
+two requests: `timeseries.get_range(schema=ohlcv-1d|ohlcv-1h)` for the bars and
+`schema=definition` for the contracts they came from (instrument_id → raw_symbol such as `ESH4`,
+and an option's strike, expiry and type), so each bar keeps the contract it mapped to that day
+and rolls show. Within a run (SharedRequests), a request asks for up to three roots at once (the
+one being read and the next ones; MARKETDATA_DATABENTO_SYMBOLS_PER_REQUEST) and keeps the others'
+answers for their turn; an answer's records are told apart by its symbology mappings. A root the
+venue cannot resolve fails its own asset only.
 
 - Prices are int64 × 1e-9; the undefined price (2^63 − 1) makes a row rejected (kept in
   rejected_rows), as do high < low, open or close outside [low, high], and a bar whose
@@ -14,8 +17,8 @@ cannot resolve fails its own asset only.
   for an interval without trades: nothing is invented for one.
 - The window's end is clamped to the dataset's available end (`metadata.get_dataset_range`,
   asked once a source): asking past it is a 422.
-- A 504 (the gateway timed out on a large request) halves the piece's days and tries again,
-  down to a day; other 5xx and broken transfers are retried with backoff; a 429 waits its
+- A 504 (the gateway timed out on a large request) splits the request's roots in two and, one
+  root left, halves its days (down to a day), and tries again; other 5xx and broken transfers are retried with backoff; a 429 waits its
   Retry-After. At most 100 requests a second per process. A 401 (bad key) or another 4xx stops
   the read, naming the request.
 - The key (`DATABENTO_API_KEY`, from the environment only) travels in an Authorization header,
@@ -99,22 +102,48 @@ def _ns_to_utc(column: Any) -> pl.Series:
     return pl.Series(column.astype("int64")).cast(pl.Datetime("ns", "UTC")).cast(pl.Datetime("us", "UTC"))
 
 
-def screened_bars(
-    records: Any, mappings: list[dict], symbol: str, schema: Schema, dataset: str, start: dt.datetime,
-    end: dt.datetime, origin: str, now: dt.datetime, defined: set[int] | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(bars that pass, rejected rows) of one answer's OHLCV records (a numpy structured array as
-    DBNStore.to_ndarray gives it) for `symbol` over [start, end) UTC: ts_event, instrument_id,
-    prices in USD, volume. `mappings` are the answer's symbology intervals of `symbol`
-    (start_date, end_date, symbol = an instrument id); a bar must come from an instrument mapped
-    that day (and, given `defined`, one the answer defines). Rejected rows are kept under `dataset`."""
-    where = f"{SOURCE} {symbol} {schema.name}"
-    frame = pl.DataFrame({
+def records_frame(records: Any) -> pl.DataFrame:
+    """ts_event (UTC), instrument_id, open/high/low/close (int64, 1e-9 units), volume of an answer's
+    OHLCV records (a numpy structured array, as DBNStore.to_ndarray gives it)."""
+    return pl.DataFrame({
         "ts_event": _ns_to_utc(records["ts_event"]),
         "instrument_id": pl.Series(records["instrument_id"].astype("int64")),
         **{name: pl.Series(records[name].astype("int64")) for name in ("open", "high", "low", "close")},
         "volume": pl.Series(records["volume"].astype("int64")),
     })
+
+
+def _mapped(mappings: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame([(m["start_date"], m["end_date"], int(m["symbol"])) for m in mappings],
+                        schema={"from": pl.Date, "until": pl.Date, "instrument_id": pl.Int64}, orient="row")
+
+
+def split_by_symbol(records: pl.DataFrame, mappings: dict[str, list[dict]], symbols: list[str]) -> dict[str, pl.DataFrame]:
+    """The records of an answer for several symbols, each symbol's apart: a record belongs to the
+    symbol whose mapping holds its instrument that day (one nobody's goes to the first symbol,
+    whose screening rejects it)."""
+    if len(symbols) == 1 or records.is_empty():
+        return {symbols[0]: records, **{symbol: records.clear() for symbol in symbols[1:]}}
+    day = records.with_row_index("row").with_columns(day=pl.col("ts_event").dt.date())
+    owner = pl.Series("owner", [symbols[0]] * records.height, dtype=pl.String)
+    for symbol in symbols:
+        rows = day.join_where(_mapped(mappings.get(symbol, [])), pl.col("instrument_id") == pl.col("instrument_id_right"),
+                              pl.col("day") >= pl.col("from"), pl.col("day") < pl.col("until"))["row"]
+        owner = owner.scatter(rows, symbol)
+    tagged = records.with_columns(owner)
+    return {symbol: tagged.filter(pl.col("owner") == symbol).drop("owner") for symbol in symbols}
+
+
+def screened_bars(
+    frame: pl.DataFrame, mappings: list[dict], symbol: str, schema: Schema, dataset: str, start: dt.datetime,
+    end: dt.datetime, origin: str, now: dt.datetime, defined: set[int] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(bars that pass, rejected rows) of `symbol`'s records of one answer (records_frame) over
+    [start, end) UTC: ts_event, instrument_id, prices in USD, volume. `mappings` are the answer's
+    symbology intervals of `symbol` (start_date, end_date, symbol = an instrument id); a bar must
+    come from an instrument mapped that day (and, given `defined`, one the answer defines).
+    Rejected rows are kept under `dataset`."""
+    where = f"{SOURCE} {symbol} {schema.name}"
     if frame.is_empty():
         return frame, REJECTED_ROWS.empty_frame()
     times = frame["ts_event"]
@@ -123,10 +152,7 @@ def screened_bars(
                                        f"bars from {times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M}")
     if not times.is_sorted() or frame.select("instrument_id", "ts_event").is_duplicated().any():
         raise MalformedResponse(where, "bars are not in ascending ts_event order, one per instrument and time")
-    mapped = pl.DataFrame(
-        [(m["start_date"], m["end_date"], int(m["symbol"])) for m in mappings],
-        schema={"from": pl.Date, "until": pl.Date, "instrument_id": pl.Int64}, orient="row",
-    )
+    mapped = _mapped(mappings)
     frame = frame.with_row_index("row").with_columns(day=pl.col("ts_event").dt.date())
     matched = frame.join_where(mapped, pl.col("instrument_id") == pl.col("instrument_id_right"),
                                pl.col("day") >= pl.col("from"), pl.col("day") < pl.col("until"))["row"]
@@ -191,6 +217,7 @@ class DatabentoBarsSource:
         self._halved = 0
         self._client: Any = None
         self._available_end: dt.datetime | None = None
+        self.shared: SharedRequests | None = None  # the run's, when a run scope attached it
         self._budget = WeightBudget.for_host(self._base_url, REQUESTS_PER_SECOND, clock, sleep, 1.0)
 
     async def __aenter__(self) -> DatabentoBarsSource:
@@ -260,27 +287,58 @@ class DatabentoBarsSource:
                 raise MalformedResponse(SOURCE, f"metadata.get_dataset_range {DATASET}: no end in {str(answer)[:160]}") from None
         return self._available_end
 
-    async def _piece(self, symbol: str, start: dt.datetime, end: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    async def _ask(self, symbols: list[str], start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+        """Each of `symbols`' (rows, rejected rows) over [start, end) from one request for the bars
+        and one for their contracts' definitions; a symbol Databento cannot resolve gets the
+        UpstreamRejected its asset fails with."""
         client = self.client()
         span = f"{start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}"
-        request = f"timeseries.get_range {self.schema.name} {symbol} {span}"
+        listed = ",".join(symbols)
+        request = f"timeseries.get_range {self.schema.name} {listed} {span}"
 
         def ask(schema: str) -> Any:
-            return client.timeseries.get_range(dataset=DATASET, schema=schema, symbols=[symbol],
+            return client.timeseries.get_range(dataset=DATASET, schema=schema, symbols=symbols,
                                                stype_in=self.stype_in, start=start.isoformat(), end=end.isoformat())
 
         bars = await self._call(request, lambda: ask(self.schema.name))
-        if symbol in bars.metadata.not_found:
-            raise UpstreamRejected(SOURCE, request, 200, f"{DATASET} has no symbol {symbol} (not found in its symbology)")
-        definitions = await self._call(f"timeseries.get_range definition {symbol} {span}", lambda: ask("definition"))
-        return self.rows(bars, list(definitions), symbol, start, end,
-                         f"POST /v0/timeseries.get_range {self.schema.name} {symbol} {span}", dt.datetime.now(dt.UTC))
+        definitions = list(await self._call(f"timeseries.get_range definition {listed} {span}", lambda: ask("definition")))
+        now = dt.datetime.now(dt.UTC)
+        mappings = bars.metadata.mappings
+        found: dict[str, Any] = {}
+        for symbol, records in split_by_symbol(records_frame(bars.to_ndarray()), mappings, symbols).items():
+            if symbol in bars.metadata.not_found:
+                found[symbol] = UpstreamRejected(SOURCE, request, 200, f"{DATASET} has no symbol {symbol} "
+                                                                       "(not found in its symbology)")
+            else:
+                found[symbol] = self.rows(records, mappings.get(symbol, []), definitions, symbol, start, end,
+                                          f"POST /v0/timeseries.get_range {self.schema.name} {symbol} {span}", now)
+        return found
 
-    def rows(self, bars: Any, definitions: list, symbol: str, start: dt.datetime, end: dt.datetime, origin: str,
-             now: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """(rows, rejected rows) of one piece's answers: its bars (a DBNStore) and definitions."""
-        good, rejected = screened_bars(bars.to_ndarray(), bars.metadata.mappings.get(symbol, []), symbol, self.schema,
-                                       self.dataset, start, end, origin, now)
+    async def _answers(self, symbols: list[str], start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+        """`_ask`, made smaller until the gateway answers: a 504 splits the symbols in two, and,
+        one symbol left, the days (down to one)."""
+        try:
+            return await self._ask(symbols, start, end)
+        except GatewayTimeout:
+            if len(symbols) > 1:
+                self._halved += 1
+                middle = (len(symbols) + 1) // 2
+                return await self._answers(symbols[:middle], start, end) | await self._answers(symbols[middle:], start, end)
+            half = (end - start) / 2
+            if half < dt.timedelta(days=1):
+                raise
+            self._halved += 1
+            middle_day = start + dt.timedelta(days=max(1, round(half / dt.timedelta(days=1))))
+            first, second = await self._answers(symbols, start, middle_day), await self._answers(symbols, middle_day, end)
+            symbol = symbols[0]
+            if isinstance(first[symbol], Exception) or isinstance(second[symbol], Exception):
+                return first if isinstance(first[symbol], Exception) else second
+            return {symbol: tuple(pl.concat([a, b]) for a, b in zip(first[symbol], second[symbol], strict=True))}
+
+    def rows(self, records: pl.DataFrame, mappings: list[dict], definitions: list, symbol: str, start: dt.datetime,
+             end: dt.datetime, origin: str, now: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(rows, rejected rows) of `symbol`'s records of one piece, with the answer's definitions."""
+        good, rejected = screened_bars(records, mappings, symbol, self.schema, self.dataset, start, end, origin, now)
         raw_symbols = {int(record.instrument_id): str(record.raw_symbol) for record in definitions}
         return futures_rows(good, symbol, self.schema, raw_symbols, self.table, now), rejected
 
@@ -288,29 +346,61 @@ class DatabentoBarsSource:
         return continuous_symbol(str(series.key), self.rule)
 
     async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
-        """The bars of `series` (its key a root) with ts_event in [start, end) UTC, a piece at a time."""
+        """The bars of `series` (its key a root) with ts_event in [start, end) UTC, a piece at a time.
+        With the run's `shared` requests, each piece is asked for the next roots of the run too,
+        and what it fetched for them waits there for their turn."""
         symbol = self.symbol_of(series)
-        end = min(end, await self.available_end())
-        pending = []
+        shared = self.shared
+        if shared is not None and shared.available_end is None:
+            shared.available_end = await self.available_end()
+        end = min(end, shared.available_end if shared is not None else await self.available_end())
         cursor = start
         while cursor < end:
-            pending.append((cursor, min(cursor + self.schema.piece, end)))
-            cursor = pending[-1][1]
-        while pending:
-            piece_start, piece_end = pending.pop(0)
-            try:
-                frame, rejected = await self._piece(symbol, piece_start, piece_end)
-            except GatewayTimeout:
-                days = (piece_end - piece_start) / 2
-                if days < dt.timedelta(days=1):
-                    raise
-                self._halved += 1
-                middle = piece_start + dt.timedelta(days=max(1, round(days / dt.timedelta(days=1))))
-                pending[:0] = [(piece_start, middle), (middle, piece_end)]
-                continue
+            piece = (cursor, min(cursor + self.schema.piece, end))
+            cursor = piece[1]
+            answer = shared.take(symbol, piece) if shared is not None else None
+            if answer is None:
+                chunk = [symbol, *(shared.following(symbol, piece) if shared is not None else [])]
+                answers = await self._answers(chunk, *piece)
+                if shared is not None:
+                    shared.keep(answers, piece, symbol)
+                answer = answers[symbol]
+            if isinstance(answer, Exception):
+                raise answer
+            frame, rejected = answer
             self.rejected.append(rejected)
             self._rows += frame.height
             yield frame
+
+
+class SharedRequests:
+    """The Databento requests of one run of one dataset: a piece is asked for up to `per_request`
+    of the run's symbols at once (the one being read and the next ones), and each other symbol's
+    answer is kept here until its own asset reads it; `attach` gives a source of the run this."""
+
+    def __init__(self, symbols: list[str], per_request: int):
+        self.order = list(symbols)
+        self.per_request = max(1, per_request)
+        self.available_end: dt.datetime | None = None
+        self._kept: dict[tuple[str, tuple[dt.datetime, dt.datetime]], Any] = {}
+        self._asked: set[tuple[str, tuple[dt.datetime, dt.datetime]]] = set()
+
+    def attach(self, source: DatabentoBarsSource) -> None:
+        source.shared = self
+
+    def take(self, symbol: str, piece: tuple[dt.datetime, dt.datetime]) -> Any:
+        return self._kept.pop((symbol, piece), None)
+
+    def following(self, symbol: str, piece: tuple[dt.datetime, dt.datetime]) -> list[str]:
+        """Up to per_request − 1 symbols after `symbol` in the run not yet asked for `piece`."""
+        after = self.order[self.order.index(symbol) + 1:] if symbol in self.order else []
+        return [s for s in after if (s, piece) not in self._asked][:self.per_request - 1]
+
+    def keep(self, answers: dict[str, Any], piece: tuple[dt.datetime, dt.datetime], reader: str) -> None:
+        for symbol, answer in answers.items():
+            self._asked.add((symbol, piece))
+            if symbol != reader:
+                self._kept[symbol, piece] = answer
 
 
 class GatewayTimeout(UpstreamUnavailable):
@@ -350,8 +440,8 @@ class DatabentoOptionsSource(DatabentoBarsSource):
     def symbol_of(self, series: Any) -> str:
         return f"{series.key}.OPT"
 
-    def rows(self, bars: Any, definitions: list, symbol: str, start: dt.datetime, end: dt.datetime, origin: str,
-             now: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def rows(self, records: pl.DataFrame, mappings: list[dict], definitions: list, symbol: str, start: dt.datetime,
+             end: dt.datetime, origin: str, now: dt.datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
         contracts = {}
         for record in definitions:
             kind = str(getattr(record.instrument_class, "value", record.instrument_class))
@@ -359,8 +449,8 @@ class DatabentoOptionsSource(DatabentoBarsSource):
                 contracts[int(record.instrument_id)] = (
                     str(record.raw_symbol), str(record.underlying), int(record.expiration), record.strike_price / PRICE_UNITS,
                     kind)
-        good, rejected = screened_bars(bars.to_ndarray(), bars.metadata.mappings.get(symbol, []), symbol, self.schema,
-                                       self.dataset, start, end, origin, now, defined=set(contracts))
+        good, rejected = screened_bars(records, mappings, symbol, self.schema, self.dataset, start, end, origin, now,
+                                       defined=set(contracts))
         defined = pl.DataFrame(
             [(i, *c) for i, c in contracts.items()], orient="row",
             schema={"instrument_id": pl.Int64, "raw_symbol": pl.String, "underlying": pl.String,

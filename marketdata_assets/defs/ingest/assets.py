@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterator
 import time
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -102,11 +102,12 @@ def build_dataset_assets(dataset: "Dataset", group: list["Series"], warehouse_ki
         chosen = sorted(set(context.selected_asset_keys) | {c.asset_key for c in context.selected_asset_check_keys},
                         key=lambda key: key.path)
         failures: list[Exception] = []
+        scope = dataset.run_scope([by_key[key] for key in chosen if key in context.selected_asset_keys])
         for key in chosen:
             names = {c.name for c in context.selected_asset_check_keys if c.asset_key == key}
             try:
                 with context.resources.warehouse.open().kept_open():
-                    yield from _materialize_one(context, dataset, by_key[key], key, partitions, names)
+                    yield from _materialize_one(context, dataset, by_key[key], key, partitions, names, scope)
             except Exception as exc:  # the others of the run still go; it fails at the end, naming this
                 if len(chosen) == 1:
                     raise
@@ -121,7 +122,7 @@ def build_dataset_assets(dataset: "Dataset", group: list["Series"], warehouse_ki
 
 def _materialize_one(
     context: dg.AssetExecutionContext, dataset: "Dataset", series: "Series", key: dg.AssetKey,
-    partitions: dg.TimeWindowPartitionsDefinition, names: set[str],
+    partitions: dg.TimeWindowPartitionsDefinition, names: set[str], scope: Any = None,
 ):
     """One asset of a run: its rows, its partitions' materializations, its check results per
     partition and its observation; raises naming the windows that could not be read."""
@@ -150,6 +151,8 @@ def _materialize_one(
         return
     adopt(context.instance)  # bans other runs earned: nothing is sent to a host that banned our IP
     source = dataset.open_source(series, context.resources.upstreams, bounds, store)
+    if scope is not None:
+        scope.attach(source)
     try:
         report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end,
                         rows_per_write=context.resources.warehouse.rows_per_write, partitions=windows)
