@@ -161,6 +161,14 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
         if item.failed:
             details.append(f"{label}: failed partitions {' '.join(item.failed)}")
         details += _check_details(label, item.checks)
+    by_dataset: dict[str, list[SeriesCoverage]] = {}
+    for item in others:
+        by_dataset.setdefault(item.asset.dataset.name, []).append(item)
+    for name, items_of in by_dataset.items():
+        empty = [item.asset.key.path[-1] for item in items_of if not item.rows]
+        if empty and len(items_of) > 1:  # what users ran by hand: which of the symbols asked for are absent
+            details.append(f"{name}: {len(items_of) - len(empty)} of {len(items_of)} series stored; nothing stored "
+                           f"of {', '.join(empty)}")
     if details:
         lines += ["", *details]
     return "\n".join(lines)

@@ -245,6 +245,8 @@ def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first
         report = marketdata("report", "--dataset", "ohlcv_1d", "--format", "json", cwd=tmp_path, env=env)
         assert report.returncode in (0, 1), report.stderr
         rows = {row["asset"]: row for row in json.loads(report.stdout)}
+        table = marketdata_here("report", "--dataset", "ohlcv_1d", cwd=tmp_path, env=env)
+        assert "ohlcv_1d: 9 of 10 series stored; nothing stored of ZZZ" in table.stdout.splitlines(), table.stdout
         assert rows["databento_glbx/ohlcv_1d/ZZZ"]["rows"] == 0
         assert rows["databento_glbx/ohlcv_1d/ES"]["rows"] == es.height
         # nothing printed, logged or recorded holds the key
