@@ -255,9 +255,20 @@ def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first
         printed = "".join(r.stdout + r.stderr for r in (refused, costly, daily, again, hourly, options, report))
         assert KEY not in printed
         instance = dg.DagsterInstance.from_config(str(dagster_home))
+        # a run launched without the key (a schedule's, say) fails naming the variable
+        from marketdata_assets.definitions import build_definitions
+        from marketdata_assets.settings import Settings
+        from marketdata_tests.test_assets import run_range, step_failure
+
+        keyless_settings = Settings(warehouse_url=warehouse_url, catalog_path=catalog, databento_url=emu.url)
+        _, keyless_run = run_range(keyless_settings, dg.AssetKey(["databento_glbx", "ohlcv_1d", "ES"]),
+                                   "2025-01-01", "2025-01-01", instance)
+        assert not keyless_run.success
+        assert "Databento: set DATABENTO_API_KEY to a Databento API key" in step_failure(keyless_run)
+        assert build_definitions(keyless_settings).resolve_assets_def(dg.AssetKey(["databento_glbx", "ohlcv_1h", "ES"]))
         logged = [dg.serialize_value(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
         assert logged and not [line for line in logged if KEY in line]
-        assert instance.get_runs()[0].tags["marketdata/estimated_cost_usd"]
+        assert instance.get_runs()[-1].tags["marketdata/estimated_cost_usd"]  # the first run: the daily backfill's
         instance.dispose()
         assert emu.databento.seen_keys == {KEY}
 
