@@ -301,10 +301,12 @@ def targets(results: dict) -> list[str]:
          "(PostgreSQL)", True, ""),
         ("the scaling curve", "linear", f"DuckDB {walls['duckdb'].split(' (')[0]}, PostgreSQL "
          f"{walls['postgresql'].split(' (')[0]}", not any(w.startswith("worse") for w in walls.values()),
-         "an asset costs more the larger the universe, from a run's first asset on (seconds an asset: "
+         "an asset costs more the larger the universe (seconds an asset: "
          + ", ".join(f"{u['symbols']} symbols {u['duckdb']['seconds'] / (7 * u['symbols']):.2f}" for u in universes)
-         + " on DuckDB), and a little more as a run goes on (the first and last tenth below); what grows with "
-         "the universe is not found yet"),
+         + " on DuckDB); the emulator built "
+         + ", ".join(f"{u.get('emulator_rebuilt', '?')}" for u in universes)
+         + " archive files during the runs (its build time on the same two cores made 300 symbols worse than "
+         "linear before its cache held them all)"),
     ]
     return [
         "## Targets (issue 17), measured in this run",

@@ -128,8 +128,10 @@ class FuturesBars(Dataset):
         return (self.valid_check, self.sessions_check, self.fresh_check)
 
     @property
-    def gap_check(self) -> str:  # type: ignore[override]
-        return self.sessions_check
+    def gap_check(self) -> str | None:  # type: ignore[override]
+        # the repair sensor re-runs an error's windows; an hour without trades is no error, and
+        # asking Databento again for it would only cost money
+        return self.sessions_check if self.missing_severity == dg.AssetCheckSeverity.ERROR else None
 
     @property
     def valid_check(self) -> str:
