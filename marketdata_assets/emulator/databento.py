@@ -320,10 +320,7 @@ class DatabentoEmulator:
                         media_type="application/json")
 
     async def get_cost(self, request: Request) -> Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        query = await self._query(request)
+        query = await self._asked(request)
         if isinstance(query, Response):
             return query
         schema, records, _, _ = query
@@ -332,10 +329,7 @@ class DatabentoEmulator:
         return Response(orjson.dumps(size / 1e9 * self.usd_per_gb[schema]), media_type="application/json")
 
     async def get_range(self, request: Request) -> Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        query = await self._query(request)
+        query = await self._asked(request)
         if isinstance(query, Response):
             return query
         schema, records, metadata, not_found = query
@@ -352,6 +346,11 @@ class DatabentoEmulator:
         return Response(body, media_type="application/octet-stream", headers=headers)
 
     # ---- the query -----------------------------------------------------------------------
+
+    async def _asked(self, request: Request):
+        """The refusal (429, 401) or the query's error answer, or the query (`_query`)."""
+        refused = self._refused(request)
+        return refused if refused is not None else await self._query(request)
 
     async def _query(self, request: Request):
         """(schema, records, metadata, not_found) of a get_range form, or the error answer."""
