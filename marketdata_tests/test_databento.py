@@ -281,3 +281,47 @@ def yaml_text(series: list[dict]) -> str:
 
 def bars_of(url: str, schema: str, symbol: str, start: str, end: str) -> db.DBNStore:
     return bars(client_of(url), schema, [symbol], start, end)
+
+
+def test_futures_and_options_bars_land_on_postgresql_with_their_checks(tmp_path, postgres_url, monkeypatch):
+    import dagster as dg
+    import polars as pl
+
+    from marketdata_assets.definitions import build_definitions
+    from marketdata_assets.settings import Settings
+    from marketdata_assets.warehouse import open_warehouse
+    from marketdata_tests.test_assets import run_range
+
+    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml_text([
+        {"source": "databento_glbx", "dataset": "ohlcv_1d", "keys": ["ES", "CL"], "start_date": "2024-01-01",
+         "roll": "n"},
+        {"source": "databento_glbx", "dataset": "options_ohlcv_1d", "keys": ["ES"], "start_date": "2024-03-01"},
+    ]))
+    with EmulatorServer() as emu, dg.instance_for_test() as instance:
+        emu.databento.quiet.update((("CL", utc(2024, 3, 12, h)) for h in range(24)))  # a day CL did not trade
+        settings = Settings(warehouse_url=postgres_url, catalog_path=catalog, databento_url=emu.url)
+        roots = [dg.AssetKey(["databento_glbx", "ohlcv_1d", root]) for root in ("ES", "CL")]
+        daily = dg.materialize(
+            [build_definitions(settings).resolve_assets_def(roots[0])], selection=roots, instance=instance,
+            raise_on_error=False, tags={"dagster/asset_partition_range_start": "2024-01-01",
+                                        "dagster/asset_partition_range_end": "2024-01-01"})
+        _, options = run_range(settings, dg.AssetKey(["databento_glbx", "options_ohlcv_1d", "ES"]), "2024-03-01",
+                               "2024-03-01", instance)
+        assert daily.success and options.success
+        warehouse = open_warehouse(postgres_url)
+        bars = warehouse.query("SELECT symbol, ts_event, raw_symbol FROM market_data.futures_bars ORDER BY symbol, ts_event")
+        assert dict(bars.group_by("symbol").len().iter_rows()) == {"ES.n.0": 313, "CL.n.0": 312}
+        # the open-interest roll leaves ESH4 eight days before its expiry on 15 March
+        es = bars.filter(pl.col("symbol") == "ES.n.0")
+        assert es.filter(pl.col("ts_event") == utc(2024, 3, 6))["raw_symbol"].item() == "ESH4"
+        assert es.filter(pl.col("ts_event") == utc(2024, 3, 7))["raw_symbol"].item() == "ESM4"
+        checks = {(e.asset_key.path[-1], e.check_name): e for e in daily.get_asset_check_evaluations()}
+        assert checks["ES", "ohlcv_1d_sessions"].passed
+        cl = checks["CL", "ohlcv_1d_sessions"]
+        assert not cl.passed and cl.description == "1 of 313 session bars missing"
+        assert cl.metadata["unexplained_windows"].value == [["2024-03-12T00:00:00+00:00", "2024-03-13T00:00:00+00:00"]]
+        option_checks = {e.check_name: e for e in options.get_asset_check_evaluations()}
+        assert option_checks["options_ohlcv_1d_sessions"].passed and option_checks["options_ohlcv_1d_valid"].passed
+        assert warehouse.query("SELECT count(DISTINCT underlying) AS n FROM market_data.options_bars")["n"][0] == 3
