@@ -26,7 +26,7 @@ demo: install
 seed: install
 	$(UV) run marketdata seed
 
-# Every speed and memory claim, measured against the emulators; writes bench/RESULTS.md (~8 min).
+# Every speed and memory claim, measured against the emulators; writes bench/RESULTS.md (~50 min).
 bench: install
 	$(UV) run python bench/bench.py
 

@@ -515,7 +515,7 @@ def main() -> None:
         if not only or "e_latency" in only:
             results.update(with_latency(work))
         if not only or "scale" in only:
-            print("scale (the scaling curve; about 70 minutes) …", flush=True)
+            print("scale (the scaling curve; about 25 minutes) …", flush=True)
             results["scale"] = scaling_curve(work)
         if only:
             print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1, default=str))

@@ -326,9 +326,11 @@ def databento(found: dict | None) -> list[str]:
         "## CME futures from Databento: fifteen years of daily bars",
         "",
         f"`marketdata backfill ohlcv_1d --from 2011-01-01 --to 2025-12-31 --local` of {found['roots']} roots from the",
-        "emulator's Databento API (DBN + zstd through the vendor's client): the price asked first, then per root",
-        "a year a request and its contract definitions; yearly partitions, the three checks each. Process",
-        "start-up and Dagster bookkeeping included.",
+        "emulator's Databento API (DBN + zstd through the vendor's client): the price asked first, then a year",
+        "of three roots a request and their contract definitions; yearly partitions, the three checks each. Process",
+        "start-up and Dagster bookkeeping included."
+        + (f" Measured on {found['date']} at {found['commit']}, after the rest of this run (the source came after it)."
+           if found.get("commit") else ""),
         "",
         "| rows | requests | wall | rows/s | peak RSS |",
         "|---|---|---|---|---|",
