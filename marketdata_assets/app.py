@@ -230,4 +230,14 @@ def backfill_selection(
     chosen = backfills.selections(specs, lambda spec: partitions_between(spec.partitions_def, start, end, now))  # type: ignore[arg-type]
     if not chosen:
         raise AppError(f"no partitions of {dataset} overlap {from_raw or 'the listing'} .. {to_raw or 'now'}")
+    from marketdata_assets.datasets import dataset as dataset_named
+    from marketdata_assets.defs.operations import dataset_of
+
+    for spec in specs:
+        first = partitions_between(spec.partitions_def, start, end, now)  # type: ignore[arg-type]
+        if first:
+            window = spec.partitions_def.time_window_for_partition_key(first[0])  # type: ignore[union-attr]
+            why = dataset_named(dataset_of(spec)).unservable(window.start, window.end, now)
+            if why:
+                raise AppError(f"{spec.key.to_user_string()} {first[0]}: {why}")
     return settings, definitions, chosen

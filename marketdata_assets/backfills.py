@@ -456,7 +456,9 @@ def plan_seed(
         if kept is not None:
             reachable = [k for k in keys if partitions.time_window_for_partition_key(k).start >= now - kept]
             if len(reachable) < len(keys):
-                notes.append(f"{spec.key.to_user_string()}: {spec.metadata.get('venue')} keeps about {kept.days} days, "
+                kept_text = (f"keeps about {kept.days} days" if kept >= dt.timedelta(days=1)
+                             else "serves only what stands now")
+                notes.append(f"{spec.key.to_user_string()}: {spec.metadata.get('venue')} {kept_text}, "
                              f"so {len(reachable)} of its {len(keys)} partitions are asked for")
             keys = reachable
         materialized = instance.get_materialized_partitions(spec.key)

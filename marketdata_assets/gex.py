@@ -70,16 +70,19 @@ def chain_gex(chain: pl.DataFrame, dealers_short_calls: bool = False) -> pl.Data
 
 
 def summary(chain: pl.DataFrame, spot: float, dealers_short_calls: bool = False) -> GexSummary:
-    """The snapshot's totals (GexSummary). The zero-gamma level re-prices every line's gamma at
-    each spot of the profile (volatility and time held), interpolating where the net changes sign."""
+    """The snapshot's totals (GexSummary), each line at its own underlying (forward) price. The
+    zero-gamma level moves every underlying by the same factor over the profile (volatility and
+    time held), interpolating where the net changes sign, and says it as `spot` times that factor."""
     strikes, sigma = chain["strike"].to_numpy(), chain["mark_iv"].to_numpy() / 100
     years, oi = chain["years"].to_numpy(), chain["open_interest"].to_numpy()
+    forwards = chain["underlying_price"].to_numpy()
     calls = (chain["option_type"] == "call").to_numpy()
-    net = float(line_gex(np.full(len(strikes), spot), strikes, sigma, years, oi, calls, dealers_short_calls).sum())
+    net = float(line_gex(forwards, strikes, sigma, years, oi, calls, dealers_short_calls).sum())
     low, high, steps = PROFILE
-    spots = np.linspace(low * spot, high * spot, steps)
-    profile = np.array([line_gex(np.full(len(strikes), s), strikes, sigma, years, oi, calls, dealers_short_calls).sum()
-                        for s in spots])
+    factors = np.linspace(low, high, steps)
+    spots = factors * spot
+    profile = np.array([line_gex(forwards * f, strikes, sigma, years, oi, calls, dealers_short_calls).sum()
+                        for f in factors])
     zero = None
     crossings = np.flatnonzero(np.sign(profile[:-1]) * np.sign(profile[1:]) < 0)
     if crossings.size:

@@ -108,7 +108,10 @@ async def _ingest(
         if tally is not None:
             tally.share(report.outcome)
             report.by_partition = tally.partitions
-        # Rejected rows are kept whatever happened to the rest.
+        # Rows of the window's other tables, then rejected rows, kept whatever happened to the rest.
+        for side_table, side_frame in report.outcome.side_tables:
+            if side_frame.height:
+                await asyncio.to_thread(warehouse.upsert, side_table, side_frame)
         kept = rejected_frame(report.outcome.rejected)
         if kept.height:
             report.rows_rejected = await asyncio.to_thread(warehouse.upsert, REJECTED_ROWS, kept)

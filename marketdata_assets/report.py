@@ -150,7 +150,8 @@ def render_table(items: list[AssetCoverage], others: list[SeriesCoverage] = ()) 
         lines.append(f"{'asset':<36} {'first':<16}  {'last':<16}  {'partitions':>10} {'failed':>6}  {'missing':>22}  checks")
     for item in others:
         label = item.asset.key.to_user_string()
-        missing = f"{item.missing} of {item.expected} {item.asset.dataset.unit}"
+        note = item.asset.dataset.missing_note
+        missing = f"{item.missing} of {item.expected} {item.asset.dataset.unit}" + (f" {note}" if note else "")
         checks = " ".join(f"{check.name}={check.state}" for check in item.checks)
         lines.append(
             f"{label:<36} {_moment(item.first) or '-':<16}  {_moment(item.last) or '-':<16}  "

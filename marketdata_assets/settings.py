@@ -88,6 +88,13 @@ def _usd_setting(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag_setting(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"{name}={raw!r} is not a yes or no (1, true, yes; 0, false, no)")
+    return raw in ("1", "true", "yes")
+
+
 def _choice_setting(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = env.get(name) or default
     if raw not in choices:
@@ -142,6 +149,10 @@ class Settings:
     databento_max_cost: float = 5.0
     # Roots one Databento request asks for at once (a 504 splits them, then the days).
     databento_symbols_per_request: int = 3
+    # When the GEX schedule captures Deribit's chain (UTC), and whose side dealers are taken to be
+    # on: long calls and short puts by default (calls +, puts −), the reverse when true.
+    gex_cron: str = "1 * * * *"
+    gex_dealers_short_calls: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,5 +180,7 @@ class Settings:
             databento_api_key=env.get("DATABENTO_API_KEY"),
             databento_max_cost=_usd_setting(env, "MARKETDATA_DATABENTO_MAX_COST", 5.0),
             databento_symbols_per_request=_int_setting(env, "MARKETDATA_DATABENTO_SYMBOLS_PER_REQUEST", 3),
+            gex_cron=_cron_setting(env, "MARKETDATA_GEX_CRON") or "1 * * * *",
+            gex_dealers_short_calls=_flag_setting(env, "MARKETDATA_GEX_DEALERS_SHORT_CALLS"),
             **endpoints,
         )

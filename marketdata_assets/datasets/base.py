@@ -79,6 +79,11 @@ class Dataset:
     # What one expected row is called in the report: bars, settlements, snapshots, days.
     unit: ClassVar[str]
     title: ClassVar[str]  # one line, for the asset's description
+    # What the report says of rows it expected and lacks, after their count (GEX: "not captured"),
+    # and whether it counts them over every partition to now rather than the materialized ones
+    # (a dataset that can only capture the present: a partition never run is a snapshot missed).
+    missing_note: ClassVar[str] = ""
+    audits_every_partition: ClassVar[bool] = False
     # The incremental schedule's cron (UTC); MARKETDATA_SCHEDULE_CRON overrides every dataset's.
     cron: ClassVar[str] = "10 0 * * *"
     # How often `cron` keeps it current, in the names of its job and schedule (`klines_daily`).
@@ -174,6 +179,11 @@ class Dataset:
         """What the sources of one run share, given the series it reads in order (None: nothing).
         Its `attach(source)` is called on each source the run opens (Databento asks for several
         roots a request and keeps the others' answers for their turn)."""
+        return None
+
+    def unservable(self, start: dt.datetime, end: dt.datetime, now: dt.datetime) -> str | None:
+        """Why no upstream can serve [start, end) at `now` (Deribit keeps no past chain), or None:
+        `marketdata backfill` refuses such a window before anything runs."""
         return None
 
     def unmet_requirement(self, settings: Any) -> str | None:

@@ -150,6 +150,10 @@ class DeribitChainSource(UpstreamClient):
                                        "instrument_lists_fetched": self._instrument_requests,
                                        "http_429": self.stats.throttled + self._instruments_http.stats.throttled})
 
+    def count_rows(self, rows: int) -> None:
+        """Rows written from this source's answers by a reader that does not go through `read`."""
+        self._rows += rows
+
     async def instruments(self, currency: str, refresh: bool = False) -> dict[str, tuple[dt.datetime, float, str]]:
         key = (self._base_url, currency)
         if refresh or key not in self._instruments:

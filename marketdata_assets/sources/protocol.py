@@ -21,14 +21,18 @@ from marketdata_assets.sources.errors import PieceFailure
 @dataclass
 class SourceOutcome:
     """What a source met besides the rows it yielded: windows it could not read, rows it
-    rejected (schemas.REJECTED_ROWS frames), requests sent, rows per origin (rest, archive), and
-    what else it wants on the materialization (archive files read, weight spent, …)."""
+    rejected (schemas.REJECTED_ROWS frames), requests sent, rows per origin (rest, archive), what
+    else it wants on the materialization (archive files read, weight spent, …), and rows it keeps
+    in other tables."""
 
     failures: list[PieceFailure] = field(default_factory=list)
     rejected: list[pl.DataFrame] = field(default_factory=list)
     requests: int = 0
     rows_by_source: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Rows of other tables the window also fills (a GEX snapshot's raw chain and summary), each
+    # (TableSpec, frame), written with the rejected rows, before any partition is recorded.
+    side_tables: list[tuple[Any, pl.DataFrame]] = field(default_factory=list)
 
 
 class Source(Protocol):

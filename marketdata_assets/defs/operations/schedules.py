@@ -160,6 +160,11 @@ def inputs_changed(
     return sorted(changed)
 
 
+def _window(partitions: dg.TimeWindowPartitionsDefinition, key: str) -> tuple[dt.datetime, dt.datetime]:
+    window = partitions.time_window_for_partition_key(key)
+    return window.start, window.end
+
+
 def plan_incremental(
     instance: dg.DagsterInstance, job: IncrementalJob, now: dt.datetime, tick: str,
 ) -> Plan:
@@ -179,6 +184,11 @@ def plan_incremental(
             wanted = sorted(set(stale) | set(changed))
             stale = every[every.index(wanted[0]):every.index(wanted[-1]) + 1]
             reason += f"; an input was materialized after it in {', '.join(changed)}"
+        servable = [p for p in stale if not job.declared.unservable(
+            *_window(job.partitions, p), now)]
+        if len(servable) < len(stale):  # Deribit keeps no past chain: only the hour in progress can be taken
+            reason += f"; {counted(len(stale) - len(servable), 'partition')} no upstream serves any more left out"
+            stale = servable
         if not stale:
             plan.decisions.append(f"{key.to_user_string()}: up to date ({reason})")
             continue
