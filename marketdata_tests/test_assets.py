@@ -93,7 +93,7 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
                                                  "VIXCLS", "DCOILWTICO", "DCOILBRENTEU", "NASDAQQGLDI", "DTWEXBGS")]
         + [f"databento_glbx/{dataset}/{root}" for dataset in ("ohlcv_1d", "ohlcv_1h")
            for root in ("ES", "NQ", "CL", "GC", "ZN", "6E")]
-        + ["databento_glbx/options_ohlcv_1d/ES"]
+        + ["databento_glbx/options_ohlcv_1d/ES", "deribit/gex/BTC", "deribit/gex/ETH"]
     )
     daily_es = specs["databento_glbx/ohlcv_1d/ES"]
     assert (daily_es.group_name, daily_es.partitions_def.get_first_partition_key()) == ("databento_glbx", "2011-01-01")
@@ -132,16 +132,17 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
     # OKX 2019-12, Bybit 2020-03 and 2020-10)
     assert sorted(schedule.name for schedule in definitions.schedules) == [
         "fear_greed_daily", "funding_8h_since_2019_09", "funding_8h_since_2019_11", "funding_8h_since_2019_12",
-        "funding_8h_since_2020_03", "funding_8h_since_2020_10", "klines_daily_since_2017_08",
+        "funding_8h_since_2020_03", "funding_8h_since_2020_10", "gex_hourly", "klines_daily_since_2017_08",
         "klines_daily_since_2019_09", "klines_daily_since_2019_11", "long_short_daily", "macro_daily", "market_cap_daily",
-        "ohlcv_1d_daily", "ohlcv_1h_hourly", "open_interest_daily", "options_ohlcv_1d_daily", "ssr_daily",
-        "stablecoin_supply_daily"]
+        "ohlcv_1d_daily", "ohlcv_1h_hourly", "open_interest_daily", "options_ohlcv_1d_daily",
+        "ssr_daily", "stablecoin_supply_daily"]
     assert all(definitions.resolve_job_def(s.name).name == s.job_name == s.name for s in definitions.schedules)
     # each asset's description speaks of its own dataset and of no other's
     own = {"klines": "candles", "funding": "funding settlements", "open_interest": "open interest",
            "long_short": "long/short", "fear_greed": "fear & greed", "stablecoin_supply": "per peg",
            "market_cap": "market capitalization", "ssr": "supply ratio", "macro": "fred series",
-           "ohlcv_1d": "globex daily bars", "ohlcv_1h": "globex hourly bars", "options_ohlcv_1d": "options on futures"}
+           "ohlcv_1d": "globex daily bars", "ohlcv_1h": "globex hourly bars", "options_ohlcv_1d": "options on futures",
+           "gex": "gamma exposure"}
     for key, spec in specs.items():
         text = (spec.description or "").lower()
         assert own[spec.metadata["dataset"]] in text, (key, spec.description)

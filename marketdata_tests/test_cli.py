@@ -128,7 +128,7 @@ def test_backfill_requests_that_cannot_be_read_get_one_line_and_exit_2(tmp_path)
         (("klines", "--from", "2024-03-01", "--to", "2024-02-01 12:00:00"),
          "--to 2024-02-01 12:00:00 is before --from 2024-03-01"),
         (("candles",),
-         "unknown dataset 'candles': the catalog has fear_greed, funding, futures, klines, klines_1h, klines_1m, "
+         "unknown dataset 'candles': the catalog has fear_greed, funding, futures, gex, klines, klines_1h, klines_1m, "
          "long_short, macro, market_cap, ohlcv_1d, ohlcv_1h, open_interest, options_ohlcv_1d, sentiment, ssr, "
          "stablecoin_supply"),
         (("funding", "--symbols", "BTCUSDT,DOGEUSDT"), "no funding asset for symbol DOGEUSDT in the catalog"),
