@@ -223,7 +223,13 @@ def test_fifteen_years_of_daily_and_a_year_of_hourly_bars_land_once_priced_first
             "ES.c.0": full, "NQ.c.0": full - 1, "CL.c.0": full, "6E.c.0": full}
         assert 0 < counts["LBR.c.0"] < 2 + 4 * 23 + 21  # a thin root: hours without trades have no bar
 
-        # Options on ES futures in March 2024, each bar with its contract: what its raw symbol says
+        # Options on ES futures in March 2024, each bar with its contract: what its raw symbol says.
+        # Their price is asked for the parent symbol, as their data is.
+        priced = marketdata_here("backfill", "options_ohlcv_1d", "--from", "2024-03-01", "--to", "2024-03-31",
+                                 "--max-cost", "0", "--local", cwd=tmp_path, env=env)
+        assert priced.returncode == 2 and "options_ohlcv_1d: the upstream asks $0.0" in priced.stderr, priced.stderr
+        asked = [r for r in emu.databento.requests if r["endpoint"] == "metadata.get_cost"][-1]
+        assert (asked["symbols"], asked["stype_in"], asked["schema"]) == ("ES.OPT", "parent", "ohlcv-1d")
         options = marketdata("backfill", "options_ohlcv_1d", "--from", "2024-03-01", "--to", "2024-03-31", "--local",
                              cwd=tmp_path, env=env)
         assert options.returncode == 0, options.stderr[-3000:]

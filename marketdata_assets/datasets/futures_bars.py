@@ -120,6 +120,7 @@ class FuturesBars(Dataset):
     moment_names = ("first_bar", "last_bar")
     bills_by_volume = True
     schema: ClassVar[Schema]
+    stype_in: ClassVar[str] = "continuous"  # how Databento reads `symbol()`: a continuous contract
     # the sessions check's severity: an hour may pass without a trade, a Globex day hardly
     missing_severity: ClassVar[dg.AssetCheckSeverity] = dg.AssetCheckSeverity.ERROR
 
@@ -191,7 +192,7 @@ class FuturesBars(Dataset):
 
     def cost_usd(self, series: list[Series], start: dt.datetime, end: dt.datetime, settings: Settings) -> float:
         return estimate_cost(settings.databento_url, settings.databento_api_key or "", self.schema,
-                             [(str(s.key), self.rule(s)) for s in series], start, end)
+                             [self.symbol(s) for s in series], self.stype_in, start, end)
 
     # --- the audit ---------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class OptionsOhlcv1d(FuturesBars):
     title = "Daily bars of CME Globex options on futures (Databento ohlcv-1d, parent symbology)"
     table = OPTIONS_BARS
     schema = OPTIONS_1D
+    stype_in = "parent"  # ES.OPT: every option on the root's futures
     position = 72
     cron = "0 2 * * *"
     missing_severity = dg.AssetCheckSeverity.WARN  # a root's options may pass a day without a trade

@@ -407,10 +407,11 @@ class GatewayTimeout(UpstreamUnavailable):
     """Databento's gateway timed out (HTTP 504): the request was too large; a smaller one may pass."""
 
 
-def estimate_cost(base_url: str, api_key: str, schema: Schema, roots: list[tuple[str, str]],
+def estimate_cost(base_url: str, api_key: str, schema: Schema, symbols: list[str], stype_in: str,
                   start: dt.datetime, end: dt.datetime) -> float:
-    """USD Databento asks for the bars of `roots` ((root, rule)) over [start, end) UTC, by
-    `metadata.get_cost` (its end clamped to the dataset's available end), without spending."""
+    """USD Databento asks for `schema` of `symbols` (continuous `ES.c.0` or parent `ES.OPT`, as
+    `stype_in` says) over [start, end) UTC, by `metadata.get_cost` (its end clamped to the
+    dataset's available end), without spending."""
     from databento.common.error import BentoError
 
     client = client_for(base_url, api_key)
@@ -419,8 +420,8 @@ def estimate_cost(base_url: str, api_key: str, schema: Schema, roots: list[tuple
         if start >= end:
             return 0.0
         return float(client.metadata.get_cost(
-            dataset=DATASET, schema=schema.name, symbols=[continuous_symbol(root, rule) for root, rule in roots],
-            stype_in="continuous", start=start.isoformat(), end=end.isoformat(),
+            dataset=DATASET, schema=schema.name, symbols=symbols, stype_in=stype_in,
+            start=start.isoformat(), end=end.isoformat(),
         ))
     except BentoError as exc:
         message = str(getattr(exc, "message", None) or exc).replace(api_key, "***")
