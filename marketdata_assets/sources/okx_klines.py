@@ -1,0 +1,75 @@
+"""OKX klines (issue 21, in progress): the bar names OKX has for our timeframes, and its candle rows
+read into market_data.klines' schema. The client that pages `history-candles` comes next.
+
+OKX answers `[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]` rows, newest first. `vol` counts
+the base currency for spot and contracts for swaps, where `volCcy` is the base currency; the quote
+volume is `volCcyQuote`. Only closed bars (`confirm` "1") are kept. OKX's daily and longer bars
+without `utc` (`1D`, `6H`, `12H`) are aligned to UTC+8: they are never asked for, and a row whose
+time is not on the UTC grid of its timeframe is refused whatever was asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import polars as pl
+
+from marketdata_assets.schemas import KLINES
+from marketdata_assets.sources.errors import MalformedResponse
+from marketdata_assets.timeframes import timeframe
+
+SOURCE = "okx klines"
+# our timeframe -> OKX's bar, UTC-aligned only (plain 6H, 12H and 1D follow UTC+8)
+BARS = {"1m": "1m", "3m": "3m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "1H", "2h": "2H", "4h": "4H",
+        "6h": "6Hutc", "12h": "12Hutc", "1d": "1Dutc"}
+
+
+def okx_bar(timeframe_name: str) -> str:
+    """OKX's bar name for a timeframe; ValueError for one OKX has only aligned to UTC+8."""
+    if timeframe_name not in BARS:
+        raise ValueError(f"OKX has no UTC-aligned bar for timeframe {timeframe_name!r} (it has: {', '.join(BARS)})")
+    return BARS[timeframe_name]
+
+
+def parse_okx_candles(body: Any, inst_id: str, market: str, timeframe_name: str) -> tuple[pl.DataFrame, int]:
+    """(closed bars in KLINES' schema, ascending; how many rows were still open) of one OKX candles
+    answer for `inst_id` (`BTC-USDT` spot, `BTC-USDT-SWAP` perp)."""
+    where = f"{SOURCE} {inst_id} {timeframe_name}"
+    rows = body.get("data") if isinstance(body, dict) and body.get("code") in ("0", 0) else None
+    if not isinstance(rows, list):
+        raise MalformedResponse(where, f"expected {{\"code\": \"0\", \"data\": [...]}}, got {str(body)[:160]}")
+    step = timeframe(timeframe_name).millis
+    kept, still_open, previous = [], 0, None
+    for index, row in enumerate(rows):
+        try:
+            ts, o, h, low, c, vol, vol_ccy, vol_quote, confirm = row
+            ts = int(ts)
+            values = [float(v) for v in (o, h, low, c, vol, vol_ccy, vol_quote)]
+        except (TypeError, ValueError) as exc:
+            raise MalformedResponse(where, f"row {index} is not a candle ({exc}): {str(row)[:160]}") from None
+        if previous is not None and ts >= previous:
+            raise MalformedResponse(where, f"rows are not newest first, each once (row {index} at {ts})")
+        previous = ts
+        if ts % step:
+            raise MalformedResponse(where, f"row {index} opens at {ts}, off the UTC grid of {timeframe_name} bars "
+                                           "(a UTC+8-aligned bar): refused")
+        if confirm != "1":
+            still_open += 1
+            continue
+        o, h, low, c, vol, vol_ccy, vol_quote = values
+        volume = vol if market == "spot" else vol_ccy
+        kept.append((ts, o, h, low, c, volume, vol_quote))
+    kept.reverse()
+    now = dt.datetime.now(dt.UTC)
+    frame = pl.DataFrame({
+        "venue": "okx", "market": market, "symbol": inst_id, "timeframe": timeframe_name,
+        "open_time": pl.Series([r[0] for r in kept], dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
+        **{name: pl.Series([r[i] for r in kept], dtype=pl.Float64)
+           for i, name in enumerate(("open", "high", "low", "close", "volume", "quote_volume"), start=1)},
+        "trades": pl.Series([None] * len(kept), dtype=pl.Int64),  # OKX does not count trades
+        "taker_buy_volume": pl.Series([None] * len(kept), dtype=pl.Float64),
+        "taker_buy_quote_volume": pl.Series([None] * len(kept), dtype=pl.Float64),
+        "source": "rest", "ingested_at": now,
+    }).select(KLINES.columns).cast(dict(KLINES.schema)) if kept else KLINES.empty_frame()
+    return frame, still_open

@@ -1,0 +1,69 @@
+"""OKX and Bybit kline answers read into the klines table's schema, on the recorded answers in
+shared/fixtures: closed bars only, ascending, on the UTC grid (issue 21, the parsers)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from marketdata_assets.schemas import KLINES
+from marketdata_assets.sources.bybit_klines import bybit_interval, parse_bybit_klines
+from marketdata_assets.sources.errors import MalformedResponse
+from marketdata_assets.sources.okx_klines import okx_bar, parse_okx_candles
+from marketdata_tests.conftest import FIXTURES, utc
+
+OKX = json.loads((FIXTURES / "okx_history_candles.json").read_text())
+BYBIT = json.loads((FIXTURES / "bybit_kline_linear.json").read_text())
+
+
+def test_okx_candles_are_read_oldest_first_with_a_swaps_volume_in_coins():
+    bars, still_open = parse_okx_candles(OKX, "BTC-USDT-SWAP", "perp", "1m")
+    assert still_open == 0 and bars.schema == KLINES.schema
+    # the recorded rows, newest first: 23:54 and 23:53 UTC on 2025-05-12; a swap's `vol` counts contracts,
+    # its `volCcy` coins
+    assert bars.select("open_time", "open", "high", "low", "close", "volume", "quote_volume").rows() == [
+        (utc(2025, 5, 12, 23, 53), 102806.0, 102820.5, 102783.1, 102806.1, 71.6404, 7364701.57952),
+        (utc(2025, 5, 12, 23, 54), 102806.1, 102820.4, 102806.1, 102820.4, 10.4037, 1069603.34883),
+    ]
+    assert set(bars["venue"]) == {"okx"} and bars["trades"].null_count() == 2  # OKX does not count trades
+    spot, _ = parse_okx_candles(OKX, "BTC-USDT", "spot", "1m")
+    assert spot["volume"].to_list() == [7164.04, 1040.37]  # spot's `vol` is in coins
+    forming = copy.deepcopy(OKX)
+    forming["data"][0][8] = "0"
+    bars, still_open = parse_okx_candles(forming, "BTC-USDT-SWAP", "perp", "1m")
+    assert (bars.height, still_open) == (1, 1)  # the bar not yet confirmed is not stored
+
+
+def test_a_utc_plus_8_daily_bar_is_never_asked_for_and_refused_if_it_comes():
+    assert okx_bar("1d") == "1Dutc" and okx_bar("1h") == "1H"
+    with pytest.raises(ValueError, match="OKX has no UTC-aligned bar for timeframe '1D'"):
+        okx_bar("1D")
+    # OKX's plain 1D opens at 16:00 UTC (midnight in UTC+8)
+    answer = {"code": "0", "msg": "", "data": [["1747065600000", "1", "2", "0.5", "1.5", "10", "10", "15", "1"]]}
+    assert utc(2025, 5, 12, 16).timestamp() * 1000 == 1747065600000
+    with pytest.raises(MalformedResponse, match="off the UTC grid of 1d bars \\(a UTC\\+8-aligned bar\\): refused"):
+        parse_okx_candles(answer, "BTC-USDT", "spot", "1d")
+
+
+def test_bybit_drops_the_candle_still_open_and_refuses_pages_out_of_order():
+    bars, still_open = parse_bybit_klines(BYBIT, "BTCUSDT", "perp", "1m")
+    assert (bars.height, still_open) == (0, 1)  # the recorded answer's one candle began 50 ms before its time
+    assert bybit_interval("1h") == "60" and bybit_interval("1d") == "D"
+    page = {"retCode": 0, "retMsg": "OK", "time": 1709891700000, "result": {"category": "linear", "symbol": "BTCUSDT",
+            "list": [["1709891700000", "3", "3", "3", "3", "1", "3"],      # opened at `time`: still open
+                     ["1709891640000", "2", "2.5", "1.5", "2", "4", "8"],
+                     ["1709891580000", "1", "1.5", "0.5", "1", "2", "2"]]}}
+    bars, still_open = parse_bybit_klines(page, "BTCUSDT", "perp", "1m")
+    assert still_open == 1
+    assert bars.select("open_time", "close", "volume", "quote_volume").rows() == [
+        (utc(2024, 3, 8, 9, 53), 1.0, 2.0, 2.0), (utc(2024, 3, 8, 9, 54), 2.0, 4.0, 8.0)]
+    shuffled = copy.deepcopy(page)
+    shuffled["result"]["list"].reverse()
+    with pytest.raises(MalformedResponse, match="rows are not newest first"):
+        parse_bybit_klines(shuffled, "BTCUSDT", "perp", "1m")
+    other = copy.deepcopy(page)
+    other["result"]["symbol"] = "ETHUSDT"
+    with pytest.raises(MalformedResponse, match="answered for linear ETHUSDT"):
+        parse_bybit_klines(other, "BTCUSDT", "perp", "1m")
