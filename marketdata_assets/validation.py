@@ -30,8 +30,8 @@ KLINE_RULES: tuple[Rule, ...] = (
     Rule("high below open or close", "GREATEST(open, close) <= high"),
     Rule("low not positive", "low > 0"),
     Rule("negative volume", "volume >= 0"),
-    Rule("taker buy volume above volume", "taker_buy_volume <= volume"),
-    Rule("negative trades", "trades >= 0"),
+    Rule("taker buy volume above volume", "taker_buy_volume IS NULL OR taker_buy_volume <= volume"),
+    Rule("negative trades", "trades IS NULL OR trades >= 0"),
 )
 
 # A stored row that breaks any rule, as a SQL condition (DuckDB and PostgreSQL alike).

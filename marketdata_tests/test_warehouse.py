@@ -348,3 +348,37 @@ def test_postgresql_binary_and_csv_copies_store_the_same_rows(postgres_url):
     assert binary_copy(days, warehouse._column_types(FEAR_GREED)) is not None
     warehouse.upsert(FEAR_GREED, days)
     assert warehouse.query("SELECT * FROM market_data.fear_greed ORDER BY date").equals(days)
+
+
+def test_a_klines_table_made_before_okx_and_bybit_takes_bars_without_trade_counts(any_warehouse_url, tmp_path):
+    """A warehouse whose klines table was made when trades and taker volumes were NOT NULL: opened
+    now, it stores a venue's bars that have none (as NULL, never invented), and keeps Binance's."""
+    old = """CREATE SCHEMA IF NOT EXISTS market_data;
+    CREATE TABLE market_data.klines (venue TEXT NOT NULL, market TEXT NOT NULL, symbol TEXT NOT NULL,
+    timeframe TEXT NOT NULL, open_time TIMESTAMPTZ NOT NULL, open DOUBLE PRECISION NOT NULL,
+    high DOUBLE PRECISION NOT NULL, low DOUBLE PRECISION NOT NULL, close DOUBLE PRECISION NOT NULL,
+    volume DOUBLE PRECISION NOT NULL, quote_volume DOUBLE PRECISION NOT NULL, trades BIGINT NOT NULL,
+    taker_buy_volume DOUBLE PRECISION NOT NULL, taker_buy_quote_volume DOUBLE PRECISION NOT NULL,
+    source TEXT NOT NULL, ingested_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (venue, market, symbol, timeframe, open_time))"""
+    if any_warehouse_url.startswith("duckdb"):
+        import duckdb
+
+        with duckdb.connect(any_warehouse_url.removeprefix("duckdb:///")) as con:
+            con.execute(old)
+    else:
+        import psycopg2
+
+        with contextlib.closing(psycopg2.connect(any_warehouse_url)) as con, con.cursor() as cur:
+            cur.execute(old)
+            con.commit()
+    warehouse = open_warehouse(any_warehouse_url)
+    binance = klines_frame("BTCUSDT", T0, 3)
+    okx = binance.with_columns(venue=pl.lit("okx"), symbol=pl.lit("BTC-USDT"), trades=None, taker_buy_volume=None,
+                               taker_buy_quote_volume=None).cast(KLINES.schema)
+    assert warehouse.upsert(KLINES, binance) == 3 and warehouse.upsert(KLINES, okx) == 3
+    rows = warehouse.query("SELECT venue, count(trades) AS counted, count(*) AS n FROM market_data.klines GROUP BY 1 "
+                           "ORDER BY 1")
+    assert rows.rows() == [("binance", 3, 3), ("okx", 0, 3)]
+    from marketdata_assets.validation import KLINE_BREAKS_A_RULE
+
+    assert warehouse.query(f"SELECT count(*) AS n FROM market_data.klines WHERE {KLINE_BREAKS_A_RULE}")["n"][0] == 0

@@ -13,9 +13,9 @@ CREATE TABLE IF NOT EXISTS market_data.klines (
     close                  DOUBLE PRECISION NOT NULL,
     volume                 DOUBLE PRECISION NOT NULL,
     quote_volume           DOUBLE PRECISION NOT NULL,
-    trades                 BIGINT           NOT NULL,
-    taker_buy_volume       DOUBLE PRECISION NOT NULL,
-    taker_buy_quote_volume DOUBLE PRECISION NOT NULL,
+    trades                 BIGINT,                     -- NULL where the venue does not count them (OKX, Bybit)
+    taker_buy_volume       DOUBLE PRECISION,           -- NULL likewise
+    taker_buy_quote_volume DOUBLE PRECISION,
     source                 TEXT             NOT NULL,
     ingested_at            TIMESTAMPTZ      NOT NULL,
     PRIMARY KEY (venue, market, symbol, timeframe, open_time)

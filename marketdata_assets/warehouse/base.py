@@ -37,6 +37,22 @@ def ddl_statements(dialect: str) -> list[str]:
     return statements
 
 
+# Columns that became nullable after tables were made with them NOT NULL: klines' trade counts and
+# taker volumes (OKX and Bybit send none). Altered only where still NOT NULL (an ALTER locks the
+# table), on the warehouse's first connection of a process, after the DDL.
+RELAXED_COLUMNS = {"klines": ("trades", "taker_buy_volume", "taker_buy_quote_volume")}
+NOT_NULL_COLUMNS = (
+    "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'market_data' "
+    "AND is_nullable = 'NO'"
+)
+
+
+def relaxing_statements(not_null: list[tuple[str, str]]) -> list[str]:
+    """The ALTERs that make RELAXED_COLUMNS nullable, given the (table, column) still NOT NULL."""
+    return [f"ALTER TABLE market_data.{table} ALTER COLUMN {column} DROP NOT NULL"
+            for table, column in not_null if column in RELAXED_COLUMNS.get(table, ())]
+
+
 def distinct_keys(table: TableSpec, frame: pl.DataFrame) -> pl.DataFrame:
     """`frame` with one row per primary key, the last one winning (a later page overrides)."""
     time_column = table.primary_key[-1]

@@ -30,7 +30,15 @@ import duckdb
 import polars as pl
 
 from marketdata_assets.schemas import TableSpec
-from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys, overlap_probe
+from marketdata_assets.warehouse.base import (
+    NOT_NULL_COLUMNS,
+    Warehouse,
+    WarehouseError,
+    ddl_statements,
+    distinct_keys,
+    overlap_probe,
+    relaxing_statements,
+)
 
 _LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
 
@@ -77,6 +85,8 @@ class DuckDBWarehouse(Warehouse):
                 with self._ddl:
                     if not self._schema_ready:
                         for statement in ddl_statements("duckdb"):
+                            con.execute(statement)
+                        for statement in relaxing_statements(con.execute(NOT_NULL_COLUMNS).fetchall()):
                             con.execute(statement)
                         self._schema_ready = True
                 yield con

@@ -24,7 +24,15 @@ import psycopg2.extras
 
 from marketdata_assets.schemas import TableSpec
 from marketdata_assets.settings import redact
-from marketdata_assets.warehouse.base import Warehouse, WarehouseError, ddl_statements, distinct_keys, overlap_probe
+from marketdata_assets.warehouse.base import (
+    NOT_NULL_COLUMNS,
+    Warehouse,
+    WarehouseError,
+    ddl_statements,
+    distinct_keys,
+    overlap_probe,
+    relaxing_statements,
+)
 
 # Taken while creating the schema: concurrent CREATE … IF NOT EXISTS can still collide in PostgreSQL.
 _DDL_LOCK = 0x6D61726B6574  # "market"
@@ -144,6 +152,9 @@ class PostgresWarehouse(Warehouse):
                     with con.cursor() as cur:
                         cur.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
                         for statement in ddl_statements("postgres"):
+                            cur.execute(statement)
+                        cur.execute(NOT_NULL_COLUMNS)
+                        for statement in relaxing_statements(cur.fetchall()):
                             cur.execute(statement)
                     con.commit()
                     self._schema_ready = True
