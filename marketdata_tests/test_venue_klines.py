@@ -67,3 +67,68 @@ def test_bybit_drops_the_candle_still_open_and_refuses_pages_out_of_order():
     other["result"]["symbol"] = "ETHUSDT"
     with pytest.raises(MalformedResponse, match="answered for linear ETHUSDT"):
         parse_bybit_klines(other, "BTCUSDT", "perp", "1m")
+
+
+class Clock:
+    def __init__(self, at):
+        self.now = at.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_okx_emulator_pages_newest_first_100_rows_at_a_time_with_the_forming_bar_unconfirmed():
+    import httpx
+
+    from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
+
+    clock = Clock(utc(2025, 5, 13, 12, 30, 30))
+    config = EmulatorConfig(okx_history_candles_per_2s=3)
+    with EmulatorServer(config, clock=clock) as emu:
+        def history(**params):
+            return httpx.get(emu.url + "/api/v5/market/history-candles", params={"instId": "BTC-USDT-SWAP", **params})
+
+        first = history(bar="1m", limit=300).json()["data"]
+        assert len(first) == 100  # whatever `limit` says
+        assert first[0][0] == str(int(utc(2025, 5, 13, 12, 30).timestamp() * 1000)) and first[0][8] == "0"
+        assert all(row[8] == "1" for row in first[1:])
+        older = history(bar="1m", after=first[-1][0]).json()["data"]
+        assert int(older[0][0]) == int(first[-1][0]) - 60_000  # `after`: strictly older, no row twice
+        bars, still_open = parse_okx_candles({"code": "0", "data": first}, "BTC-USDT-SWAP", "perp", "1m")
+        assert (bars.height, still_open) == (99, 1) and bars["open_time"].is_sorted()
+        assert history(bar="1m").status_code == 200  # the third in two seconds: the last allowed
+        refused = history(bar="1m")
+        assert refused.status_code == 429 and refused.json()["code"] == "50011"
+        clock.now += 2
+        daily = history(bar="1D", limit=2).json()["data"]  # OKX's plain 1D: midnight in UTC+8
+        assert [int(row[0]) for row in daily] == [int(utc(2025, 5, 12, 16).timestamp() * 1000),
+                                                  int(utc(2025, 5, 11, 16).timestamp() * 1000)]
+        assert history(bar="1Dutc", limit=1).json()["data"][0][0] == str(int(utc(2025, 5, 13).timestamp() * 1000))
+        clock.now += 2
+        assert history(instId="NOPE-USDT").json()["code"] == "51001"
+        recent = httpx.get(emu.url + "/api/v5/market/candles", params={
+            "instId": "BTC-USDT", "bar": "1m", "after": str(int(utc(2025, 5, 12).timestamp() * 1000))}).json()["data"]
+        assert recent == []  # candles keeps the newest 1,440 bars only
+
+
+def test_the_bybit_emulator_sends_the_forming_bar_first_and_bans_past_its_ip_limit():
+    import httpx
+
+    from marketdata_assets.emulator import EmulatorConfig, EmulatorServer
+
+    clock = Clock(utc(2024, 3, 8, 9, 55, 20))
+    with EmulatorServer(EmulatorConfig(bybit_requests_per_5s=3), clock=clock) as emu:
+        def kline(**params):
+            return httpx.get(emu.url + "/v5/market/kline", params={"category": "linear", "symbol": "BTCUSDT",
+                                                                    "interval": "1", **params})
+
+        answer = kline(limit=1000, start=str(int(utc(2024, 3, 8, 9).timestamp() * 1000))).json()
+        rows = answer["result"]["list"]
+        assert len(rows) == 56 and rows[0][0] == str(int(utc(2024, 3, 8, 9, 55).timestamp() * 1000))
+        bars, still_open = parse_bybit_klines(answer, "BTCUSDT", "perp", "1m")
+        assert (bars.height, still_open) == (55, 1) and bars["open_time"].min() == utc(2024, 3, 8, 9)
+        assert kline(interval="7").json()["retCode"] == 10001
+        assert kline().status_code == 200  # the third in five seconds: the last allowed
+        assert kline().status_code == 403  # the fourth: banned
+        clock.now += 60
+        assert kline().status_code == 403  # for ten minutes

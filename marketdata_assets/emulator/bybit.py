@@ -1,4 +1,6 @@
-"""Bybit's funding-rate history (`/v5/market/funding/history`), as Bybit serves it.
+"""Bybit's funding-rate history (`/v5/market/funding/history`) and klines (`/v5/market/kline`:
+category spot|linear, `start`/`end` ms, `limit` 1..1000, rows `[start, open, high, low, close,
+volume, turnover]` newest first with the forming bar cut at now), as Bybit serves them.
 
 Wire facts (UPSTREAMS.md): the envelope `{"retCode":0,"retMsg":"OK","result":{"category","list":[…]},
 "retExtInfo":{},"time":…}`; rows `{"symbol","fundingRate","fundingRateTimestamp"}` (strings, ms),
@@ -18,9 +20,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_funding
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_candles, synthetic_funding
 from marketdata_assets.emulator.scenario import FailureBudget
 from marketdata_assets.emulator.config import EmulatorConfig
+
+
+# Bybit's kline intervals (minutes, D, W) and their length in ms
+KLINE_INTERVALS = {**{str(m): m * 60_000 for m in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)}, "D": 86_400_000}
+
+
+def _text(value: float) -> str:
+    """A number as the venue writes it: plain decimals, no exponent, no trailing zeros."""
+    return format(value, ".10f").rstrip("0").rstrip(".")
 
 
 class BybitError(Exception):
@@ -38,7 +49,7 @@ class BybitEmulator:
         self.answers: Counter[str] = Counter()
 
     def routes(self) -> list[Route]:
-        return [Route("/v5/market/funding/history", self._funding_history)]
+        return [Route("/v5/market/funding/history", self._funding_history), Route("/v5/market/kline", self._kline)]
 
     def _envelope(self, code: int, msg: str, result: dict, now: float, status: int = 200, headers=None) -> Response:
         self.answers[str(status) if code == 0 else f"{status}/{code}"] += 1
@@ -50,6 +61,65 @@ class BybitEmulator:
 
     async def _funding_history(self, request: Request) -> Response:
         now = self.clock()
+        refused = self._refused(now)
+        if refused is not None:
+            return refused
+        try:
+            return self._envelope(0, "OK", self._funding_result(request, now), now)
+        except BybitError as exc:
+            return self._envelope(exc.code, exc.msg, {}, now)
+
+    async def _kline(self, request: Request) -> Response:
+        now = self.clock()
+        refused = self._refused(now)
+        if refused is not None:
+            return refused
+        try:
+            return self._envelope(0, "OK", self._kline_result(request, now), now)
+        except BybitError as exc:
+            return self._envelope(exc.code, exc.msg, {}, now)
+
+    def _kline_result(self, request: Request, now: float) -> dict:
+        """Bars opening in [start, end] (ms), newest first, at most `limit` (1..1000, default 200)
+        of the newest; the bar still forming is included, cut at now."""
+        params = request.query_params
+        category, symbol, interval = params.get("category", ""), params.get("symbol", ""), params.get("interval", "")
+        listings = {"spot": self.config.bybit_spot_listings, "linear": self.config.bybit_listings}.get(category)
+        if listings is None:
+            raise BybitError(10001, "params error: category only support spot, linear or inverse")
+        listed = listings.get(symbol)
+        if listed is None:
+            raise BybitError(10001, "params error: symbol invalid")
+        if interval not in KLINE_INTERVALS:
+            raise BybitError(10001, "params error: interval invalid")
+        step = KLINE_INTERVALS[interval]
+        numbers = {}
+        for name in ("start", "end", "limit"):
+            raw = params.get(name)
+            if raw not in (None, "") and not raw.isdigit():
+                raise BybitError(10001, f"params error: {name} invalid")
+            numbers[name] = int(raw) if raw not in (None, "") else None
+        limit = numbers["limit"] or 200
+        if not 1 <= limit <= 1000:
+            raise BybitError(10001, "params error: limit must be between 1 and 1000")
+        now_ms = int(now * 1000)
+        newest = min(now_ms, numbers["end"] if numbers["end"] is not None else now_ms) // step * step
+        oldest = -(-max(listed, numbers["start"] or 0) // step) * step
+        if newest < oldest:
+            return {"category": category, "symbol": symbol, "list": []}
+        opens = np.arange(newest, max(oldest, newest - (limit - 1) * step) - 1, -step, dtype=np.int64)
+        block = synthetic_candles("perp" if category == "linear" else "spot", symbol, step, opens, now_ms)
+        venue = 0.9998  # Bybit's prices sit a little off Binance's
+        rows = []
+        for i, opened in enumerate(opens.tolist()):
+            o, h, lo, c = (round(float(v[i]) * venue, 2) for v in (block.open, block.high, block.low, block.close))
+            volume = float(block.volume[i])
+            rows.append([str(opened), _text(o), _text(h), _text(lo), _text(c), _text(round(volume, 5)),
+                         _text(round(volume * (o + c) / 2, 4))])
+        return {"category": category, "symbol": symbol, "list": rows}
+
+    def _refused(self, now: float) -> Response | None:
+        """403 (and a ban) over the IP limit; retCode 10006 over the per-second one, when set."""
         if now < self.banned_until:
             self.answers["403"] += 1
             return Response("access too frequent", status_code=403, media_type="text/plain")
@@ -64,10 +134,7 @@ class BybitEmulator:
             reset = str((int(now) + 1) * 1000)
             return self._envelope(10006, "Too many visits!", {}, now, headers={
                 "X-Bapi-Limit": str(per_second), "X-Bapi-Limit-Status": "0", "X-Bapi-Limit-Reset-Timestamp": reset})
-        try:
-            return self._envelope(0, "OK", self._funding_result(request, now), now)
-        except BybitError as exc:
-            return self._envelope(exc.code, exc.msg, {}, now)
+        return None
 
     def _funding_result(self, request: Request, now: float) -> dict:
         params = request.query_params

@@ -32,6 +32,9 @@ OKX_LISTINGS: dict[str, int] = {
     "BTC-USDT-SWAP": _utc_ms("2019-12-10 08:00"),
     "ETH-USDT-SWAP": _utc_ms("2019-12-10 08:00"),
 }
+# spot pairs' first trading day on each venue (their klines begin there)
+OKX_SPOT_LISTINGS: dict[str, int] = {"BTC-USDT": _utc_ms("2018-01-11 00:00"), "ETH-USDT": _utc_ms("2018-01-11 00:00")}
+BYBIT_SPOT_LISTINGS: dict[str, int] = {"BTCUSDT": _utc_ms("2021-07-05 00:00"), "ETHUSDT": _utc_ms("2021-07-05 00:00")}
 BYBIT_LISTINGS: dict[str, int] = {
     "BTCUSDT": _utc_ms("2020-03-25 16:00"),
     "ETHUSDT": _utc_ms("2020-10-22 08:00"),
@@ -90,12 +93,17 @@ class EmulatorConfig:
     okx_listings: Mapping[str, int] = field(default_factory=lambda: dict(OKX_LISTINGS))
     okx_funding_retention_days: int = 92
     okx_funding_requests_per_2s: int = 10
+    okx_spot_listings: Mapping[str, int] = field(default_factory=lambda: dict(OKX_SPOT_LISTINGS))
+    # OKX klines: history-candles 20 requests / 2 s per IP (100 rows a page), candles 40 / 2 s
+    okx_history_candles_per_2s: int = 20
+    okx_candles_per_2s: int = 40
     # Bybit: linear perpetuals by symbol; 600 requests / 5 s per IP, then HTTP 403 and a ban of
     # `bybit_ban_seconds`; `bybit_requests_per_s` (None: off) answers retCode 10006 beyond it.
     bybit_listings: Mapping[str, int] = field(default_factory=lambda: dict(BYBIT_LISTINGS))
     bybit_requests_per_5s: int = 600
     bybit_ban_seconds: int = 600
     bybit_requests_per_s: int | None = None
+    bybit_spot_listings: Mapping[str, int] = field(default_factory=lambda: dict(BYBIT_SPOT_LISTINGS))
 
     def with_listing(self, market: str, symbol: str, first_open: dt.datetime) -> EmulatorConfig:
         listings = dict(self.listings)

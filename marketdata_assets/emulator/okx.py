@@ -1,4 +1,5 @@
-"""OKX's public funding-rate history (`/api/v5/public/funding-rate-history`), as OKX serves it.
+"""OKX's public funding-rate history (`/api/v5/public/funding-rate-history`) and candles
+(`/api/v5/market/history-candles`, `/api/v5/market/candles`), as OKX serves them.
 
 Wire facts (UPSTREAMS.md): the envelope `{"code":"0","msg":"","data":[…]}` with every value a
 string and times in ms; rows newest first, `after` = older than, `before` = newer than, `limit`
@@ -18,11 +19,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_funding
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_candles, synthetic_funding
 from marketdata_assets.emulator.scenario import FailureBudget
 from marketdata_assets.emulator.config import EmulatorConfig
 
 _DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+# OKX's bar names: (length ms, offset of the grid from UTC midnight). Plain 6H, 12H and 1D follow UTC+8.
+OKX_BARS = {"1m": (60_000, 0), "3m": (180_000, 0), "5m": (300_000, 0), "15m": (900_000, 0), "30m": (1_800_000, 0),
+            "1H": (_HOUR_MS, 0), "2H": (2 * _HOUR_MS, 0), "4H": (4 * _HOUR_MS, 0), "6Hutc": (6 * _HOUR_MS, 0),
+            "12Hutc": (12 * _HOUR_MS, 0), "1Dutc": (_DAY_MS, 0), "6H": (6 * _HOUR_MS, -8 * _HOUR_MS),
+            "12H": (12 * _HOUR_MS, -8 * _HOUR_MS), "1D": (_DAY_MS, -8 * _HOUR_MS)}
+
+
+def _text(value: float) -> str:
+    """A number as the venue writes it: plain decimals, no exponent, no trailing zeros."""
+    return format(value, ".10f").rstrip("0").rstrip(".")
 
 
 class OkxError(Exception):
@@ -51,7 +63,83 @@ class OkxEmulator:
         self.answers: Counter[str] = Counter()
 
     def routes(self) -> list[Route]:
-        return [Route("/api/v5/public/funding-rate-history", self._funding_history)]
+        return [Route("/api/v5/public/funding-rate-history", self._funding_history),
+                Route("/api/v5/market/history-candles", self._history_candles),
+                Route("/api/v5/market/candles", self._candles)]
+
+    # ---- klines ------------------------------------------------------------------------------
+
+    def _limited(self, name: str, per_2s: int) -> Response | None:
+        window = int(self.clock() // 2)
+        seen_window, used = self._window.get(name, (window, 0))
+        used = used + 1 if seen_window == window else 1
+        self._window[name] = (window, used)
+        if used > per_2s:
+            return self._respond(429, _envelope([], "50011", "Too Many Requests"))
+        return None
+
+    async def _history_candles(self, request: Request) -> Response:
+        return self._limited("history-candles", self.config.okx_history_candles_per_2s) or \
+            self._answer_candles(request, history=True)
+
+    async def _candles(self, request: Request) -> Response:
+        return self._limited("candles", self.config.okx_candles_per_2s) or self._answer_candles(request, history=False)
+
+    def _answer_candles(self, request: Request, history: bool) -> Response:
+        try:
+            return self._respond(200, self._candles_body(request, history))
+        except OkxError as exc:
+            return self._respond(exc.status, _envelope([], exc.code, exc.msg))
+
+    def _candles_body(self, request: Request, history: bool) -> bytes:
+        """Bars of one instrument newest first: `after` older than, `before` newer than (ms, both
+        exclusive); history-candles at most 100 a page whatever `limit` says (up to 300 accepted),
+        candles only the newest 1,440 bars. The forming bar is sent with confirm "0"."""
+        inst_id = request.query_params.get("instId", "")
+        if not inst_id:
+            raise OkxError(400, "50014", "Parameter instId can not be empty.")
+        market = "perp" if inst_id.endswith("-SWAP") else "spot"
+        listed = (self.config.okx_listings if market == "perp" else self.config.okx_spot_listings).get(inst_id)
+        if listed is None:
+            raise OkxError(200, "51001", "Instrument ID does not exist.")
+        bar = request.query_params.get("bar", "1m")
+        if bar not in OKX_BARS:
+            raise OkxError(400, "51000", "Parameter bar error")
+        step, offset = OKX_BARS[bar]
+        after, before = _ms_param(request, "after"), _ms_param(request, "before")
+        limit = _ms_param(request, "limit") or 100
+        if not 1 <= limit <= 300:
+            raise OkxError(400, "51000", "Parameter limit error")
+        limit = min(limit, 100 if history else 300)
+        now_ms = int(self.clock() * 1000)
+
+        def floor(ms: int) -> int:
+            return (ms - offset) // step * step + offset
+
+        newest = floor(now_ms)
+        oldest = -(-(listed - offset) // step) * step + offset
+        if not history:
+            oldest = max(oldest, newest - 1439 * step)
+        if after is not None:
+            newest = min(newest, floor(after - 1))
+        if before is not None:
+            oldest = max(oldest, floor(before) + step)
+        if newest < oldest:
+            return _envelope([])
+        opens = np.arange(newest, max(oldest, newest - (limit - 1) * step) - 1, -step, dtype=np.int64)
+        binance_symbol = inst_id.removesuffix("-SWAP").replace("-", "")
+        block = synthetic_candles(market, binance_symbol, step, opens, now_ms)
+        venue = 1.0002  # OKX's prices sit a little off Binance's
+        contracts = 100.0 if market == "perp" else 1.0  # a BTC-USDT-SWAP contract is 0.01 BTC
+        rows = []
+        for i, opened in enumerate(opens.tolist()):
+            o, h, lo, c = (round(float(v[i]) * venue, 1) for v in (block.open, block.high, block.low, block.close))
+            base = float(block.volume[i])
+            quote = base * (o + c) / 2
+            vol, vol_ccy = (base * contracts, base) if market == "perp" else (base, quote)
+            rows.append([str(opened), _text(o), _text(h), _text(lo), _text(c), _text(round(vol, 4)),
+                         _text(round(vol_ccy, 6)), _text(round(quote, 5)), "0" if opened + step > now_ms else "1"])
+        return _envelope(rows)
 
     def _respond(self, status: int, body: bytes) -> Response:
         self.answers[str(status)] += 1
