@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import polars as pl
 import pytest
 
 from marketdata_assets.schemas import KLINES
@@ -132,3 +133,53 @@ def test_the_bybit_emulator_sends_the_forming_bar_first_and_bans_past_its_ip_lim
         assert kline().status_code == 403  # the fourth: banned
         clock.now += 60
         assert kline().status_code == 403  # for ten minutes
+
+
+def test_the_clients_page_a_day_back_to_its_start_closed_bars_once_and_refuse_a_server_that_repeats_itself():
+    import asyncio
+
+    import orjson
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from marketdata_assets.emulator import EmulatorServer
+    from marketdata_assets.emulator.server import LoopbackServer
+    from marketdata_assets.sources.bybit_klines import BybitKlinesClient
+    from marketdata_assets.sources.okx_klines import OkxKlinesClient
+
+    clock = Clock(utc(2025, 5, 13, 12, 30, 30))
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    async def day(client, symbol: str, market: str, start, end):
+        async with client:
+            return await client.fetch(symbol, market, "1m", start, end), client
+
+    with EmulatorServer(clock=clock) as emu:
+        okx, okx_client = asyncio.run(day(OkxKlinesClient(emu.url, clock=clock, sleep=sleep), "BTC-USDT-SWAP", "perp",
+                                          utc(2025, 5, 12), utc(2025, 5, 13)))
+        bybit, _ = asyncio.run(day(BybitKlinesClient(emu.url, clock=clock, sleep=sleep), "BTCUSDT", "perp",
+                                   utc(2025, 5, 12), utc(2025, 5, 13)))
+        today, today_client = asyncio.run(day(OkxKlinesClient(emu.url, clock=clock, sleep=sleep), "BTC-USDT", "spot",
+                                              utc(2025, 5, 13, 12), utc(2025, 5, 13, 13)))
+    for bars in (okx, bybit):
+        assert bars.height == 1440 and bars["open_time"].n_unique() == 1440 and bars["open_time"].is_sorted()
+        assert (bars["open_time"].min(), bars["open_time"].max()) == (utc(2025, 5, 12), utc(2025, 5, 12, 23, 59))
+    assert okx_client.stats.requests == 15  # 100 bars a page
+    # the hour in progress: the 30 closed bars, not the one forming at 12:30
+    assert today.height == 30 and today["open_time"].max() == utc(2025, 5, 13, 12, 29) and today_client.still_open == 1
+    # OKX and Bybit sit within a few basis points of each other on the same pair
+    closes = okx.join(bybit, on="open_time").select((pl.col("close") / pl.col("close_right") - 1).abs().max()).item()
+    assert closes < 0.001
+
+    same = [["1747094040000", "1", "1", "1", "1", "1", "1", "1", "1"]]
+
+    async def stuck(request):
+        return Response(orjson.dumps({"code": "0", "msg": "", "data": same}), media_type="application/json")
+
+    with LoopbackServer(Starlette(routes=[Route("/api/v5/market/history-candles", stuck)])) as liar:
+        with pytest.raises(MalformedResponse, match="the page after 1747094040000 holds rows from 1747094040000"):
+            asyncio.run(day(OkxKlinesClient(liar.url, clock=clock, sleep=sleep), "BTC-USDT", "spot",
+                            utc(2025, 5, 12), utc(2025, 5, 13)))

@@ -1,5 +1,5 @@
-"""Bybit klines (issue 21, in progress): Bybit's interval names for our timeframes, and its kline
-rows read into market_data.klines' schema. The client that pages `/v5/market/kline` comes next.
+"""Bybit klines: Bybit's interval names for our timeframes, its kline rows read into
+market_data.klines' schema, and the client that pages `GET /v5/market/kline` back from a window's end.
 
 Bybit answers `{"retCode": 0, "result": {"category", "symbol", "list": [[start, open, high, low,
 close, volume, turnover], …]}, "time": server ms}`, newest first; the newest candle may still be
@@ -8,13 +8,17 @@ open: a bar is kept only once its end is at or before the answer's `time`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from typing import Any
 
 import polars as pl
 
 from marketdata_assets.schemas import KLINES
+from marketdata_assets.sources.bybit import REQUESTS_PER_5S, VENUE
 from marketdata_assets.sources.errors import MalformedResponse
+from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
 from marketdata_assets.timeframes import timeframe
 
 SOURCE = "bybit klines"
@@ -72,3 +76,42 @@ def parse_bybit_klines(body: Any, symbol: str, market: str, timeframe_name: str)
         "source": "rest", "ingested_at": dt.datetime.now(dt.UTC),
     })
     return frame.select(KLINES.columns).cast(dict(KLINES.schema)), still_open
+
+
+KLINE_PATH = "/v5/market/kline"
+PAGE = 1000  # Bybit's largest `limit`
+
+
+class BybitKlinesClient(UpstreamClient):
+    """Closed bars of one Bybit symbol over a window, paged back from its end; the IP budget is the
+    one Bybit's funding client draws on (Bybit counts every request of the IP together)."""
+
+    def __init__(self, base_url: str, *, clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
+                 backoff_base_s: float = 0.5):
+        self.rejected: list[pl.DataFrame] = []
+        self.still_open = 0
+        self._http = VENUE.http(SOURCE, base_url, RateLimit(REQUESTS_PER_5S, 5.0), max_concurrency=1, clock=clock,
+                                sleep=sleep, backoff_base_s=backoff_base_s)
+
+    async def fetch(self, symbol: str, market: str, timeframe_name: str, start: dt.datetime,
+                    end: dt.datetime) -> pl.DataFrame:
+        """Closed bars opening in [start, end) UTC, ascending; a page that does not move back past
+        its `end` is refused, naming it."""
+        interval, where = bybit_interval(timeframe_name), f"{SOURCE} {symbol} {timeframe_name}"
+        start_ms, last_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000) - 1
+        parts = []
+        while last_ms >= start_ms:
+            body, _ = await self._http.get_json(KLINE_PATH, {
+                "category": CATEGORIES[market], "symbol": symbol, "interval": interval, "start": start_ms,
+                "end": last_ms, "limit": PAGE}, 1)
+            frame, still_open = parse_bybit_klines(body, symbol, market, timeframe_name)
+            self.still_open += still_open
+            rows = body["result"]["list"]
+            if not rows:
+                break
+            newest, oldest = int(rows[0][0]), int(rows[-1][0])
+            if newest > last_ms or oldest < start_ms:
+                raise MalformedResponse(where, f"asked for bars in [{start_ms}, {last_ms}], got {oldest} to {newest}")
+            parts.append(frame)
+            last_ms = oldest - 1
+        return pl.concat(parts[::-1]) if parts else KLINES.empty_frame()
