@@ -233,11 +233,11 @@ def backfill_selection(
     from marketdata_assets.datasets import dataset as dataset_named
     from marketdata_assets.defs.operations import dataset_of
 
-    for spec in specs:
-        first = partitions_between(spec.partitions_def, start, end, now)  # type: ignore[arg-type]
-        if first:
-            window = spec.partitions_def.time_window_for_partition_key(first[0])  # type: ignore[union-attr]
-            why = dataset_named(dataset_of(spec)).unservable(window.start, window.end, now)
+    by_key = {spec.key: spec for spec in specs}
+    for selection in chosen:  # each range's first partition: the oldest any upstream is asked for
+        window = selection.partitions.time_window_for_partition_key(selection.first)
+        for key in selection.keys:
+            why = dataset_named(dataset_of(by_key[key])).unservable(window.start, window.end, now)
             if why:
-                raise AppError(f"{spec.key.to_user_string()} {first[0]}: {why}")
+                raise AppError(f"{key.to_user_string()} {selection.first}: {why}")
     return settings, definitions, chosen

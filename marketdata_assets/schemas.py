@@ -6,9 +6,11 @@ Every source returns frames in its dataset's schema, the warehouse stores them a
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import orjson
+
 import polars as pl
 
 UTC_TIME = pl.Datetime("us", "UTC")
@@ -95,6 +97,24 @@ REJECTED_ROWS = TableSpec(
     ),
     primary_key=("dataset", "venue", "market", "symbol", "timeframe", "open_time"),
 )
+
+def venue_klines_frame(venue: str, market: str, symbol: str, timeframe_name: str, rows: list[tuple]) -> pl.DataFrame:
+    """KLINES rows of a venue that counts no trades and no taker volume (OKX, Bybit): `rows` are
+    (open ms, open, high, low, close, base volume, quote volume), ascending; the rest is NULL, not invented."""
+    if not rows:
+        return KLINES.empty_frame()
+    nothing = [None] * len(rows)
+    return pl.DataFrame({
+        "venue": venue, "market": market, "symbol": symbol, "timeframe": timeframe_name,
+        "open_time": pl.Series([r[0] for r in rows], dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
+        **{name: pl.Series([r[i] for r in rows], dtype=pl.Float64)
+           for i, name in enumerate(("open", "high", "low", "close", "volume", "quote_volume"), start=1)},
+        "trades": pl.Series(nothing, dtype=pl.Int64),
+        "taker_buy_volume": pl.Series(nothing, dtype=pl.Float64),
+        "taker_buy_quote_volume": pl.Series(nothing, dtype=pl.Float64),
+        "source": "rest", "ingested_at": dt.datetime.now(dt.UTC),
+    }).select(KLINES.columns).cast(dict(KLINES.schema))
+
 
 def rejected_row(
     dataset: str, venue: str, symbol: str, open_time: object, reasons: list[str], sent: object, origin: str,

@@ -80,21 +80,20 @@ _DAY = dt.timedelta(days=1)
 
 
 @cache
-def _globex() -> tuple[Any, Any]:
-    """exchange_calendars' CME Globex calendar and its schedule (a session a row, open and close
-    in UTC), built once a process (it takes a moment)."""
+def _globex_schedule() -> Any:
+    """exchange_calendars' CME Globex sessions (a row each, open and close in UTC), built once a
+    process (it takes a moment)."""
     import exchange_calendars
 
     today = dt.date.today()
     with warnings.catch_warnings(action="ignore", category=DeprecationWarning):  # pandas 3's notes on its internals
-        calendar = exchange_calendars.get_calendar("CMES", start="2010-01-01", end=f"{today.year + 1}-12-31")
-        return calendar, calendar.schedule
+        return exchange_calendars.get_calendar("CMES", start="2010-01-01", end=f"{today.year + 1}-12-31").schedule
 
 
 def session_hours(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
     """The UTC hours (their starts) in [start, end) when Globex trades: inside a CMES session
     (holidays and early closes as the calendar has them), not in the daily maintenance halt."""
-    schedule = _globex()[1].loc[(start - 2 * _DAY).date().isoformat():(end + 2 * _DAY).date().isoformat()]
+    schedule = _globex_schedule().loc[(start - 2 * _DAY).date().isoformat():(end + 2 * _DAY).date().isoformat()]
     hours = []
     for opened, closed in zip(schedule["open"], schedule["close"], strict=True):
         moment = max(opened.to_pydatetime(), start)

@@ -202,7 +202,7 @@ class Option:
         return np.maximum(tick, np.round((intrinsic + 0.05 * future_prices * np.sqrt(years)) / tick) * tick)
 
     def definition(self, start: dt.datetime) -> dbn.InstrumentDefMsg:
-        level, tick, _ = ROOTS[self.future.root]
+        tick = ROOTS[self.future.root][1]
         expiration = dt.datetime.combine(self.future.expiry, dt.time(13, 30), dt.UTC)
         return dbn.InstrumentDefMsg(
             PUBLISHER_ID, self.instrument_id, _ns(start), _ns(start), int(round(tick * 1e9)), 1_000_000_000,
@@ -556,7 +556,7 @@ def _intervals(by_day: dict[dt.date, Contract]) -> list[_Interval]:
 
 
 def _definition(contract: Contract, start: dt.datetime) -> dbn.InstrumentDefMsg:
-    level, tick, _ = ROOTS[contract.root]
+    tick = ROOTS[contract.root][1]
     expiration = dt.datetime.combine(contract.expiry, dt.time(13, 30), dt.UTC)
     return dbn.InstrumentDefMsg(
         PUBLISHER_ID, contract.instrument_id, _ns(start), _ns(start), _fixed(tick), 1_000_000_000,

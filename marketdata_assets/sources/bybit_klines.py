@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from marketdata_assets.schemas import KLINES
+from marketdata_assets.schemas import KLINES, venue_klines_frame
 from marketdata_assets.sources.bybit import REQUESTS_PER_5S, VENUE
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
@@ -62,20 +62,7 @@ def parse_bybit_klines(body: Any, symbol: str, market: str, timeframe_name: str)
         if start % step:
             raise MalformedResponse(where, f"row {index} opens at {start}, off the UTC grid of {timeframe_name} bars")
         kept.append((start, *values))
-    kept.reverse()
-    if not kept:
-        return KLINES.empty_frame(), still_open
-    frame = pl.DataFrame({
-        "venue": "bybit", "market": market, "symbol": symbol, "timeframe": timeframe_name,
-        "open_time": pl.Series([r[0] for r in kept], dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
-        **{name: pl.Series([r[i] for r in kept], dtype=pl.Float64)
-           for i, name in enumerate(("open", "high", "low", "close", "volume", "quote_volume"), start=1)},
-        "trades": pl.Series([None] * len(kept), dtype=pl.Int64),  # Bybit does not count trades
-        "taker_buy_volume": pl.Series([None] * len(kept), dtype=pl.Float64),
-        "taker_buy_quote_volume": pl.Series([None] * len(kept), dtype=pl.Float64),
-        "source": "rest", "ingested_at": dt.datetime.now(dt.UTC),
-    })
-    return frame.select(KLINES.columns).cast(dict(KLINES.schema)), still_open
+    return venue_klines_frame("bybit", market, symbol, timeframe_name, kept[::-1]), still_open
 
 
 KLINE_PATH = "/v5/market/kline"

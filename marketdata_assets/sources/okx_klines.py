@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from marketdata_assets.schemas import KLINES
+from marketdata_assets.schemas import KLINES, venue_klines_frame
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
 from marketdata_assets.sources.okx import VENUE
@@ -64,19 +64,7 @@ def parse_okx_candles(body: Any, inst_id: str, market: str, timeframe_name: str)
         o, h, low, c, vol, vol_ccy, vol_quote = values
         volume = vol if market == "spot" else vol_ccy
         kept.append((ts, o, h, low, c, volume, vol_quote))
-    kept.reverse()
-    now = dt.datetime.now(dt.UTC)
-    frame = pl.DataFrame({
-        "venue": "okx", "market": market, "symbol": inst_id, "timeframe": timeframe_name,
-        "open_time": pl.Series([r[0] for r in kept], dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
-        **{name: pl.Series([r[i] for r in kept], dtype=pl.Float64)
-           for i, name in enumerate(("open", "high", "low", "close", "volume", "quote_volume"), start=1)},
-        "trades": pl.Series([None] * len(kept), dtype=pl.Int64),  # OKX does not count trades
-        "taker_buy_volume": pl.Series([None] * len(kept), dtype=pl.Float64),
-        "taker_buy_quote_volume": pl.Series([None] * len(kept), dtype=pl.Float64),
-        "source": "rest", "ingested_at": now,
-    }).select(KLINES.columns).cast(dict(KLINES.schema)) if kept else KLINES.empty_frame()
-    return frame, still_open
+    return venue_klines_frame("okx", market, inst_id, timeframe_name, kept[::-1]), still_open
 
 
 HISTORY_PATH = "/api/v5/market/history-candles"
