@@ -36,6 +36,13 @@ def _venue_datasets() -> dict[str, dict[str, tuple[str, ...]]]:
     return venue_datasets()
 
 
+def _has_archive(venue: str) -> bool:
+    """Whether `venue`'s klines have an archive besides REST (the klines dataset says; imported late)."""
+    from marketdata_assets.datasets.klines import REST_CLIENTS
+
+    return venue not in REST_CLIENTS
+
+
 def slug(text: str) -> str:
     """`text` as an asset-key part: characters a key cannot hold become `_`."""
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
@@ -119,12 +126,16 @@ class Instrument(BaseModel):
                     f"datasets: {name!r} is not a dataset of a {self.venue} {self.market} instrument "
                     f"(allowed: {', '.join(allowed)})"
                 )
-        if self.has_dataset("klines") and not self.timeframes:
-            raise ValueError("timeframes: is required to keep klines (or narrow `datasets` to leave klines out)")
+        if "klines" in (self.datasets or ()) and not self.timeframes:
+            raise ValueError("timeframes: is required to keep klines (name the timeframes, or leave klines out of "
+                             "`datasets`)")
         if self.timeframes and "klines" not in allowed:  # (narrowed out by `datasets`, they wait unused)
             raise ValueError(f"timeframes: given, but {self.venue} klines are not supported yet")
-        if self.venue == "okx" and self.market == "perp" and not self.symbol.endswith("-SWAP"):
-            raise ValueError(f"symbol: {self.symbol!r} is not an OKX perpetual instrument id (like BTC-USDT-SWAP)")
+        if self.source not in (None, "rest") and not _has_archive(self.venue):
+            raise ValueError(f"source: {self.venue} klines come from its REST API only (no archive), not {self.source!r}")
+        if self.venue == "okx" and (self.market == "perp") != self.symbol.endswith("-SWAP"):
+            example = "BTC-USDT-SWAP" if self.market == "perp" else "BTC-USDT"
+            raise ValueError(f"symbol: {self.symbol!r} is not an OKX {self.market} instrument id (like {example})")
         return self
 
     @property
@@ -141,9 +152,12 @@ class Instrument(BaseModel):
         return f"{self.venue}_{self.market}"
 
     def has_dataset(self, name: str) -> bool:
-        """Whether this instrument keeps `name`: every dataset its venue and market support,
-        unless `datasets` narrows them."""
-        return name in (self.supported_datasets if self.datasets is None else self.datasets)
+        """Whether this instrument keeps `name`: every dataset its venue and market support (klines
+        when it names timeframes), unless `datasets` narrows them."""
+        if self.datasets is not None:
+            return name in self.datasets
+        # klines are kept in the timeframes the entry names: without any, none
+        return name in self.supported_datasets and (name != "klines" or bool(self.timeframes))
 
     def describe(self) -> str:
         return f"{self.venue} {self.market} {self.symbol}"

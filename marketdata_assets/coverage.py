@@ -40,7 +40,7 @@ from marketdata_assets.audit import (
 from marketdata_assets.catalog import Catalog, Instrument, Series
 from marketdata_assets.datasets import Bounds, Dataset, Missing, dataset
 from marketdata_assets.defs.quality.checks import KLINES_CHECKS
-from marketdata_assets.datasets.klines import KLINES_CADENCE, klines_asset_key, klines_partitions, klines_series
+from marketdata_assets.datasets.klines import DATASET as KLINES, KLINES_CADENCE, klines_asset_key, klines_partitions, klines_series
 from marketdata_assets.defs.ingest.partitions import partition_bounds
 from marketdata_assets.timeframes import next_month, timeframe
 from marketdata_assets.warehouse import Warehouse
@@ -324,7 +324,8 @@ def klines_coverage(
 
     with ThreadPoolExecutor(1) as pool:
         from_warehouse = pool.submit(read_warehouse)
-        checks = _check_outcomes(instance, assets)
+        names = {asset.key: KLINES.checks_for(asset.series.venue) for asset in assets}
+        checks = _check_outcomes(instance, assets, names)
         statuses = partition_statuses(instance, assets)
         stored, why, rejected = from_warehouse.result()
     report = []
@@ -349,7 +350,7 @@ def klines_coverage(
             why=why[series_key],
             gaps=audit_gaps(asset.series, stored[series_key], why[series_key], windows, now),
             rejected_rows=rejected.get(series_key, 0),
-            checks=[checks[dg.AssetCheckKey(asset.key, name)] for name in KLINES_CHECKS],
+            checks=[checks[dg.AssetCheckKey(asset.key, name)] for name in names[asset.key]],
             empty_materialized=[_key(day) for day in materialized if day not in with_rows],
             unrecorded_with_rows=[_key(day) for day in sorted(with_rows - recorded)],
         ))
@@ -408,7 +409,8 @@ def series_coverage(
 ) -> list[SeriesCoverage]:
     """Coverage of `assets`, audited over the partitions Dagster records as materialized."""
     now = now or dt.datetime.now(dt.UTC)
-    checks = _check_outcomes(instance, assets, {asset.key: asset.dataset.checks for asset in assets})
+    names = {asset.key: asset.dataset.checks_for(asset.series.venue) for asset in assets}
+    checks = _check_outcomes(instance, assets, names)
     statuses = partition_statuses(instance, assets)  # type: ignore[arg-type]
     report = []
     with warehouse.session():
@@ -436,7 +438,7 @@ def series_coverage(
                 asset, stored[0], first, last, asset.partitions.get_num_partitions(),
                 len(materialized_subset.get_partition_keys()),
                 sorted(failed_subset.get_partition_keys()), found.expected, sorted(set(found.windows))[:SAMPLES],
-                found.missing, [checks[dg.AssetCheckKey(asset.key, name)] for name in declared.checks],
+                found.missing, [checks[dg.AssetCheckKey(asset.key, name)] for name in names[asset.key]],
                 sorted(set(found.windows)), dict(zip(by_day["day"].to_list(), by_day["n"].to_list(), strict=True)),
                 windows,
             ))

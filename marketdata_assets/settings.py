@@ -88,6 +88,19 @@ def _usd_setting(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _share_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a share (0.01 is 1%)") from None
+    if not 0 < value < 1:
+        raise SettingsError(f"{name}={raw} must be a share above 0 and below 1 (0.01 is 1%)")
+    return value
+
+
 def _flag_setting(env: Mapping[str, str], name: str) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw not in ("", "0", "1", "true", "false", "yes", "no"):
@@ -153,6 +166,12 @@ class Settings:
     # on: long calls and short puts by default (calls +, puts −), the reverse when true.
     gex_cron: str = "1 * * * *"
     gex_dealers_short_calls: bool = False
+    # The share by which an OKX or Bybit close may differ from Binance's same bar before the
+    # cross-venue check warns.
+    cross_venue_max_difference: float = 0.01
+    # OKX's per-IP budgets for candles, requests per 2 s: history-candles 20, candles 40.
+    okx_history_candles_per_2s: int = 20
+    okx_candles_per_2s: int = 40
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -182,5 +201,8 @@ class Settings:
             databento_symbols_per_request=_int_setting(env, "MARKETDATA_DATABENTO_SYMBOLS_PER_REQUEST", 3),
             gex_cron=_cron_setting(env, "MARKETDATA_GEX_CRON") or "1 * * * *",
             gex_dealers_short_calls=_flag_setting(env, "MARKETDATA_GEX_DEALERS_SHORT_CALLS"),
+            cross_venue_max_difference=_share_setting(env, "MARKETDATA_CROSS_VENUE_MAX_DIFFERENCE", 0.01),
+            okx_history_candles_per_2s=_int_setting(env, "MARKETDATA_OKX_HISTORY_CANDLES_PER_2S", 20),
+            okx_candles_per_2s=_int_setting(env, "MARKETDATA_OKX_CANDLES_PER_2S", 40),
             **endpoints,
         )

@@ -22,14 +22,29 @@ def test_packaged_catalog_has_btc_and_eth_spot_and_perps_on_three_venues_at_thei
         ("binance", "spot", "ETHUSDT"): (dt.date(2017, 8, 17), ("1m", "1h")),
         ("binance", "perp", "BTCUSDT"): (dt.date(2019, 9, 8), ("1m", "1h")),
         ("binance", "perp", "ETHUSDT"): (dt.date(2019, 11, 27), ("1m", "1h")),
-        ("okx", "perp", "BTC-USDT-SWAP"): (dt.date(2019, 12, 10), ()),
-        ("okx", "perp", "ETH-USDT-SWAP"): (dt.date(2019, 12, 10), ()),
-        ("bybit", "perp", "BTCUSDT"): (dt.date(2020, 3, 25), ()),
-        ("bybit", "perp", "ETHUSDT"): (dt.date(2020, 10, 22), ()),
+        ("okx", "spot", "BTC-USDT"): (dt.date(2018, 1, 11), ("1m", "1h")),
+        ("okx", "spot", "ETH-USDT"): (dt.date(2018, 1, 11), ("1m", "1h")),
+        ("okx", "perp", "BTC-USDT-SWAP"): (dt.date(2019, 12, 10), ("1m", "1h")),
+        ("okx", "perp", "ETH-USDT-SWAP"): (dt.date(2019, 12, 10), ("1m", "1h")),
+        ("bybit", "spot", "BTCUSDT"): (dt.date(2021, 7, 5), ("1m", "1h")),
+        ("bybit", "spot", "ETHUSDT"): (dt.date(2021, 7, 5), ("1m", "1h")),
+        ("bybit", "perp", "BTCUSDT"): (dt.date(2020, 3, 25), ("1m", "1h")),
+        ("bybit", "perp", "ETHUSDT"): (dt.date(2020, 10, 22), ("1m", "1h")),
     }
+    assert all(i.has_dataset("klines") for i in catalog.instruments)
     perps = [i for i in catalog.instruments if i.market == "perp"]
     assert all(i.has_dataset("funding") for i in perps)
     assert [i.venue for i in perps if i.has_dataset("open_interest") and i.has_dataset("long_short")] == ["binance"] * 2
+
+
+def test_an_instrument_naming_no_timeframes_keeps_its_other_datasets_and_no_klines(tmp_path: Path):
+    path = write_catalog(tmp_path / "c.yaml", [
+        {"venue": "okx", "market": "perp", "symbol": "BTC-USDT-SWAP"},
+        {"venue": "binance", "market": "perp", "symbol": "BTCUSDT"},
+    ])
+    okx, binance = load_catalog(path).instruments
+    assert (okx.has_dataset("funding"), okx.has_dataset("klines")) == (True, False)
+    assert [binance.has_dataset(name) for name in ("klines", "funding", "open_interest")] == [False, True, True]
 
 
 def test_instrument_without_start_date_takes_the_catalog_start(tmp_path: Path):
@@ -58,16 +73,20 @@ GOOD = {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes":
          "instruments[0] (binance futures BTCUSDT), field 'market': Input should be 'spot' or 'perp'"),
         ({**GOOD, "symbol": "btc/usdt"},
          "field 'symbol': 'btc/usdt' is not a venue-native symbol"),
-        ({k: v for k, v in GOOD.items() if k != "timeframes"},
+        ({k: v for k, v in {**GOOD, "datasets": ["klines", "funding"]}.items() if k != "timeframes"},
          "instruments[0] (binance perp BTCUSDT): timeframes: is required to keep klines"),
-        ({"venue": "okx", "market": "perp", "symbol": "BTC-USDT-SWAP", "timeframes": ["1m"]},
-         "instruments[0] (okx perp BTC-USDT-SWAP): timeframes: given, but okx klines are not supported yet"),
+        ({"venue": "okx", "market": "spot", "symbol": "BTC-USDT", "timeframes": ["1m"], "source": "archive"},
+         "instruments[0] (okx spot BTC-USDT): source: okx klines come from its REST API only (no archive), not "
+         "'archive'"),
         ({"venue": "okx", "market": "perp", "symbol": "BTC-USDT"},
-         "symbol: 'BTC-USDT' is not an OKX perpetual instrument id (like BTC-USDT-SWAP)"),
-        ({"venue": "bybit", "market": "spot", "symbol": "BTCUSDT"},
-         "instruments[0] (bybit spot BTCUSDT): market: bybit has no spot datasets yet (supported: perp)"),
+         "symbol: 'BTC-USDT' is not an OKX perp instrument id (like BTC-USDT-SWAP)"),
+        ({"venue": "okx", "market": "spot", "symbol": "BTC-USDT-SWAP", "timeframes": ["1h"]},
+         "symbol: 'BTC-USDT-SWAP' is not an OKX spot instrument id (like BTC-USDT)"),
+        ({"venue": "bybit", "market": "spot", "symbol": "BTCUSDT", "datasets": ["funding"]},
+         "instruments[0] (bybit spot BTCUSDT): datasets: 'funding' is not a dataset of a bybit spot instrument "
+         "(allowed: klines)"),
         ({"venue": "bybit", "market": "perp", "symbol": "BTCUSDT", "datasets": ["open_interest"]},
-         "datasets: 'open_interest' is not a dataset of a bybit perp instrument (allowed: funding)"),
+         "datasets: 'open_interest' is not a dataset of a bybit perp instrument (allowed: klines, funding)"),
         ({**GOOD, "start_date": "2020-02-30"},
          "field 'start_date': Input should be a valid date"),
         ({**GOOD, "start_date": "2999-01-01"},

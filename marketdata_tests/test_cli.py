@@ -57,6 +57,13 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
             rows, *first_last = lines[f"binance_{market}/klines_1h/{symbol}"]
             assert rows == str((31 + 29) * 24)
             assert first_last == ["2024-01-01", "00:00", "2024-02-29", "23:00"]
+    # OKX and Bybit klines, spot and perp, the same bars in the same table
+    flat = " ".join(out.split())
+    for prefix, symbols in (("okx_spot", ("BTC_USDT", "ETH_USDT")), ("okx_perp", ("BTC_USDT_SWAP", "ETH_USDT_SWAP")),
+                            ("bybit_spot", ("BTCUSDT", "ETHUSDT")), ("bybit_perp", ("BTCUSDT", "ETHUSDT"))):
+        for symbol in symbols:
+            assert f"{prefix}/klines_1m/{symbol} {(31 + 29) * 1440} 2024-01-01 00:00 2024-02-29 23:59" in flat
+            assert f"{prefix}/klines_1h/{symbol} {(31 + 29) * 24} 2024-01-01 00:00 2024-02-29 23:00" in flat
     for symbol in ("BTCUSDT", "ETHUSDT"):
         assert lines[f"binance_perp/funding/{symbol}"][0] == str((31 + 29) * 3)
         assert lines[f"binance_perp/open_interest/{symbol}"][0] == str((31 + 29) * 288)
@@ -65,7 +72,6 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
     assert "okx_perp/funding/BTC_USDT_SWAP: okx keeps about 90 days, so 0 of its 2 partitions are asked for" in out
     # the packaged catalog's series: a Fear & Greed value, four stablecoin pegs, a market cap and an
     # SSR for every day of the two months; every vintage of 2024's CPI (two each), after the SSR's inputs
-    flat = " ".join(out.split())
     for line in ("alternative_me/fear_greed 60 2024-01-01 00:00 2024-02-29 00:00",
                  "defillama/stablecoin_supply 240 2024-01-01 00:00 2024-02-29 00:00",
                  "blockchain_com/market_cap/BTC 60 2024-01-01 00:00 2024-02-29 00:00",
@@ -94,7 +100,8 @@ def test_demo_backfills_the_default_catalog_from_the_emulator_and_prints_what_is
         "skipping ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)",  # (the demo set a key of its own)
         "skipping ohlcv_1h: DATABENTO_API_KEY is not set (Databento's API key)",
         "skipping options_ohlcv_1d: DATABENTO_API_KEY is not set (Databento's API key)",
-        "all 36 partitions are materialized already",  # klines 16, open interest and long/short 8, FRED 12
+        # klines 48 (Binance 16, OKX and Bybit 32), open interest and long/short 8, FRED 12
+        "all 68 partitions are materialized already",
         "nothing to fetch: every partition is materialized already",
     ]
 

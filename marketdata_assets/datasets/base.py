@@ -216,6 +216,10 @@ class Dataset:
         """How far back `venue` still serves this dataset (None: its whole history)."""
         return None
 
+    def checks_for(self, venue: str) -> tuple[str, ...]:
+        """The checks an asset of this dataset on `venue` carries (`checks`, unless a venue adds some)."""
+        return self.checks
+
     def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
         return []
 

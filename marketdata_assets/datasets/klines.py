@@ -1,8 +1,12 @@
 """Klines: closed candles of exchange instruments, one asset per instrument and timeframe
-(`<venue>_<market>/klines_<tf>/<SYMBOL>`), in market_data.klines, from Binance's archive and REST.
+(`<venue>_<market>/klines_<tf>/<SYMBOL>`), in market_data.klines: Binance's from its archive and
+REST, OKX's and Bybit's from their REST (the venue's client pages it, sources/venue_klines.py reads
+a window through it).
 
 Monthly partitions for every timeframe (defs/ingest/partitions.py says why; a month is also the
-archive's file), the one in progress included. Checks: `ohlc_valid`, `gap_count`, `no_unclosed_bars`.
+archive's file), the one in progress included. Checks: `ohlc_valid`, `gap_count`, `no_unclosed_bars`,
+and on OKX and Bybit `closes_match_binance`: each close against Binance's same pair and timeframe,
+where both are stored (a wrong symbol mapping or a shifted day shows at once).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import datetime as dt
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
-from marketdata_assets.audit import BarSeries
+from marketdata_assets.audit import SAMPLES, BarSeries, samples_table
 from marketdata_assets.catalog import Catalog, Instrument, Series
 from marketdata_assets.datasets.base import Bounds, InstrumentDataset
 from marketdata_assets.defs.quality.checks import (
@@ -23,16 +28,27 @@ from marketdata_assets.defs.quality.checks import (
     klines_check_specs,
 )
 from marketdata_assets.defs.ingest.partitions import monthly_partitions, partition_bounds
+from marketdata_assets.defs.quality.checks import window_text
 from marketdata_assets.schemas import KLINES
+from marketdata_assets.settings import Settings
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource
+from marketdata_assets.sources.bybit_klines import BybitKlinesClient
+from marketdata_assets.sources.okx_klines import OkxKlinesClient
+from marketdata_assets.sources.venue_klines import RestKlinesSource
 from marketdata_assets.timeframes import Timeframe, timeframe
 from marketdata_assets.warehouse import Warehouse
+from marketdata_assets.wording import counted
 
 KLINES_CADENCE = "monthly"
 # Fresh when materialized after the UTC day closed and by 01:00: the latest closed day is then
 # stored (a run stores every bar closed when it starts), with an hour's grace.
 KLINES_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 1 * * *", lower_bound_delta=dt.timedelta(hours=1))
+
+# The venues whose klines only REST serves, by name: each one's paging client.
+REST_CLIENTS = {client.venue.name: client for client in (OkxKlinesClient, BybitKlinesClient)}
+CLOSES_MATCH = "closes_match_binance"
+REFERENCE_VENUE = "binance"
 
 
 def klines_partitions(start: dt.date, cadence: str = KLINES_CADENCE) -> dg.TimeWindowPartitionsDefinition:
@@ -59,7 +75,7 @@ class Klines(InstrumentDataset):
     position = 10
     checks = KLINES_CHECKS
     gap_check = GAP_COUNT
-    instrument_venues = {"binance": ("spot", "perp")}
+    instrument_venues = {"binance": ("spot", "perp"), **{venue: ("spot", "perp") for venue in REST_CLIENTS}}
     moment_names = ("first_open_time", "last_open_time")
     freshness_policy = KLINES_FRESHNESS
     # The report audits bars in detail (known gaps, rejected rows, Dagster against the warehouse).
@@ -89,20 +105,36 @@ class Klines(InstrumentDataset):
             "progress included."
         )
 
-    def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> BinanceKlinesSource:
+    def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> Any:
         assert series.instrument is not None
+        rest_only = REST_CLIENTS.get(series.venue)
+        if rest_only is not None:
+            return RestKlinesSource(rest_only.from_upstreams(upstreams))
         mode = series.instrument.source or upstreams.klines_source
         archive = BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)) if mode != "rest" else None
         return BinanceKlinesSource(upstreams.klines_client(series.instrument.market), archive, mode)
 
+    def checks_for(self, venue: str) -> tuple[str, ...]:
+        return self.checks + ((CLOSES_MATCH,) if venue in REST_CLIENTS else ())
+
     def check_specs(self, key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
-        return klines_check_specs(key, partitions)
+        specs = klines_check_specs(key, partitions)
+        if CLOSES_MATCH in self.checks_for(key.path[0].rsplit("_", 1)[0]):
+            specs.append(dg.AssetCheckSpec(
+                CLOSES_MATCH, asset=key, partitions_def=partitions,
+                description="Each stored close against Binance's close of the same pair, timeframe and bar, where "
+                            "both are stored: WARN naming the bars that differ by more than "
+                            "MARKETDATA_CROSS_VENUE_MAX_DIFFERENCE (1% unless set)."))
+        return specs
 
     def check_results(
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, start: dt.datetime, end: dt.datetime,
         bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> list[dg.AssetCheckResult]:
-        return klines_check_results(warehouse, key, self._bars(series, bounds), start, end, names, now)
+        found = klines_check_results(warehouse, key, self._bars(series, bounds), start, end, names, now)
+        if CLOSES_MATCH in names and CLOSES_MATCH in self.checks_for(series.venue):
+            found += closes_match_results(warehouse, key, series, [("", start, end)]).values()
+        return found
 
     @staticmethod
     def _bars(series: Series, bounds: Bounds) -> BarSeries:
@@ -118,7 +150,11 @@ class Klines(InstrumentDataset):
         self, warehouse: Warehouse, key: dg.AssetKey, series: Series, windows: list[tuple[str, dt.datetime, dt.datetime]],
         bounds: Bounds, now: dt.datetime, names: set[str],
     ) -> dict[str, list[dg.AssetCheckResult]]:
-        return klines_check_results_by_window(warehouse, key, self._bars(series, bounds), windows, names, now)
+        found = klines_check_results_by_window(warehouse, key, self._bars(series, bounds), windows, names, now)
+        if CLOSES_MATCH in names and CLOSES_MATCH in self.checks_for(series.venue):
+            for partition, result in closes_match_results(warehouse, key, series, windows).items():
+                found[partition].append(result)
+        return found
 
     def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
         return (
@@ -127,6 +163,55 @@ class Klines(InstrumentDataset):
             "WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) GROUP BY 1",
             [symbol, symbol],
         )
+
+
+def closes_match_results(
+    warehouse: Warehouse, key: dg.AssetKey, series: Series, windows: list[tuple[str, dt.datetime, dt.datetime]],
+) -> dict[str, dg.AssetCheckResult]:
+    """`closes_match_binance` of each window: the series' closes against Binance's same pair,
+    timeframe and bar (one query over all the windows)."""
+    most = Settings.from_env().cross_venue_max_difference
+    reference = REST_CLIENTS[series.venue].binance_symbol(str(series.symbol))
+    tf_name = series.options["timeframe"]
+    named = f"{REFERENCE_VENUE} {series.market} {reference} {tf_name}"
+    pairs = warehouse.query(
+        "SELECT a.open_time, a.close, b.close AS binance_close FROM market_data.klines a "
+        "JOIN market_data.klines b ON b.venue = ? AND b.market = a.market AND b.symbol = ? "
+        "AND b.timeframe = a.timeframe AND b.open_time = a.open_time "
+        "WHERE a.venue = ? AND a.market = ? AND a.symbol = ? AND a.timeframe = ? "
+        "AND a.open_time >= ? AND a.open_time < ? ORDER BY a.open_time",
+        [REFERENCE_VENUE, reference, series.venue, series.market, series.symbol, tf_name,
+         windows[0][1], windows[-1][2]],
+    ).with_columns(difference=(pl.col("close") / pl.col("binance_close") - 1).abs())
+    found = {}
+    for partition, lo, hi in windows:
+        inside = pairs.filter((pl.col("open_time") >= lo) & (pl.col("open_time") < hi))
+        off = inside.filter(pl.col("difference") > most)
+        if inside.is_empty():
+            said = f"no bar of {named} is stored in the window to compare with"
+        else:
+            said = (f"{counted(off.height, 'close')} of {counted(inside.height, 'bar')} differ from {named} by more "
+                    f"than {most * 100:g}%")
+            if off.height:
+                said += ": " + ", ".join(f"{moment:%Y-%m-%d %H:%M}" for moment in off["open_time"].head(SAMPLES))
+                said += " …" if off.height > SAMPLES else ""
+        found[partition] = dg.AssetCheckResult(
+            asset_key=key, check_name=CLOSES_MATCH, passed=off.is_empty(), severity=dg.AssetCheckSeverity.WARN,
+            description=said,
+            metadata={
+                "window": dg.MetadataValue.text(window_text(lo, hi)),
+                "compared_with": named,
+                "bars_compared": inside.height,
+                "bars_differing": off.height,
+                "largest_difference": dg.MetadataValue.float(round(float(inside["difference"].max() or 0.0), 6)),
+                "most_allowed": dg.MetadataValue.float(most),
+                "differing_samples": dg.MetadataValue.md(samples_table([
+                    {"open_time": row["open_time"], "close": row["close"], "binance_close": row["binance_close"],
+                     "difference": f"{row['difference']:.3%}"}
+                    for row in off.head(SAMPLES).iter_rows(named=True)])),
+            },
+        )
+    return found
 
 
 DATASET = Klines()

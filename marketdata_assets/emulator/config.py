@@ -128,7 +128,7 @@ class EmulatorConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmulatorConfig:
         """MARKETDATA_EMULATOR_{SPOT,FUTURES}_WEIGHT_LIMIT, _5XX_RATE, _TRUNCATE_RATE, _LATENCY_MS,
-        _SEED, _ARCHIVE_CACHE_MB, _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns) with
+        _SEED, _ARCHIVE_CACHE_MB, _OKX_HISTORY_CANDLES_PER_2S, _OKX_CANDLES_PER_2S, _ARCHIVE_MISSING / _ARCHIVE_CORRUPT (comma-separated zip names or patterns) with
         _ARCHIVE_CORRUPT_ONCE=1, and the scenario: _OUTAGES (`[MARKET@]START/END`, added to the
         documented ones), _INVALID_BARS (`SYMBOL/TF/TIME`), _FAILING_WINDOWS (`START/END[xN]`), and
         _LISTINGS (`MARKET:SYMBOL@YYYY-MM-DD`, added to the real ones)."""
@@ -163,6 +163,8 @@ class EmulatorConfig:
                 seed=int(number("SEED", 0)),
             ),
             archive_cache_mb=int(number("ARCHIVE_CACHE_MB", 1024)),
+            okx_history_candles_per_2s=int(number("OKX_HISTORY_CANDLES_PER_2S", 20)),
+            okx_candles_per_2s=int(number("OKX_CANDLES_PER_2S", 40)),
             archive_faults=ArchiveFaults(
                 missing=names("ARCHIVE_MISSING"),
                 corrupt=names("ARCHIVE_CORRUPT"),

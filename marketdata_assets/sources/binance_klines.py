@@ -20,7 +20,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Literal, get_args
 
 import polars as pl
@@ -33,18 +32,14 @@ from marketdata_assets.sources.binance_archive import (
     ArchiveFileMissing,
     BinanceArchiveClient,
 )
-from marketdata_assets.sources.errors import PieceFailure, UpstreamBanned, UpstreamError, UpstreamRejected
+from marketdata_assets.sources.errors import PieceFailure
 from marketdata_assets.sources.http import Clock
-from marketdata_assets.sources.protocol import RestAndArchive, SourceOutcome
+from marketdata_assets.sources.protocol import RestAndArchive, SourceOutcome, bounded, or_failure
 from marketdata_assets.timeframes import Timeframe, next_month, timeframe
 
 SourceMode = Literal["auto", "archive", "rest"]
 SOURCE_MODES: tuple[str, ...] = get_args(SourceMode)
 _DAY = dt.timedelta(days=1)
-
-
-# Answers every other piece would get as well: carrying on would only repeat them.
-_STOPS_EVERYTHING = (UpstreamRejected, UpstreamBanned)
 
 
 @dataclass(frozen=True)
@@ -153,11 +148,11 @@ class BinanceKlinesSource(RestAndArchive):
                     # Never across a month: a write batch then holds whole partition windows, so
                     # a run stopped between two batches leaves no window half written.
                     upper = min(piece.end, lower + step, next_month(lower))
-                    jobs.append(_or_failure(lower, upper, self._from_rest(symbol, tf, lower, upper)))
+                    jobs.append(or_failure(lower, upper, self._from_rest(symbol, tf, lower, upper)))
                     lower = upper
             else:
-                jobs.append(_or_failure(piece.start, piece.end, self._from_file(piece, tf)))
-        async for outcome in _bounded(jobs, self._files_in_flight):
+                jobs.append(or_failure(piece.start, piece.end, self._from_file(piece, tf)))
+        async for outcome in bounded(jobs, self._files_in_flight):
             if isinstance(outcome, PieceFailure):
                 self.failures.append(outcome)
             elif outcome.height:
@@ -234,38 +229,3 @@ class BinanceKlinesSource(RestAndArchive):
                 "archive_missing": ", ".join(stats.missing[:10]) + (" …" if len(stats.missing) > 10 else ""),
             }
         return out
-
-
-async def _or_failure(
-    start: dt.datetime, end: dt.datetime, job: Awaitable[pl.DataFrame]
-) -> pl.DataFrame | PieceFailure:
-    """The job's frame, or the failure of its window; failures that end everything are raised."""
-    try:
-        return await job
-    except _STOPS_EVERYTHING:
-        raise
-    except UpstreamError as exc:
-        return PieceFailure(start, end, exc)
-
-
-async def _bounded(jobs: list[Awaitable[Any]], limit: int) -> AsyncIterator[Any]:
-    """Results of `jobs`, at most `limit` running at once, in completion order; the first failure
-    cancels the rest and is raised. Finished results are not kept: memory holds `limit` at most."""
-    queue = iter(jobs)
-    running: set[asyncio.Future[Any]] = {asyncio.ensure_future(j) for j in islice(queue, limit)}
-    try:
-        while running:
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            running |= {asyncio.ensure_future(j) for j in islice(queue, len(done))}
-            for task in done:
-                if not task.cancelled():
-                    task.exception()  # marks every failure as seen; the first one is raised below
-            for task in done:
-                yield task.result()
-    finally:
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        for job in queue:  # never started: close the coroutine so Python does not warn
-            if asyncio.iscoroutine(job):
-                job.close()

@@ -23,8 +23,9 @@ from marketdata_assets.sources.http import Clock, EnvelopeError, RateLimit, Slee
 SOURCE = "bybit funding"
 FUNDING_PATH = "/v5/market/funding/history"
 PAGE_LIMIT = 200
-# Bybit allows 600 requests / 5 s per IP across its API: take half, leave the rest to others.
-REQUESTS_PER_5S = 300
+# Bybit allows 600 requests / 5 s per IP across its API (then a 403 and a ten-minute ban). Every
+# Bybit client of the process (funding, klines) draws on this one budget, to its ceiling.
+REQUESTS_PER_5S = 600
 
 
 def bybit_envelope_error(body: Any) -> EnvelopeError | None:

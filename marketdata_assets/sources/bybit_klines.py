@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from marketdata_assets.schemas import KLINES, venue_klines_frame
+from marketdata_assets.schemas import venue_klines_frame
 from marketdata_assets.sources.bybit import REQUESTS_PER_5S, VENUE
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
@@ -36,6 +36,13 @@ def bybit_interval(timeframe_name: str) -> str:
 def parse_bybit_klines(body: Any, symbol: str, market: str, timeframe_name: str) -> tuple[pl.DataFrame, int]:
     """(closed bars in KLINES' schema, ascending; how many were still open at the answer's time)
     of one `/v5/market/kline` answer."""
+    kept, still_open = bybit_kline_rows(body, symbol, market, timeframe_name)
+    return venue_klines_frame("bybit", market, symbol, timeframe_name, kept), still_open
+
+
+def bybit_kline_rows(body: Any, symbol: str, market: str, timeframe_name: str) -> tuple[list[tuple], int]:
+    """`parse_bybit_klines`' closed bars as `venue_klines_frame` rows (a client builds one frame of
+    many pages)."""
     where = f"{SOURCE} {symbol} {timeframe_name}"
     result = body.get("result") if isinstance(body, dict) and body.get("retCode") == 0 else None
     rows = result.get("list") if isinstance(result, dict) else None
@@ -62,7 +69,7 @@ def parse_bybit_klines(body: Any, symbol: str, market: str, timeframe_name: str)
         if start % step:
             raise MalformedResponse(where, f"row {index} opens at {start}, off the UTC grid of {timeframe_name} bars")
         kept.append((start, *values))
-    return venue_klines_frame("bybit", market, symbol, timeframe_name, kept[::-1]), still_open
+    return kept[::-1], still_open
 
 
 KLINE_PATH = "/v5/market/kline"
@@ -73,11 +80,23 @@ class BybitKlinesClient(UpstreamClient):
     """Closed bars of one Bybit symbol over a window, paged back from its end; the IP budget is the
     one Bybit's funding client draws on (Bybit counts every request of the IP together)."""
 
+    venue = VENUE
+
+    @staticmethod
+    def binance_symbol(symbol: str) -> str:
+        """Binance's name of the same pair: Bybit's own (`BTCUSDT`, spot and linear alike)."""
+        return symbol
+
+    @classmethod
+    def from_upstreams(cls, upstreams: Any) -> BybitKlinesClient:
+        """The client a run opens (defs/ingest/resources.py): Bybit's URL."""
+        return cls(upstreams.url(VENUE.url_setting))
+
     def __init__(self, base_url: str, *, clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
                  backoff_base_s: float = 0.5):
         self.rejected: list[pl.DataFrame] = []
         self.still_open = 0
-        self._http = VENUE.http(SOURCE, base_url, RateLimit(REQUESTS_PER_5S, 5.0), max_concurrency=1, clock=clock,
+        self._http = VENUE.http(SOURCE, base_url, RateLimit(REQUESTS_PER_5S, 5.0), max_concurrency=4, clock=clock,
                                 sleep=sleep, backoff_base_s=backoff_base_s)
 
     async def fetch(self, symbol: str, market: str, timeframe_name: str, start: dt.datetime,
@@ -86,12 +105,12 @@ class BybitKlinesClient(UpstreamClient):
         its `end` is refused, naming it."""
         interval, where = bybit_interval(timeframe_name), f"{SOURCE} {symbol} {timeframe_name}"
         start_ms, last_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000) - 1
-        parts = []
+        pages: list[list[tuple]] = []
         while last_ms >= start_ms:
             body, _ = await self._http.get_json(KLINE_PATH, {
                 "category": CATEGORIES[market], "symbol": symbol, "interval": interval, "start": start_ms,
                 "end": last_ms, "limit": PAGE}, 1)
-            frame, still_open = parse_bybit_klines(body, symbol, market, timeframe_name)
+            kept, still_open = bybit_kline_rows(body, symbol, market, timeframe_name)
             self.still_open += still_open
             rows = body["result"]["list"]
             if not rows:
@@ -99,6 +118,6 @@ class BybitKlinesClient(UpstreamClient):
             newest, oldest = int(rows[0][0]), int(rows[-1][0])
             if newest > last_ms or oldest < start_ms:
                 raise MalformedResponse(where, f"asked for bars in [{start_ms}, {last_ms}], got {oldest} to {newest}")
-            parts.append(frame)
+            pages.append(kept)
             last_ms = oldest - 1
-        return pl.concat(parts[::-1]) if parts else KLINES.empty_frame()
+        return venue_klines_frame("bybit", market, symbol, timeframe_name, [row for rows in pages[::-1] for row in rows])

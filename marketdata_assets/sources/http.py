@@ -43,6 +43,10 @@ class RequestStats:
     throttled: int = 0
     paced_seconds: float = 0.0
 
+    def __add__(self, other: RequestStats) -> RequestStats:
+        return RequestStats(self.requests + other.requests, self.weight + other.weight, self.retries + other.retries,
+                            self.throttled + other.throttled, self.paced_seconds + other.paced_seconds)
+
     def as_metadata(self) -> dict[str, int | float]:
         return {
             "requests": self.requests,

@@ -1,5 +1,5 @@
 """OKX klines: the bar names OKX has for our timeframes, its candle rows read into market_data.klines'
-schema, and the client that pages `GET /api/v5/market/history-candles` back from a window's end.
+schema, and the client that pages `GET /api/v5/market/candles` and `history-candles` back from a window's end.
 
 OKX answers `[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]` rows, newest first. `vol` counts
 the base currency for spot and contracts for swaps, where `volCcy` is the base currency; the quote
@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import Any
+from typing import Any, Self
 
 import polars as pl
 
-from marketdata_assets.schemas import KLINES, venue_klines_frame
+from marketdata_assets.schemas import venue_klines_frame
 from marketdata_assets.sources.errors import MalformedResponse
-from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
+from marketdata_assets.sources.http import Clock, RateLimit, RequestStats, Sleep, UpstreamClient
 from marketdata_assets.sources.okx import VENUE
 from marketdata_assets.timeframes import timeframe
 
@@ -39,6 +39,13 @@ def okx_bar(timeframe_name: str) -> str:
 def parse_okx_candles(body: Any, inst_id: str, market: str, timeframe_name: str) -> tuple[pl.DataFrame, int]:
     """(closed bars in KLINES' schema, ascending; how many rows were still open) of one OKX candles
     answer for `inst_id` (`BTC-USDT` spot, `BTC-USDT-SWAP` perp)."""
+    kept, still_open = okx_candle_rows(body, inst_id, market, timeframe_name)
+    return venue_klines_frame("okx", market, inst_id, timeframe_name, kept), still_open
+
+
+def okx_candle_rows(body: Any, inst_id: str, market: str, timeframe_name: str) -> tuple[list[tuple], int]:
+    """`parse_okx_candles`' closed bars as `venue_klines_frame` rows (a client builds one frame of
+    many pages: a frame a page of 100 would cost more than reading it)."""
     where = f"{SOURCE} {inst_id} {timeframe_name}"
     rows = body.get("data") if isinstance(body, dict) and body.get("code") in ("0", 0) else None
     if not isinstance(rows, list):
@@ -64,36 +71,78 @@ def parse_okx_candles(body: Any, inst_id: str, market: str, timeframe_name: str)
         o, h, low, c, vol, vol_ccy, vol_quote = values
         volume = vol if market == "spot" else vol_ccy
         kept.append((ts, o, h, low, c, volume, vol_quote))
-    return venue_klines_frame("okx", market, inst_id, timeframe_name, kept[::-1]), still_open
+    return kept[::-1], still_open
 
 
 HISTORY_PATH = "/api/v5/market/history-candles"
-# OKX counts history-candles per IP: 20 requests per 2 s (its own budget; funding's endpoint has another)
+RECENT_PATH = "/api/v5/market/candles"
+# OKX counts each endpoint per IP: history-candles 20 requests per 2 s, candles 40 (funding's
+# endpoint has its own). Every OKX client of the process draws on the same budget of each.
 HISTORY_LIMIT = RateLimit(20, 2.0, HISTORY_PATH)
-PAGE = 100  # what OKX sends a page, whatever a larger `limit` asks
+RECENT_LIMIT = RateLimit(40, 2.0, RECENT_PATH)
+HISTORY_PAGE = 100  # what history-candles sends a page, whatever a larger `limit` asks
+RECENT_PAGE = 300
+RECENT_BARS = 1440  # candles serves the newest 1,440 bars only
+RECENT_MARGIN = 10  # bars kept clear of candles' horizon, for a server clock a little ahead
 
 
 class OkxKlinesClient(UpstreamClient):
-    """Closed bars of one OKX instrument over a window, paged back from its end with `after`."""
+    """Closed bars of one OKX instrument over a window, paged back from its end with `after`:
+    pages inside the newest 1,440 bars from `candles` (300 a page, the larger budget), older ones
+    from `history-candles` (100 a page)."""
 
-    def __init__(self, base_url: str, *, clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
+    venue = VENUE
+
+    @staticmethod
+    def binance_symbol(inst_id: str) -> str:
+        """Binance's name of the same pair (`BTC-USDT-SWAP` and `BTC-USDT` are `BTCUSDT`)."""
+        return inst_id.removesuffix("-SWAP").replace("-", "")
+
+    def __init__(self, base_url: str, *, history_per_2s: int = HISTORY_LIMIT.limit,
+                 recent_per_2s: int = RECENT_LIMIT.limit, clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
                  backoff_base_s: float = 0.5):
         self.rejected: list[pl.DataFrame] = []
         self.still_open = 0
-        self._http = VENUE.http(SOURCE, base_url, HISTORY_LIMIT, max_concurrency=1, clock=clock, sleep=sleep,
-                                backoff_base_s=backoff_base_s)
+        self._clock = clock
+        self._http = VENUE.http(SOURCE, base_url, RateLimit(history_per_2s, 2.0, HISTORY_PATH), max_concurrency=4,
+                                clock=clock, sleep=sleep, backoff_base_s=backoff_base_s)
+        self._recent = VENUE.http(SOURCE, base_url, RateLimit(recent_per_2s, 2.0, RECENT_PATH), max_concurrency=4,
+                                  clock=clock, sleep=sleep, backoff_base_s=backoff_base_s)
+
+    @classmethod
+    def from_upstreams(cls, upstreams: Any) -> OkxKlinesClient:
+        """The client a run opens (defs/ingest/resources.py): OKX's URL and per-IP budgets."""
+        return cls(upstreams.url(VENUE.url_setting), history_per_2s=upstreams.okx_history_candles_per_2s,
+                   recent_per_2s=upstreams.okx_candles_per_2s)
+
+    @property
+    def stats(self) -> RequestStats:
+        return self._http.stats + self._recent.stats
+
+    async def __aenter__(self) -> Self:
+        await self._http.__aenter__()
+        await self._recent.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._recent.__aexit__(*exc_info)
+        await self._http.__aexit__(*exc_info)
 
     async def fetch(self, inst_id: str, market: str, timeframe_name: str, start: dt.datetime,
                     end: dt.datetime) -> pl.DataFrame:
         """Closed bars opening in [start, end) UTC, ascending. A page that does not move back past
         the cursor (a server repeating itself) is refused, naming the cursor: the loop never spins."""
         bar, where = okx_bar(timeframe_name), f"{SOURCE} {inst_id} {timeframe_name}"
+        step = timeframe(timeframe_name).millis
         start_ms, cursor = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-        parts = []
+        horizon = int(self._clock() * 1000) // step * step - (RECENT_BARS - RECENT_MARGIN) * step
+        pages: list[list[tuple]] = []
         while True:
-            body, _ = await self._http.get_json(HISTORY_PATH, {"instId": inst_id, "bar": bar, "after": cursor,
-                                                               "limit": PAGE}, 1)
-            frame, still_open = parse_okx_candles(body, inst_id, market, timeframe_name)
+            recent = cursor - RECENT_PAGE * step >= horizon
+            http, path, page = (self._recent, RECENT_PATH, RECENT_PAGE) if recent else \
+                (self._http, HISTORY_PATH, HISTORY_PAGE)
+            body, _ = await http.get_json(path, {"instId": inst_id, "bar": bar, "after": cursor, "limit": page}, 1)
+            kept, still_open = okx_candle_rows(body, inst_id, market, timeframe_name)
             self.still_open += still_open
             if not body["data"]:
                 break
@@ -101,8 +150,8 @@ class OkxKlinesClient(UpstreamClient):
             if int(body["data"][0][0]) >= cursor or oldest >= cursor:
                 raise MalformedResponse(where, f"the page after {cursor} holds rows from {body['data'][0][0]}: "
                                                "not older than the cursor (a repeated page)")
-            parts.append(frame.filter(pl.col("open_time") >= start))
+            pages.append([row for row in kept if row[0] >= start_ms])
             if oldest <= start_ms:
                 break
             cursor = oldest
-        return pl.concat(parts[::-1]) if parts else KLINES.empty_frame()
+        return venue_klines_frame("okx", market, inst_id, timeframe_name, [row for rows in pages[::-1] for row in rows])

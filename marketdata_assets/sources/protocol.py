@@ -8,14 +8,16 @@ its dataset's table schema, and then says in one outcome record what else it met
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Protocol
 
 import polars as pl
 
-from marketdata_assets.sources.errors import PieceFailure
+from marketdata_assets.sources.errors import PieceFailure, UpstreamBanned, UpstreamError, UpstreamRejected
 
 
 @dataclass
@@ -68,3 +70,42 @@ class RestAndArchive:
         await self.rest.__aexit__(*exc_info)
         if self.archive is not None:
             await self.archive.__aexit__(*exc_info)
+
+
+# Answers every other piece would get as well: carrying on would only repeat them.
+_STOPS_EVERYTHING = (UpstreamRejected, UpstreamBanned)
+
+
+async def or_failure(
+    start: dt.datetime, end: dt.datetime, job: Awaitable[pl.DataFrame]
+) -> pl.DataFrame | PieceFailure:
+    """The job's frame, or the failure of its window; failures that end everything are raised."""
+    try:
+        return await job
+    except _STOPS_EVERYTHING:
+        raise
+    except UpstreamError as exc:
+        return PieceFailure(start, end, exc)
+
+
+async def bounded(jobs: list[Awaitable[Any]], limit: int) -> AsyncIterator[Any]:
+    """Results of `jobs`, at most `limit` running at once, in completion order; the first failure
+    cancels the rest and is raised. Finished results are not kept: memory holds `limit` at most."""
+    queue = iter(jobs)
+    running: set[asyncio.Future[Any]] = {asyncio.ensure_future(j) for j in islice(queue, limit)}
+    try:
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            running |= {asyncio.ensure_future(j) for j in islice(queue, len(done))}
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # marks every failure as seen; the first one is raised below
+            for task in done:
+                yield task.result()
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        for job in queue:  # never started: close the coroutine so Python does not warn
+            if asyncio.iscoroutine(job):
+                job.close()

@@ -22,14 +22,16 @@ class WarehouseResource(dg.ConfigurableResource):
 
 class UpstreamsResource(dg.ConfigurableResource):
     """Every upstream's base URL, by its setting's name (`binance_spot_url`, `fear_greed_url`, …),
-    Binance's request-weight budgets to pace against, and where klines come from by default
-    (auto | archive | rest)."""
+    Binance's request-weight budgets and OKX's candle request budgets to pace against, and where
+    Binance klines come from by default (auto | archive | rest)."""
 
     urls: dict[str, str]
     binance_spot_weight_limit: int = 6000
     binance_futures_weight_limit: int = 2400
     binance_max_concurrency: int = 10
     klines_source: str = "auto"
+    okx_history_candles_per_2s: int = 20
+    okx_candles_per_2s: int = 40
 
     def url(self, setting: str) -> str:
         return self.urls[setting]
@@ -56,5 +58,7 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             binance_futures_weight_limit=settings.binance_futures_weight_limit,
             binance_max_concurrency=settings.binance_max_concurrency,
             klines_source=settings.klines_source,
+            okx_history_candles_per_2s=settings.okx_history_candles_per_2s,
+            okx_candles_per_2s=settings.okx_candles_per_2s,
         ),
     }

@@ -1,0 +1,77 @@
+"""Klines of a venue served only by REST (OKX, Bybit): a window read month by month through the
+venue's paging client, a few months in flight, each month a frame and a unit of failure.
+
+A month that fails (a server that keeps answering 5xx, or lies) is a `failures` entry and the
+others are still read; an answer every month would get (an unknown instrument, a ban) stops
+everything. Bars still forming are dropped by the client and counted (`unclosed_bars_dropped`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import polars as pl
+
+from marketdata_assets.sources.errors import PieceFailure
+from marketdata_assets.sources.http import RequestStats
+from marketdata_assets.sources.protocol import SourceOutcome, bounded, or_failure
+from marketdata_assets.timeframes import next_month
+
+
+class PagingKlinesClient(Protocol):
+    """A venue's klines client (okx_klines, bybit_klines): closed bars of a window, ascending."""
+
+    still_open: int
+    stats: RequestStats
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def fetch(self, symbol: str, market: str, timeframe_name: str, start: dt.datetime,
+                    end: dt.datetime) -> pl.DataFrame: ...
+
+    def take_rejected(self) -> list[pl.DataFrame]: ...
+
+
+class RestKlinesSource:
+    """The source protocol over one venue's paging klines client."""
+
+    def __init__(self, client: PagingKlinesClient, *, months_in_flight: int = 4):
+        self.client = client
+        self._in_flight = months_in_flight
+        self.failures: list[PieceFailure] = []
+        self.rows = 0
+
+    async def __aenter__(self) -> RestKlinesSource:
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.client.__aexit__(*exc_info)
+
+    async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
+        months = []
+        lower = start
+        while lower < end:
+            upper = min(end, next_month(lower))
+            months.append(or_failure(lower, upper, self.client.fetch(
+                series.symbol, series.market, series.options["timeframe"], lower, upper)))
+            lower = upper
+        async for outcome in bounded(months, self._in_flight):
+            if isinstance(outcome, PieceFailure):
+                self.failures.append(outcome)
+            elif outcome.height:
+                self.rows += outcome.height
+                yield outcome
+
+    def outcome(self) -> SourceOutcome:
+        stats = self.client.stats
+        return SourceOutcome(
+            failures=list(self.failures), rejected=self.client.take_rejected(), requests=stats.requests,
+            rows_by_source={"rest": self.rows},
+            metadata={"rows_from_rest": self.rows, "unclosed_bars_dropped": self.client.still_open,
+                      **stats.as_metadata()},
+        )
