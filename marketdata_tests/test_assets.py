@@ -88,6 +88,9 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
            for symbol in ("BTCUSDT", "ETHUSDT")]
         + ["okx_perp/funding/BTC_USDT_SWAP", "okx_perp/funding/ETH_USDT_SWAP",
            "bybit_perp/funding/BTCUSDT", "bybit_perp/funding/ETHUSDT"]
+        + [f"{prefix}/klines_{tf}/{symbol}" for tf in ("1h", "1m") for prefix, symbol in (
+            ("okx_spot", "BTC_USDT"), ("okx_spot", "ETH_USDT"), ("okx_perp", "BTC_USDT_SWAP"), ("okx_perp", "ETH_USDT_SWAP"),
+            ("bybit_spot", "BTCUSDT"), ("bybit_spot", "ETHUSDT"), ("bybit_perp", "BTCUSDT"), ("bybit_perp", "ETHUSDT"))]
         + ["alternative_me/fear_greed", "defillama/stablecoin_supply", "blockchain_com/market_cap/BTC", "derived/ssr/BTC"]
         + [f"fred/macro/{series}" for series in ("DGS10", "DGS2", "DFF", "CPIAUCSL", "PCEPILFE", "UNRATE", "M2SL",
                                                  "VIXCLS", "DCOILWTICO", "DCOILBRENTEU", "NASDAQQGLDI", "DTWEXBGS")]
@@ -128,12 +131,14 @@ def test_definitions_follow_the_design_keys_groups_and_partitions(settings):
         assert partitions.get_last_partition_key() == this_month
     assert specs["binance_spot/klines_1m/ETHUSDT"].partitions_def.get_first_partition_key() == "2017-08-01"
     # schedules (and their jobs) say what they keep current and how often; since when where a
-    # dataset's assets begin in different months (spot 2017-08; Binance perps 2019-09 and 2019-11,
-    # OKX 2019-12, Bybit 2020-03 and 2020-10)
+    # dataset's assets begin in different months (Binance spot 2017-08, OKX spot 2018-01, Bybit spot 2021-07;
+    # Binance perps 2019-09 and 2019-11, OKX 2019-12, Bybit 2020-03 and 2020-10)
     assert sorted(schedule.name for schedule in definitions.schedules) == [
         "fear_greed_daily", "funding_8h_since_2019_09", "funding_8h_since_2019_11", "funding_8h_since_2019_12",
         "funding_8h_since_2020_03", "funding_8h_since_2020_10", "gex_hourly", "klines_daily_since_2017_08",
-        "klines_daily_since_2019_09", "klines_daily_since_2019_11", "long_short_daily", "macro_daily", "market_cap_daily",
+        "klines_daily_since_2018_01", "klines_daily_since_2019_09", "klines_daily_since_2019_11",
+        "klines_daily_since_2019_12", "klines_daily_since_2020_03", "klines_daily_since_2020_10",
+        "klines_daily_since_2021_07", "long_short_daily", "macro_daily", "market_cap_daily",
         "ohlcv_1d_daily", "ohlcv_1h_hourly", "open_interest_daily", "options_ohlcv_1d_daily",
         "ssr_daily", "stablecoin_supply_daily"]
     assert all(definitions.resolve_job_def(s.name).name == s.job_name == s.name for s in definitions.schedules)
