@@ -220,6 +220,7 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
     from marketdata_assets.defs.location import build_definitions
     from marketdata_assets.defs.quality.checks import run_klines_checks, worst_states
     from marketdata_assets.defs.ingest.resources import resources_from
+    from marketdata_assets.datasets.klines import DATASET as KLINES
     from marketdata_assets.verify import verify_gaps
 
     found = _coverage("gaps verify", symbols)
@@ -231,7 +232,8 @@ def gaps_verify(dataset: str | None, symbols: tuple[str, ...]) -> None:
         return
     upstreams = resources_from(settings)["upstreams"]
     verdicts = verify_gaps(
-        pending, upstreams.klines_client, warehouse, report=lambda verdict: click.echo(verdict.describe())
+        pending, lambda item: KLINES.rest_source(item.catalog_series, upstreams), warehouse,
+        report=lambda verdict: click.echo(verdict.describe()),
     )
     definitions = build_definitions(settings)
     for item in pending:

@@ -120,6 +120,12 @@ class AssetCoverage:
     unrecorded_with_rows: list[str] = field(default_factory=list)  # rows stored, never materialized
 
     @property
+    def catalog_series(self) -> Series:
+        """The catalog's series of this asset (what its dataset's sources read)."""
+        return Series("klines", self.instrument.key_prefix, self.instrument.symbol, self.instrument.start_date,
+                      self.instrument, {"timeframe": self.series.timeframe})
+
+    @property
     def disagreements(self) -> list[str]:
         notes = []
         if self.empty_materialized:

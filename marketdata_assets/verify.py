@@ -11,13 +11,13 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
 from marketdata_assets.audit import Interval, count_bars, describe_interval, subtract_intervals
 from marketdata_assets.coverage import AssetCoverage
 from marketdata_assets.schemas import KLINES, KNOWN_GAPS, REJECTED_ROWS
-from marketdata_assets.sources.binance_klines_rest import BinanceKlinesClient
 from marketdata_assets.sources.errors import UpstreamError
 from marketdata_assets.validation import rejected_frame
 from marketdata_assets.warehouse import Warehouse
@@ -75,8 +75,19 @@ def _verified_gaps(item: AssetCoverage, empty: list[Interval], reason: str) -> p
     )
 
 
+async def _read(source: Any, series: Any, start: dt.datetime, end: dt.datetime) -> tuple[pl.DataFrame, list, str | None]:
+    """(bars, rejected frames, why the window could not be read) of one window from `source`."""
+    try:
+        frames = [frame async for frame in source.read(series, start, end)]
+    except UpstreamError as exc:
+        return KLINES.empty_frame(), [], str(exc)
+    outcome = source.outcome()
+    failed = "; ".join(failure.describe() for failure in outcome.failures) or None
+    return (pl.concat(frames) if frames else KLINES.empty_frame()), outcome.rejected, failed
+
+
 async def _verify_asset(
-    item: AssetCoverage, client: BinanceKlinesClient, warehouse: Warehouse,
+    item: AssetCoverage, source_for: Callable[[AssetCoverage], Any], warehouse: Warehouse,
     report: Callable[[GapVerdict], None],
 ) -> list[GapVerdict]:
     series = item.series
@@ -84,12 +95,10 @@ async def _verify_asset(
     verdicts = []
     for gap in item.gaps.unexplained:
         verdict = GapVerdict(item.key.to_user_string(), gap, series.tf.millis)
-        try:
-            frame = await client.fetch(series.symbol, series.timeframe, gap[0], gap[1])
-        except UpstreamError as exc:
-            verdict.error = str(exc)
-        else:
-            rejected = rejected_frame(client.take_rejected())
+        async with source_for(item) as source:  # a source a gap: its outcome is that gap's
+            frame, rejected_frames, verdict.error = await _read(source, item.catalog_series, gap[0], gap[1])
+        if verdict.error is None:
+            rejected = rejected_frame(rejected_frames)
             if frame.height:
                 verdict.stored = await asyncio.to_thread(warehouse.upsert, KLINES, frame)
             if rejected.height:
@@ -105,20 +114,17 @@ async def _verify_asset(
 
 
 def verify_gaps(
-    items: list[AssetCoverage], client_for: Callable[[str], BinanceKlinesClient], warehouse: Warehouse,
+    items: list[AssetCoverage], source_for: Callable[[AssetCoverage], Any], warehouse: Warehouse,
     report: Callable[[GapVerdict], None] = lambda verdict: None,
 ) -> list[GapVerdict]:
-    """Fetch each unexplained gap of `items` again over REST (`client_for(market)`), store what
-    comes back and record what does not as verified empty. `report` sees each verdict as it
-    is reached."""
+    """Fetch each unexplained gap of `items` again over REST (`source_for(item)`: the venue's
+    klines source, REST only), store what comes back and record what does not as verified empty.
+    `report` sees each verdict as it is reached."""
 
     async def run() -> list[GapVerdict]:
         verdicts: list[GapVerdict] = []
-        for market in sorted({item.series.market for item in items}):
-            async with client_for(market) as client:
-                for item in items:
-                    if item.series.market == market and item.gaps.unexplained:
-                        verdicts += await _verify_asset(item, client, warehouse, report)
+        for item in items:
+            verdicts += await _verify_asset(item, source_for, warehouse, report)
         return verdicts
 
     return asyncio.run(run())

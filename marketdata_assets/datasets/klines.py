@@ -107,12 +107,18 @@ class Klines(InstrumentDataset):
 
     def open_source(self, series: Series, upstreams: Any, bounds: Bounds, warehouse: Warehouse) -> Any:
         assert series.instrument is not None
+        mode = series.instrument.source or upstreams.klines_source
+        if mode == "rest" or series.venue in REST_CLIENTS:
+            return self.rest_source(series, upstreams)
+        archive = BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting))
+        return BinanceKlinesSource(upstreams.klines_client(series.instrument.market), archive, mode)
+
+    def rest_source(self, series: Series, upstreams: Any) -> Any:
+        """The source of `series` reading REST only (`marketdata gaps verify` fetches a gap again)."""
         rest_only = REST_CLIENTS.get(series.venue)
         if rest_only is not None:
             return RestKlinesSource(rest_only.from_upstreams(upstreams))
-        mode = series.instrument.source or upstreams.klines_source
-        archive = BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting)) if mode != "rest" else None
-        return BinanceKlinesSource(upstreams.klines_client(series.instrument.market), archive, mode)
+        return BinanceKlinesSource(upstreams.klines_client(series.market), None, "rest")
 
     def checks_for(self, venue: str) -> tuple[str, ...]:
         return self.checks + ((CLOSES_MATCH,) if venue in REST_CLIENTS else ())
