@@ -128,9 +128,9 @@ def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
         PYTHONPATH=str(REPO),
         FRED_API_KEY=DEMO_FRED_KEY,
         **emulated_endpoints(url),  # every upstream
-        **{f"MARKETDATA_{name}": value for name, value in RAISED_OKX.items()},
-        **extra,
     )
+    env.update({f"MARKETDATA_{name}": value for name, value in RAISED_OKX.items()})
+    env.update(extra)
     return env
 
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_candles, synthetic_funding
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, plain_decimals, synthetic_candles, synthetic_funding
 from marketdata_assets.emulator.scenario import FailureBudget
 from marketdata_assets.emulator.config import EmulatorConfig
 
@@ -110,13 +110,11 @@ class BybitEmulator:
         opens = np.arange(newest, max(oldest, newest - (limit - 1) * step) - 1, -step, dtype=np.int64)
         block = synthetic_candles("perp" if category == "linear" else "spot", symbol, step, opens, now_ms)
         venue = 0.9998  # Bybit's prices sit a little off Binance's
-        rows = []
-        for i, opened in enumerate(opens.tolist()):
-            o, h, lo, c = (round(float(v[i]) * venue, 2) for v in (block.open, block.high, block.low, block.close))
-            volume = float(block.volume[i])
-            rows.append([str(opened), _text(o), _text(h), _text(lo), _text(c), _text(round(volume, 5)),
-                         _text(round(volume * (o + c) / 2, 4))])
-        return {"category": category, "symbol": symbol, "list": rows}
+        o, h, lo, c = (np.round(v * venue, 2) for v in (block.open, block.high, block.low, block.close))
+        volume = np.round(block.volume, 5)
+        columns = [[str(t) for t in opens.tolist()], *(plain_decimals(v, 2) for v in (o, h, lo, c)),
+                   plain_decimals(volume, 5), plain_decimals(volume * (o + c) / 2, 4)]
+        return {"category": category, "symbol": symbol, "list": [list(row) for row in zip(*columns)]}
 
     def _refused(self, now: float) -> Response | None:
         """403 (and a ban) over the IP limit; retCode 10006 over the per-second one, when set."""

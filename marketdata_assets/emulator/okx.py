@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, synthetic_candles, synthetic_funding
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, plain_decimals, synthetic_candles, synthetic_funding
 from marketdata_assets.emulator.scenario import FailureBudget
 from marketdata_assets.emulator.config import EmulatorConfig
 
@@ -131,14 +131,14 @@ class OkxEmulator:
         block = synthetic_candles(market, binance_symbol, step, opens, now_ms)
         venue = 1.0002  # OKX's prices sit a little off Binance's
         contracts = 100.0 if market == "perp" else 1.0  # a BTC-USDT-SWAP contract is 0.01 BTC
-        rows = []
-        for i, opened in enumerate(opens.tolist()):
-            o, h, lo, c = (round(float(v[i]) * venue, 1) for v in (block.open, block.high, block.low, block.close))
-            base = float(block.volume[i])
-            quote = base * (o + c) / 2
-            vol, vol_ccy = (base * contracts, base) if market == "perp" else (base, quote)
-            rows.append([str(opened), _text(o), _text(h), _text(lo), _text(c), _text(round(vol, 4)),
-                         _text(round(vol_ccy, 6)), _text(round(quote, 5)), "0" if opened + step > now_ms else "1"])
+        o, h, lo, c = (np.round(v * venue, 1) for v in (block.open, block.high, block.low, block.close))
+        base = block.volume
+        quote = base * (o + c) / 2
+        vol, vol_ccy = (base * contracts, base) if market == "perp" else (base, quote)
+        confirm = ["0" if opened + step > now_ms else "1" for opened in opens.tolist()]
+        columns = [[str(t) for t in opens.tolist()], *(plain_decimals(v, 1) for v in (o, h, lo, c)),
+                   plain_decimals(vol, 4), plain_decimals(vol_ccy, 6), plain_decimals(quote, 5), confirm]
+        rows = [list(row) for row in zip(*columns)]
         return _envelope(rows)
 
     def _respond(self, status: int, body: bytes) -> Response:
