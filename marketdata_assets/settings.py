@@ -4,7 +4,7 @@ point them at the local emulator. This is the one place that reads the environme
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -75,30 +75,30 @@ def _int_setting(env: Mapping[str, str], name: str, default: int, minimum: int =
     return value
 
 
-def _usd_setting(env: Mapping[str, str], name: str, default: float) -> float:
+def _float_setting(env: Mapping[str, str], name: str, default: float, what: str, rule: str,
+                   accept: Callable[[float], bool]) -> float:
+    """A number setting: SettingsError saying `what` it should be when it is not one, and
+    `rule` when `accept` refuses it."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an amount of USD") from None
-    if not value >= 0 or value == float("inf"):
-        raise SettingsError(f"{name}={raw} must be an amount of USD, 0 or more")
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
+    if not accept(value):
+        raise SettingsError(f"{name}={raw} must be {rule}")
     return value
+
+
+def _usd_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    return _float_setting(env, name, default, "an amount of USD", "an amount of USD, 0 or more",
+                          lambda value: 0 <= value < float("inf"))
 
 
 def _share_setting(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a share (0.01 is 1%)") from None
-    if not 0 < value < 1:
-        raise SettingsError(f"{name}={raw} must be a share above 0 and below 1 (0.01 is 1%)")
-    return value
+    return _float_setting(env, name, default, "a share (0.01 is 1%)", "a share above 0 and below 1 (0.01 is 1%)",
+                          lambda value: 0 < value < 1)
 
 
 def _flag_setting(env: Mapping[str, str], name: str) -> bool:

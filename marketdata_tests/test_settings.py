@@ -40,10 +40,25 @@ def test_environment_overrides():
     assert settings.fred_api_key == "s3cret-fred-key" and "s3cret" not in repr(settings)
 
 
-@pytest.mark.parametrize(("value", "message"), [("lots", "is not a whole number"), ("0", "must be at least 1")])
-def test_bad_numbers_name_the_variable(value, message):
-    with pytest.raises(SettingsError, match=f"MARKETDATA_BINANCE_MAX_CONCURRENCY.*{message}"):
-        Settings.from_env({"MARKETDATA_BINANCE_MAX_CONCURRENCY": value})
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("MARKETDATA_BINANCE_MAX_CONCURRENCY", "lots", "='lots' is not a whole number"),
+    ("MARKETDATA_BINANCE_MAX_CONCURRENCY", "0", "=0 must be at least 1"),
+    ("MARKETDATA_OKX_HISTORY_CANDLES_PER_2S", "0", "=0 must be at least 1"),
+    ("MARKETDATA_CROSS_VENUE_MAX_DIFFERENCE", "1%", "='1%' is not a share (0.01 is 1%)"),
+    ("MARKETDATA_CROSS_VENUE_MAX_DIFFERENCE", "1", "=1 must be a share above 0 and below 1 (0.01 is 1%)"),
+    ("MARKETDATA_DATABENTO_MAX_COST", "-1", "=-1 must be an amount of USD, 0 or more"),
+])
+def test_bad_numbers_name_the_variable(variable, value, message):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value) == variable + message
+
+
+def test_the_venue_settings_default_to_the_venues_own_figures():
+    settings = Settings.from_env({})
+    assert (settings.okx_history_candles_per_2s, settings.okx_candles_per_2s) == (20, 40)
+    assert settings.cross_venue_max_difference == 0.01
+    assert Settings.from_env({"MARKETDATA_CROSS_VENUE_MAX_DIFFERENCE": "0.002"}).cross_venue_max_difference == 0.002
 
 
 def test_an_unknown_klines_source_is_named():

@@ -192,6 +192,18 @@ def test_the_clients_page_a_day_back_to_its_start_closed_bars_once_and_refuse_a_
             asyncio.run(day(OkxKlinesClient(liar.url, clock=clock, sleep=sleep), "BTC-USDT", "spot",
                             utc(2025, 5, 12), utc(2025, 5, 13)))
 
+    # Bybit's liar answers the day's last bar whatever `end` says: the second page is refused
+    async def same_page(request):
+        return Response(orjson.dumps({"retCode": 0, "retMsg": "OK", "time": 1747094460000, "result": {
+            "category": "linear", "symbol": "BTCUSDT", "list": [["1747094340000", "1", "1", "1", "1", "1", "1"]]}}),
+            media_type="application/json")
+
+    with LoopbackServer(Starlette(routes=[Route("/v5/market/kline", same_page)])) as liar:
+        with pytest.raises(MalformedResponse, match=r"asked for bars in \[1747008000000, 1747094339999\], "
+                                                    "got 1747094340000 to 1747094340000"):
+            asyncio.run(day(BybitKlinesClient(liar.url, clock=clock, sleep=sleep), "BTCUSDT", "perp",
+                            utc(2025, 5, 12), utc(2025, 5, 13)))
+
 
 def _months_back(moment: dt.datetime, months: int) -> dt.datetime:
     first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
