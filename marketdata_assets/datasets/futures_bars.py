@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from marketdata_assets.audit import SAMPLES, samples_table
@@ -90,20 +91,33 @@ def _globex_schedule() -> Any:
         return exchange_calendars.get_calendar("CMES", start="2010-01-01", end=f"{today.year + 1}-12-31").schedule
 
 
+@cache
+def _globex_hours() -> np.ndarray:
+    """Every UTC hour Globex trades in, as Unix seconds of its start, ascending: the hours inside
+    a CMES session (holidays and early closes as the calendar has them; a session opening off the
+    hour trades from the next one), less the daily maintenance halt (computed once a process)."""
+    import pandas as pd
+
+    schedule = _globex_schedule()
+    opens = schedule["open"].astype("int64").to_numpy() // 10**9  # ns since the epoch, UTC
+    closes = schedule["close"].astype("int64").to_numpy() // 10**9
+    hour = int(_HOUR.total_seconds())
+    starts = -(-opens // hour) * hour
+    hours = np.concatenate([np.arange(a, b, hour) for a, b in zip(starts, closes, strict=True)])
+    chicago = pd.DatetimeIndex(pd.to_datetime(hours, unit="s", utc=True)).tz_convert(CHICAGO).hour
+    return hours[np.asarray(chicago) != HALT_HOUR_CT]
+
+
+def session_hours_between(start: dt.datetime, end: dt.datetime) -> np.ndarray:
+    """The Unix seconds of the hours in [start, end) when Globex trades."""
+    hours = _globex_hours()
+    return hours[np.searchsorted(hours, start.timestamp()):np.searchsorted(hours, end.timestamp())]
+
+
 def session_hours(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
     """The UTC hours (their starts) in [start, end) when Globex trades: inside a CMES session
     (holidays and early closes as the calendar has them), not in the daily maintenance halt."""
-    schedule = _globex_schedule().loc[(start - 2 * _DAY).date().isoformat():(end + 2 * _DAY).date().isoformat()]
-    hours = []
-    for opened, closed in zip(schedule["open"], schedule["close"], strict=True):
-        moment = max(opened.to_pydatetime(), start)
-        moment = moment.replace(minute=0, second=0, microsecond=0) + (_HOUR if moment.minute or moment.second else dt.timedelta(0))
-        until = min(closed.to_pydatetime(), end)
-        while moment < until:
-            if moment.astimezone(CHICAGO).hour != HALT_HOUR_CT:
-                hours.append(moment)
-            moment += _HOUR
-    return hours
+    return [dt.datetime.fromtimestamp(int(h), dt.UTC) for h in session_hours_between(start, end)]
 
 
 class FuturesBars(Dataset):
@@ -208,10 +222,10 @@ class FuturesBars(Dataset):
     def expected_bars(self, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
         """The bar starts Globex's sessions call for in [start, end): its trading hours, or the UTC
         days they touch."""
-        hours = session_hours(start, end)
         if self.schema.bar == _HOUR:
-            return hours
-        return sorted({dt.datetime(h.year, h.month, h.day, tzinfo=dt.UTC) for h in hours})
+            return session_hours(start, end)
+        day = int(_DAY.total_seconds())
+        return [dt.datetime.fromtimestamp(int(d) * day, dt.UTC) for d in np.unique(session_hours_between(start, end) // day)]
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,
