@@ -98,22 +98,26 @@ REJECTED_ROWS = TableSpec(
     primary_key=("dataset", "venue", "market", "symbol", "timeframe", "open_time"),
 )
 
-def venue_klines_frame(venue: str, market: str, symbol: str, timeframe_name: str, rows: list[tuple]) -> pl.DataFrame:
-    """KLINES rows of a venue that counts no trades and no taker volume (OKX, Bybit): `rows` are
-    (open ms, open, high, low, close, base volume, quote volume), ascending; the rest is NULL, not invented."""
-    if not rows:
+# A venue's bars before they become KLINES rows: open time in ms, prices and volumes, ascending.
+VENUE_BARS = pl.Schema({"open_time": pl.Int64, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64,
+                        "close": pl.Float64, "volume": pl.Float64, "quote_volume": pl.Float64})
+
+
+def venue_klines_frame(venue: str, market: str, symbol: str, timeframe_name: str,
+                       bars: pl.DataFrame | list[tuple]) -> pl.DataFrame:
+    """KLINES rows of a venue that counts no trades and no taker volume (OKX, Bybit): `bars` in
+    VENUE_BARS (or its rows as tuples), ascending; the rest is NULL, not invented."""
+    if isinstance(bars, list):
+        bars = pl.DataFrame(bars, schema=VENUE_BARS, orient="row")
+    if bars.is_empty():
         return KLINES.empty_frame()
-    nothing = [None] * len(rows)
-    return pl.DataFrame({
-        "venue": venue, "market": market, "symbol": symbol, "timeframe": timeframe_name,
-        "open_time": pl.Series([r[0] for r in rows], dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
-        **{name: pl.Series([r[i] for r in rows], dtype=pl.Float64)
-           for i, name in enumerate(("open", "high", "low", "close", "volume", "quote_volume"), start=1)},
-        "trades": pl.Series(nothing, dtype=pl.Int64),
-        "taker_buy_volume": pl.Series(nothing, dtype=pl.Float64),
-        "taker_buy_quote_volume": pl.Series(nothing, dtype=pl.Float64),
-        "source": "rest", "ingested_at": dt.datetime.now(dt.UTC),
-    }).select(KLINES.columns).cast(dict(KLINES.schema))
+    return bars.with_columns(
+        pl.col("open_time").cast(pl.Datetime("ms", "UTC")),
+        venue=pl.lit(venue), market=pl.lit(market), symbol=pl.lit(symbol), timeframe=pl.lit(timeframe_name),
+        trades=pl.lit(None, pl.Int64), taker_buy_volume=pl.lit(None, pl.Float64),
+        taker_buy_quote_volume=pl.lit(None, pl.Float64), source=pl.lit("rest"),
+        ingested_at=pl.lit(dt.datetime.now(dt.UTC)),
+    ).select(KLINES.columns).cast(dict(KLINES.schema))
 
 
 def rejected_row(

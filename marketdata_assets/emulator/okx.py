@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, plain_decimals, synthetic_candles, synthetic_funding
+from marketdata_assets.emulator.candles import FUNDING_INTERVAL_MS, string_rows, synthetic_candles, synthetic_funding
 from marketdata_assets.emulator.scenario import FailureBudget
 from marketdata_assets.emulator.config import EmulatorConfig
 
@@ -42,7 +42,7 @@ class OkxError(Exception):
         self.status, self.code, self.msg = status, code, msg
 
 
-def _envelope(data: list, code: str = "0", msg: str = "") -> bytes:
+def _envelope(data: list | orjson.Fragment, code: str = "0", msg: str = "") -> bytes:
     return orjson.dumps({"code": code, "msg": msg, "data": data})
 
 
@@ -136,9 +136,7 @@ class OkxEmulator:
         quote = base * (o + c) / 2
         vol, vol_ccy = (base * contracts, base) if market == "perp" else (base, quote)
         confirm = ["0" if opened + step > now_ms else "1" for opened in opens.tolist()]
-        columns = [[str(t) for t in opens.tolist()], *(plain_decimals(v, 1) for v in (o, h, lo, c)),
-                   plain_decimals(vol, 4), plain_decimals(vol_ccy, 6), plain_decimals(quote, 5), confirm]
-        rows = [list(row) for row in zip(*columns)]
+        rows = string_rows(opens, *((v, 1) for v in (o, h, lo, c)), (vol, 4), (vol_ccy, 6), (quote, 5), confirm)
         return _envelope(rows)
 
     def _respond(self, status: int, body: bytes) -> Response:

@@ -19,6 +19,7 @@ from marketdata_assets.schemas import venue_klines_frame
 from marketdata_assets.sources.bybit import REQUESTS_PER_5S, VENUE
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import Clock, RateLimit, Sleep, UpstreamClient
+from marketdata_assets.sources.venue_klines import as_bars, closed_ascending, numbered_rows
 from marketdata_assets.timeframes import timeframe
 
 SOURCE = "bybit klines"
@@ -40,9 +41,12 @@ def parse_bybit_klines(body: Any, symbol: str, market: str, timeframe_name: str)
     return venue_klines_frame("bybit", market, symbol, timeframe_name, kept), still_open
 
 
-def bybit_kline_rows(body: Any, symbol: str, market: str, timeframe_name: str) -> tuple[list[tuple], int]:
-    """`parse_bybit_klines`' closed bars as `venue_klines_frame` rows (a client builds one frame of
-    many pages)."""
+_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_volume")
+
+
+def bybit_kline_rows(body: Any, symbol: str, market: str, timeframe_name: str) -> tuple[pl.DataFrame, int]:
+    """`parse_bybit_klines`' closed bars in VENUE_BARS (a client builds one frame of many pages).
+    A page is read at once; one with anything wrong in it is read row by row, which names it."""
     where = f"{SOURCE} {symbol} {timeframe_name}"
     result = body.get("result") if isinstance(body, dict) and body.get("retCode") == 0 else None
     rows = result.get("list") if isinstance(result, dict) else None
@@ -52,6 +56,12 @@ def bybit_kline_rows(body: Any, symbol: str, market: str, timeframe_name: str) -
     if result.get("symbol") not in (None, symbol) or result.get("category") not in (None, CATEGORIES[market]):
         raise MalformedResponse(where, f"answered for {result.get('category')} {result.get('symbol')}")
     step = timeframe(timeframe_name).millis
+    page = numbered_rows(rows, _COLUMNS)
+    if page is not None:
+        closed = page["open_time"].to_numpy() + step <= body["time"]
+        bars = closed_ascending(page, closed, step)
+        if bars is not None:
+            return bars, int((~closed).sum())
     kept, still_open, previous = [], 0, None
     for index, row in enumerate(rows):
         try:
@@ -69,7 +79,7 @@ def bybit_kline_rows(body: Any, symbol: str, market: str, timeframe_name: str) -
         if start % step:
             raise MalformedResponse(where, f"row {index} opens at {start}, off the UTC grid of {timeframe_name} bars")
         kept.append((start, *values))
-    return kept[::-1], still_open
+    return as_bars(kept[::-1]), still_open
 
 
 KLINE_PATH = "/v5/market/kline"
@@ -105,7 +115,7 @@ class BybitKlinesClient(UpstreamClient):
         its `end` is refused, naming it."""
         interval, where = bybit_interval(timeframe_name), f"{SOURCE} {symbol} {timeframe_name}"
         start_ms, last_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000) - 1
-        pages: list[list[tuple]] = []
+        pages: list[pl.DataFrame] = []
         while last_ms >= start_ms:
             body, _ = await self._http.get_json(KLINE_PATH, {
                 "category": CATEGORIES[market], "symbol": symbol, "interval": interval, "start": start_ms,
@@ -120,4 +130,4 @@ class BybitKlinesClient(UpstreamClient):
                 raise MalformedResponse(where, f"asked for bars in [{start_ms}, {last_ms}], got {oldest} to {newest}")
             pages.append(kept)
             last_ms = oldest - 1
-        return venue_klines_frame("bybit", market, symbol, timeframe_name, [row for rows in pages[::-1] for row in rows])
+        return venue_klines_frame("bybit", market, symbol, timeframe_name, pl.concat(pages[::-1]) if pages else [])

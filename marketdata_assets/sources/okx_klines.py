@@ -15,12 +15,14 @@ import datetime as dt
 import time
 from typing import Any, Self
 
+import numpy as np
 import polars as pl
 
 from marketdata_assets.schemas import venue_klines_frame
 from marketdata_assets.sources.errors import MalformedResponse
 from marketdata_assets.sources.http import Clock, RateLimit, RequestStats, Sleep, UpstreamClient
 from marketdata_assets.sources.okx import VENUE
+from marketdata_assets.sources.venue_klines import as_bars, closed_ascending, numbered_rows
 from marketdata_assets.timeframes import timeframe
 
 SOURCE = "okx klines"
@@ -43,14 +45,25 @@ def parse_okx_candles(body: Any, inst_id: str, market: str, timeframe_name: str)
     return venue_klines_frame("okx", market, inst_id, timeframe_name, kept), still_open
 
 
-def okx_candle_rows(body: Any, inst_id: str, market: str, timeframe_name: str) -> tuple[list[tuple], int]:
-    """`parse_okx_candles`' closed bars as `venue_klines_frame` rows (a client builds one frame of
-    many pages: a frame a page of 100 would cost more than reading it)."""
+_COLUMNS = ("open_time", "open", "high", "low", "close", "vol", "vol_ccy", "quote_volume", "confirm")
+
+
+def okx_candle_rows(body: Any, inst_id: str, market: str, timeframe_name: str) -> tuple[pl.DataFrame, int]:
+    """`parse_okx_candles`' closed bars in VENUE_BARS (a client builds one frame of many pages). A
+    page is read at once; one with anything wrong in it is read row by row, which names it."""
     where = f"{SOURCE} {inst_id} {timeframe_name}"
     rows = body.get("data") if isinstance(body, dict) and body.get("code") in ("0", 0) else None
     if not isinstance(rows, list):
         raise MalformedResponse(where, f"expected {{\"code\": \"0\", \"data\": [...]}}, got {str(body)[:160]}")
     step = timeframe(timeframe_name).millis
+    page = numbered_rows(rows, _COLUMNS, strings=("confirm",))
+    if page is not None and not np.any(page["open_time"].to_numpy() % step):  # every row on the grid, open or not
+        closed = (page["confirm"] == "1").to_numpy()
+        bars = closed_ascending(page, closed, step)
+        if bars is not None:
+            volume = "vol" if market == "spot" else "vol_ccy"
+            return bars.select("open_time", "open", "high", "low", "close", pl.col(volume).alias("volume"),
+                               "quote_volume"), int((~closed).sum())
     kept, still_open, previous = [], 0, None
     for index, row in enumerate(rows):
         try:
@@ -71,7 +84,7 @@ def okx_candle_rows(body: Any, inst_id: str, market: str, timeframe_name: str) -
         o, h, low, c, vol, vol_ccy, vol_quote = values
         volume = vol if market == "spot" else vol_ccy
         kept.append((ts, o, h, low, c, volume, vol_quote))
-    return kept[::-1], still_open
+    return as_bars(kept[::-1]), still_open
 
 
 HISTORY_PATH = "/api/v5/market/history-candles"
@@ -136,7 +149,7 @@ class OkxKlinesClient(UpstreamClient):
         step = timeframe(timeframe_name).millis
         start_ms, cursor = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
         horizon = int(self._clock() * 1000) // step * step - (RECENT_BARS - RECENT_MARGIN) * step
-        pages: list[list[tuple]] = []
+        pages: list[pl.DataFrame] = []
         while True:
             recent = cursor - RECENT_PAGE * step >= horizon
             http, path, page = (self._recent, RECENT_PATH, RECENT_PAGE) if recent else \
@@ -150,8 +163,8 @@ class OkxKlinesClient(UpstreamClient):
             if int(body["data"][0][0]) >= cursor or oldest >= cursor:
                 raise MalformedResponse(where, f"the page after {cursor} holds rows from {body['data'][0][0]}: "
                                                "not older than the cursor (a repeated page)")
-            pages.append([row for row in kept if row[0] >= start_ms])
+            pages.append(kept.filter(pl.col("open_time") >= start_ms))
             if oldest <= start_ms:
                 break
             cursor = oldest
-        return venue_klines_frame("okx", market, inst_id, timeframe_name, [row for rows in pages[::-1] for row in rows])
+        return venue_klines_frame("okx", market, inst_id, timeframe_name, pl.concat(pages[::-1]) if pages else [])
