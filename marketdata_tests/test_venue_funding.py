@@ -96,7 +96,7 @@ def test_the_bybit_emulator_refuses_start_time_alone_and_throttles_as_bybit_does
 
 
 def test_bybit_pages_backwards_through_a_year_and_waits_out_10006(emulator):
-    with EmulatorServer(EmulatorConfig(bybit_requests_per_s=1)) as emu:
+    with EmulatorServer(EmulatorConfig(bybit_requests_per_s=2)) as emu:  # six pages: the third in a second waits
         async def fetch():
             async with BybitFundingSource(emu.url) as source:
                 return await source.fetch("BTCUSDT", utc(2023, 1, 1), utc(2024, 1, 1)), source.stats
