@@ -110,6 +110,27 @@ def summary(symbol: str | None) -> tuple[str, pl.DataFrame]:
     return redact(settings.warehouse_url), frame
 
 
+# --- export -----------------------------------------------------------------------------------------
+
+
+def export(selection: str, from_raw: str | None, to_raw: str | None, fmt: str, path: Path | None,
+           partitioned: bool) -> list:
+    """The stored rows of the series `selection` names, over the window, into files
+    (export.py); every bad input is an AppError before a file is opened."""
+    from marketdata_assets import backfills
+    from marketdata_assets.catalog import CatalogError, load_catalog
+    from marketdata_assets.export import ExportError, choose, export as write_files
+    from marketdata_assets.warehouse import WarehouseError, open_warehouse
+
+    try:
+        settings = Settings.from_env()
+        start, end = backfills.window(from_raw, to_raw, dt.datetime.now(dt.UTC))
+        chosen = choose(load_catalog(settings.catalog_path), selection)
+        return write_files(open_warehouse(settings.warehouse_url), chosen, start, end, fmt, path, partitioned)
+    except (CatalogError, WarehouseError, ExportError, backfills.BackfillError, ValueError) as exc:
+        raise AppError(str(exc)) from None
+
+
 # --- seed -------------------------------------------------------------------------------------------
 
 

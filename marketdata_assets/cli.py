@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from pathlib import Path
 
 import click
 
@@ -147,6 +148,28 @@ def summary(symbol: str | None) -> None:
         click.echo(
             f"{row['series']:<40} {row['rows']:>10}  {row['first_time']:%Y-%m-%d %H:%M}     {row['last_time']:%Y-%m-%d %H:%M}"
         )
+
+
+@main.command()
+@click.argument("selection")
+@click.option("--from", "from_raw", metavar="DATE", help="First day (UTC) [each series' start].")
+@click.option("--to", "to_raw", metavar="DATE", help="Last day, included [now].")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("--path", type=click.Path(path_type=Path), help="A directory, or the file of one series [here].")
+@click.option("--partitioned", is_flag=True, help="A Hive-partitioned Parquet tree (venue=/symbol=/year=).")
+def export(selection: str, from_raw: str | None, to_raw: str | None, fmt: str, path: Path | None,
+           partitioned: bool) -> None:
+    """Stored rows of the series SELECTION names (asset keys or patterns, comma-separated:
+    binance_spot/klines_1m/BTCUSDT, binance_*/funding/*) to CSV or Parquet, a file a series."""
+    from marketdata_assets import app
+
+    try:
+        written = app.export(selection, from_raw, to_raw, fmt, path, partitioned)
+    except app.AppError as exc:
+        _fail("export", str(exc))
+    for each in written:
+        click.echo(f"{each.key}: {counted(each.rows, 'row')} to {each.path}" if each.rows
+                   else f"{each.key}: no rows stored in the window, no file written")
 
 
 def _fail(command: str, message: str) -> None:
