@@ -26,9 +26,9 @@ from marketdata_assets.defs.quality.checks import (
     klines_check_results,
     klines_check_results_by_window,
     klines_check_specs,
+    window_text,
 )
 from marketdata_assets.defs.ingest.partitions import monthly_partitions, partition_bounds
-from marketdata_assets.defs.quality.checks import window_text
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.settings import Settings
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
