@@ -288,6 +288,32 @@ def venue_years(work: Path) -> dict:
     return found
 
 
+def export_year(work: Path, url: str) -> dict:
+    """A year of BTCUSDT 1m (archive, through Dagster), then `marketdata export` of it to CSV and
+    to Parquet, each a process of its own: wall time, peak RSS, and the files read back against
+    the warehouse's rows."""
+    import polars as pl
+
+    from marketdata_assets.schemas import KLINES
+    from marketdata_assets.warehouse import open_warehouse
+
+    stored = dagster_materialize(work, "export", url, BTC_1M, *YEAR)
+    run_dir = work / "export"
+    env = stored["env"]
+    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
+    rows = warehouse.query(f"SELECT {', '.join(KLINES.columns)} FROM market_data.klines ORDER BY open_time")
+    rows = rows.cast(dict(KLINES.schema))
+    found: dict = {"rows": rows.height}
+    for fmt in ("csv", "parquet"):
+        cmd = [sys.executable, "-m", "marketdata_assets.cli", "export", BTC_1M, "--from", "2023-01-01",
+               "--to", "2023-12-31", "--format", fmt, "--path", str(run_dir / fmt)]
+        found[fmt] = run_measured(cmd, env, run_dir, run_dir / f"export_{fmt}.log")
+        (path,) = (run_dir / fmt).iterdir()
+        read = pl.read_csv(path, try_parse_dates=True) if fmt == "csv" else pl.read_parquet(path)
+        found[fmt] |= {"megabytes": path.stat().st_size / 1e6, "equal": read.cast(dict(KLINES.schema)).equals(rows)}
+    return found
+
+
 def seed_year(work: Path, url: str) -> dict:
     """`marketdata seed` of the default catalog on a fresh environment (every dataset, the last
     year), then the same command again, which must find nothing to fetch."""
@@ -572,6 +598,7 @@ def main() -> None:
                 ("databento", lambda: databento_daily(work, url)),
                 ("seed", lambda: seed_year(work, url)),
                 ("venues", lambda: venue_years(work)),
+                ("export", lambda: export_year(work, url)),
                 ("load_postgres", lambda: load_postgres(work, url)),
                 ("load_duckdb", lambda: concurrent_backfills(
                     work, url, "load_duckdb", f"duckdb:///{work / 'load.duckdb'}")),

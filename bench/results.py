@@ -217,6 +217,7 @@ def report(results: dict) -> str:
         "",
         *databento(results.get("databento")),
         *venue_years(results.get("venues")),
+        *export_year(results.get("export")),
         "## Bootstrap: `marketdata seed` of the default catalog",
         "",
         "`marketdata seed` on a fresh environment (default DuckDB warehouse and SQLite instance): every",
@@ -368,6 +369,25 @@ def venue_years(found: dict | None) -> list[str]:
         "```",
         *found["report"],
         "```",
+        "",
+    ]
+
+
+def export_year(found: dict | None) -> list[str]:
+    if not found:
+        return []
+    return [
+        "## Export: a year of 1m bars to CSV and Parquet",
+        "",
+        f"`marketdata export {BTC_1M} --from 2023-01-01 --to 2023-12-31 --format csv|parquet` of the year a",
+        "Dagster run stored from the archive, each a process of its own; the file read back with polars and",
+        "compared with the warehouse's rows."
+        + (f" Measured on {found['date']} at {found['commit']}, after the rest of this run." if found.get("commit") else ""),
+        "",
+        "| format | rows | file | wall | peak RSS | equal to the warehouse |",
+        "|---|---|---|---|---|---|",
+        *[f"| {fmt} | {found['rows']:,} | {found[fmt]['megabytes']:.0f} MB | {found[fmt]['seconds']:.1f} s "
+          f"| {found[fmt]['rss_mb']:.0f} MB | {'yes' if found[fmt]['equal'] else '**no**'} |" for fmt in ("csv", "parquet")],
         "",
     ]
 
