@@ -5,8 +5,10 @@ the ingest path alone, the warehouse alone, and ccxt's `fetch_ohlcv` loop, then 
 bench/RESULTS.md with the machine, date and commit. Each measurement runs in its own process,
 whose peak RSS is read with wait4. Nothing here is asserted: it is written down.
 
-bench.py runs the Dagster processes and the rest; children.py the measurements that need a
-process of their own; results.py writes RESULTS.md; workload.py holds what all of them measure.
+bench.py runs the Dagster processes and the rest; steps.py the end-to-end steps of one dataset
+family each; harness.py what every step shares (a measured process, the emulator, a fresh
+environment); children.py the measurements that need a process of their own; results.py writes
+RESULTS.md; workload.py holds what all of them measure.
 
     uv run python bench/bench.py            # everything (about 80 minutes, an hour of it the scaling curve)
     uv run python bench/bench.py --quick    # skip the 4-minute rate-limit run
@@ -20,324 +22,27 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import yaml
 
+from harness import (
+    archive_built, archive_paths, daily_paths, dagster_materialize, emulator, run_env, run_measured, warm_archive,
+)
 from peers import freqtrade_download, freqtrade_python, freqtrade_rows
 from results import report
+from steps import databento_daily, derivatives_backfill, export_year, seed_year, venue_years
 from scale import UNIVERSES, archive_paths as universe_paths, catalog, listings, seed_universe, windows
 from workload import (
-    BTC_1M, DERIVATIVES, LATENCY_MS, LOAD_MONTHS, LOAD_SYMBOLS, PER_PARTITION_SAMPLE, REPO, SIX_YEARS, YEAR, utc,
+    BTC_1M, LATENCY_MS, LOAD_MONTHS, LOAD_SYMBOLS, PER_PARTITION_SAMPLE, REPO, SIX_YEARS, YEAR,
 )
-
-def run_measured(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> dict:
-    """Run `cmd`; wall seconds, peak RSS (MB) of that process and its exit code."""
-    began = time.perf_counter()
-    with log.open("w") as out:
-        process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - began
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd[:8])} … failed ({code}); see {log}\n{log.read_text()[-3000:]}")
-    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "exit": code}
-
-
-# The budgets OKX's candles get in every step but `venues` (the emulator and our client alike, as
-# `marketdata demo` sets them): at OKX's own, the seed's year of 1m would take 35 minutes of waiting.
-RAISED_OKX = {"OKX_HISTORY_CANDLES_PER_2S": "2000", "OKX_CANDLES_PER_2S": "4000"}
-
-
-@contextmanager
-def emulator(*args: str, real_limits: bool = False):
-    """`marketdata emulator` in its own process, as a user runs it; yields its URL. OKX's budgets
-    are RAISED_OKX unless `real_limits`."""
-    raised = {} if real_limits else {f"MARKETDATA_EMULATOR_{name}": value for name, value in RAISED_OKX.items()}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "marketdata_assets.cli", "emulator", "--port", "0", *args],
-        stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, **raised},
-    )
-    try:
-        line = process.stderr.readline()
-        match = re.search(r"listening on (http://\S+)", line)
-        if not match:
-            raise SystemExit(f"emulator did not start: {line}{process.stderr.read()}")
-        yield match.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def archive_built(url: str) -> int:
-    """How many archive files the emulator has built so far."""
-    return httpx.get(url + "/emulator/stats").json()["archive"]["answers"].get("built", 0)
-
-
-def warm_archive(url: str, paths: list[str]) -> float:
-    """Request every file once so the emulator has built it: its build time is not ours."""
-    began = time.perf_counter()
-    with httpx.Client(base_url=url, timeout=300) as client, ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda p: client.get(p).raise_for_status(), paths))
-    return time.perf_counter() - began
-
-
-def archive_paths(symbol: str, first: str, last: str, daily: list[str] = ()) -> list[str]:
-    from marketdata_assets.sources.binance_archive import ArchiveFile
-
-    months, cursor, end = [], utc(first).date(), utc(last).date()
-    while cursor <= end:
-        months.append(ArchiveFile.monthly("spot", symbol, "1m", cursor).path)
-        cursor = (cursor + dt.timedelta(days=32)).replace(day=1)
-    return months + [ArchiveFile.daily("spot", symbol, "1m", utc(d).date()).path for d in daily]
-
-
-def daily_paths(symbol: str, first: str, last: str) -> list[str]:
-    """Every daily 1m file from `first` to `last` inclusive (freqtrade's route)."""
-    from marketdata_assets.sources.binance_archive import ArchiveFile
-
-    day, end = utc(first).date(), utc(last).date()
-    paths = []
-    while day <= end:
-        paths.append(ArchiveFile.daily("spot", symbol, "1m", day).path)
-        day += dt.timedelta(days=1)
-    return paths
-
-
-def run_env(run_dir: Path, url: str, **extra: str) -> dict[str, str]:
-    """A fresh user environment: default warehouse and SQLite instance under run_dir/.marketdata."""
-    home = run_dir / ".marketdata" / "dagster"
-    home.mkdir(parents=True)
-    shutil.copy(REPO / "marketdata_assets" / "dagster_instance.yaml", home / "dagster.yaml")
-    from marketdata_assets.demo import DEMO_FRED_KEY
-    from marketdata_assets.settings import emulated_endpoints
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETDATA_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        PYTHONPATH=str(REPO),
-        FRED_API_KEY=DEMO_FRED_KEY,
-        **emulated_endpoints(url),  # every upstream
-    )
-    env.update({f"MARKETDATA_{name}": value for name, value in RAISED_OKX.items()})
-    env.update(extra)
-    return env
-
-
-def run_totals(env: dict[str, str], key: str) -> dict:
-    """The latest run's totals for `key`: the `run` JSON of the observation every run records
-    (rows, seconds of the data path, requests, archive files, bookkeeping seconds)."""
-    import dagster as dg
-
-    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    try:
-        records = instance.fetch_observations(dg.AssetKey(key.split("/")), limit=1).records
-        assert records and records[0].asset_observation is not None, f"no observation of {key}"
-        return records[0].asset_observation.metadata["run"].value  # type: ignore[return-value]
-    finally:
-        instance.dispose()
-
-
-def dagster_materialize(work: Path, name: str, url: str, select: str, first: str, last: str,
-                        module: str = "marketdata_assets.definitions", **env_extra: str) -> dict:
-    run_dir = work / name
-    run_dir.mkdir()
-    env = run_env(run_dir, url, **env_extra)
-    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", module,
-           "--select", select, "--partition-range", f"{first}...{last}"]
-    measured = run_measured(cmd, env, run_dir, run_dir / "dagster.log")
-    keys = select.split(",")
-    metadata = [run_totals(env, key) for key in keys]
-    measured["rows"] = sum(m["rows_written"] for m in metadata)
-    measured["ingest_seconds"] = sum(m["seconds"] for m in metadata)
-    measured["partitions"] = len(re.findall(r" - ASSET_MATERIALIZATION - ", (run_dir / "dagster.log").read_text()))
-    measured["metadata"] = metadata[0]
-    measured["env"] = env
-    return measured
-
-
-def derivatives_backfill(work: Path, url: str) -> dict:
-    """A year of BTCUSDT perp funding, open interest and long/short up to this month, in one
-    `dagster asset materialize`: the archive before REST's 30 days, REST after."""
-    run_dir = work / "derivatives"
-    run_dir.mkdir()
-    now = dt.datetime.now(dt.UTC)
-    last = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    first = last
-    for _ in range(11):
-        first = (first - dt.timedelta(days=1)).replace(day=1)
-    catalog = run_dir / "catalog.yaml"
-    catalog.write_text(
-        f"start_date: {first:%Y-%m-%d}\ninstruments:\n  - {{venue: binance, market: perp, symbol: BTCUSDT, "
-        "datasets: [funding, open_interest, long_short]}\n"
-    )
-    env = run_env(run_dir, url, MARKETDATA_CATALOG=str(catalog))
-    keys = [f"binance_perp/{dataset}/BTCUSDT" for dataset in DERIVATIVES]
-    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "marketdata_assets.definitions",
-           "--select", ",".join(keys), "--partition-range", f"{first:%Y-%m-%d}...{last:%Y-%m-%d}"]
-    measured = run_measured(cmd, env, run_dir, run_dir / "dagster.log")
-    measured["window"] = f"{first:%Y-%m-%d} … {now:%Y-%m-%d %H:%M}"
-    measured["datasets"] = {dataset: run_totals(env, key) for dataset, key in zip(DERIVATIVES, keys, strict=True)}
-    return measured
-
-
-DATABENTO_ROOTS = ["ES", "NQ", "YM", "CL", "NG", "GC", "SI", "ZN", "ZB", "6E"]
-
-
-def databento_daily(work: Path, url: str) -> dict:
-    """Fifteen years of daily bars of ten CME roots from the Databento emulator: one
-    `marketdata backfill ohlcv_1d --local` (its price asked first), rows a second and peak RSS."""
-    from marketdata_assets.demo import DEMO_DATABENTO_KEY
-    from marketdata_assets.warehouse import open_warehouse
-
-    run_dir = work / "databento"
-    run_dir.mkdir()
-    catalog = run_dir / "catalog.yaml"
-    catalog.write_text("series:\n  - {source: databento_glbx, dataset: ohlcv_1d, keys: [" + ", ".join(DATABENTO_ROOTS)
-                       + "], start_date: 2011-01-01}\n")
-    env = run_env(run_dir, url, MARKETDATA_CATALOG=str(catalog), DATABENTO_API_KEY=DEMO_DATABENTO_KEY)
-    cmd = [sys.executable, "-m", "marketdata_assets.cli", "backfill", "ohlcv_1d", "--from", "2011-01-01",
-           "--to", "2025-12-31", "--local"]
-    measured = run_measured(cmd, env, run_dir, run_dir / "backfill.log")
-    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
-    measured["rows"] = int(warehouse.query("SELECT count(*) AS n FROM market_data.futures_bars")["n"][0])
-    measured["roots"] = len(DATABENTO_ROOTS)
-    measured["requests"] = sum(run_totals(env, f"databento_glbx/ohlcv_1d/{root}").get("databento_requests", 0)
-                               for root in DATABENTO_ROOTS)
-    return measured
-
-
-# (asset, catalog entry, the budget it draws on: requests per second, whether the emulator's pages
-# are built by a first run before the measured one: Bybit's 1,000-bar pages cost the emulator on
-# the other core about as much as they cost us, and it keeps the pages it built, as the archive does)
-VENUE_YEARS = [
-    ("okx_perp/klines_1m/BTC_USDT_SWAP", "{venue: okx, market: perp, symbol: BTC-USDT-SWAP, timeframes: [1m]}", 10.0,
-     False),
-    ("bybit_perp/klines_1m/BTCUSDT", "{venue: bybit, market: perp, symbol: BTCUSDT, timeframes: [1m]}", 120.0, True),
-]
-
-
-def venue_years(work: Path) -> dict:
-    """A symbol-year of 1m from OKX and from Bybit at their real limits (an emulator of its own,
-    as the venues count): one `dagster asset materialize` of the last twelve closed months each;
-    wall time, requests, the share of the limit the data path used, 429s and bans, peak RSS; then
-    the bars counted against the calendar, `marketdata report --fail-on-gaps`, and the last month
-    again, which must change nothing."""
-    from marketdata_assets.warehouse import open_warehouse
-
-    run_dir = work / "venues"
-    run_dir.mkdir()
-    now = dt.datetime.now(dt.UTC)
-    last = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)).replace(day=1)
-    first = last
-    for _ in range(11):
-        first = (first - dt.timedelta(days=1)).replace(day=1)
-    end = (last + dt.timedelta(days=32)).replace(day=1)
-    catalog = run_dir / "catalog.yaml"
-    catalog.write_text(f"start_date: {first:%Y-%m-%d}\ninstruments:\n"
-                       + "".join(f"  - {entry}\n" for _, entry, _, _ in VENUE_YEARS))
-    found: dict = {"window": f"{first:%Y-%m-%d} … {end:%Y-%m-%d}", "venues": {}}
-    with emulator(real_limits=True) as url:
-        real = {f"MARKETDATA_{name}": "" for name in RAISED_OKX}  # an empty setting is its default
-        env = run_env(run_dir, url, MARKETDATA_CATALOG=str(catalog), **real)
-        warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
-        for key, _, per_second, warm in VENUE_YEARS:
-            cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "marketdata_assets.definitions",
-                   "--select", key, "--partition-range", f"{first:%Y-%m-%d}...{last:%Y-%m-%d}"]
-            name = key.split("_")[0]
-            print(f"  {key} …", flush=True)
-            if warm:
-                scratch = run_dir / f"{name}_warm"
-                scratch.mkdir()
-                run_measured(cmd, run_env(scratch, url, MARKETDATA_CATALOG=str(catalog), **real), scratch,
-                             scratch / "warm.log")
-            measured = run_measured(cmd, env, run_dir, run_dir / f"{name}.log")
-            totals = run_totals(env, key)
-            venue = name
-            stored = warehouse.query(
-                "SELECT count(*) AS n, count(DISTINCT open_time) AS d FROM market_data.klines WHERE venue = ?", [venue])
-            measured |= {
-                "rows": totals["rows_written"], "requests": totals["requests"], "data_seconds": totals["seconds"],
-                "share_of_limit": totals["requests"] / (per_second * totals["seconds"]),
-                "http_429": totals.get("http_429", 0), "limit_per_s": per_second,
-                "stored": int(stored["n"][0]), "distinct": int(stored["d"][0]),
-                "expected": int((end - first).total_seconds() // 60),
-            }
-            again = run_measured(cmd[:-1] + [f"{last:%Y-%m-%d}...{last:%Y-%m-%d}"], env, run_dir,
-                                 run_dir / f"{name}_again.log")
-            after = warehouse.query("SELECT count(*) AS n FROM market_data.klines WHERE venue = ?", [venue])
-            measured["again_seconds"], measured["again_new_rows"] = again["seconds"], int(after["n"][0]) - measured["stored"]
-            found["venues"][venue] = measured
-        answers = httpx.get(url + "/emulator/stats").json()
-        found["okx_429"] = answers["okx"]["answers"].get("429", 0)
-        found["bybit_403"] = answers["bybit"]["answers"].get("403", 0)
-        report = subprocess.run([sys.executable, "-m", "marketdata_assets.cli", "report", "--fail-on-gaps"], env=env,
-                                cwd=run_dir, capture_output=True, text=True)
-        found["report_exit"] = report.returncode
-        found["report"] = report.stdout.strip().splitlines()
-    return found
-
-
-def export_year(work: Path, url: str) -> dict:
-    """A year of BTCUSDT 1m (archive, through Dagster), then `marketdata export` of it to CSV and
-    to Parquet, each a process of its own: wall time, peak RSS, and the files read back against
-    the warehouse's rows."""
-    import polars as pl
-
-    from marketdata_assets.schemas import KLINES
-    from marketdata_assets.warehouse import open_warehouse
-
-    stored = dagster_materialize(work, "export", url, BTC_1M, *YEAR)
-    run_dir = work / "export"
-    env = stored["env"]
-    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
-    rows = warehouse.query(f"SELECT {', '.join(KLINES.columns)} FROM market_data.klines ORDER BY open_time")
-    rows = rows.cast(dict(KLINES.schema))
-    found: dict = {"rows": rows.height}
-    for fmt in ("csv", "parquet"):
-        cmd = [sys.executable, "-m", "marketdata_assets.cli", "export", BTC_1M, "--from", "2023-01-01",
-               "--to", "2023-12-31", "--format", fmt, "--path", str(run_dir / fmt)]
-        found[fmt] = run_measured(cmd, env, run_dir, run_dir / f"export_{fmt}.log")
-        (path,) = (run_dir / fmt).iterdir()
-        read = pl.read_csv(path, try_parse_dates=True) if fmt == "csv" else pl.read_parquet(path)
-        found[fmt] |= {"megabytes": path.stat().st_size / 1e6, "equal": read.cast(dict(KLINES.schema)).equals(rows)}
-    return found
-
-
-def seed_year(work: Path, url: str) -> dict:
-    """`marketdata seed` of the default catalog on a fresh environment (every dataset, the last
-    year), then the same command again, which must find nothing to fetch."""
-    from marketdata_assets.datasets import all_datasets
-    from marketdata_assets.warehouse import open_warehouse
-
-    run_dir = work / "seed"
-    run_dir.mkdir()
-    env = run_env(run_dir, url)
-    cmd = [sys.executable, "-m", "marketdata_assets.cli", "seed"]
-    measured = run_measured(cmd, env, run_dir, run_dir / "seed.log")
-    again = run_measured(cmd, env, run_dir, run_dir / "seed_again.log")
-    log = (run_dir / "seed.log").read_text()
-    measured["partitions"] = int(re.search(r"^(\d+) partitions", log, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    measured["runs"] = log.count("\ndone   ")
-    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
-    measured["rows"] = {
-        table: warehouse.query(f"SELECT count(*) AS n FROM market_data.{table}")["n"][0]
-        for table in dict.fromkeys(d.table.name for d in all_datasets())
-    }
-    measured["again_seconds"] = again["seconds"]
-    measured["again_said"] = (run_dir / "seed_again.log").read_text().strip().splitlines()[-1]
-    return measured
-
 
 def freqtrade_run(work: Path, name: str, url: str, python: Path) -> dict:
     """freqtrade's `download-data` of the target's six years (its daily archive files, into a

@@ -27,7 +27,7 @@ import polars as pl
 
 from marketdata_assets.catalog import Catalog, Series
 from marketdata_assets.datasets import Dataset, dataset
-from marketdata_assets.timeframes import next_month
+from marketdata_assets.timeframes import month_windows
 from marketdata_assets.warehouse import Warehouse
 
 FORMATS = ("csv", "parquet")
@@ -74,21 +74,13 @@ def choose(catalog: Catalog, selection: str) -> list[Chosen]:
     return list(chosen.values())
 
 
-def months(start: dt.datetime, end: dt.datetime) -> Iterator[tuple[dt.datetime, dt.datetime]]:
-    lower = start
-    while lower < end:
-        upper = min(end, next_month(lower))
-        yield lower, upper
-        lower = upper
-
-
 def batches(warehouse: Warehouse, chosen: Chosen, start: dt.datetime, end: dt.datetime) -> Iterator[pl.DataFrame]:
     """The series' rows in [start, end), a month at a time, in time order, in its table's schema."""
     table, time = chosen.dataset.table, chosen.dataset.time_column
     where, params = chosen.dataset.row_filter(chosen.series)
     sql = (f"SELECT {', '.join(table.columns)} FROM {table.qualified_name} WHERE {where} "
            f"AND {time} >= ? AND {time} < ? ORDER BY {time}")
-    for lower, upper in months(start, end):
+    for lower, upper in month_windows(start, end):
         frame = warehouse.query(sql, [*params, lower, upper])
         if frame.height:
             yield frame.cast(dict(table.schema))  # type: ignore[arg-type]

@@ -55,6 +55,16 @@ def next_month(moment: dt.datetime) -> dt.datetime:
     return (first + dt.timedelta(days=32)).replace(day=1)
 
 
+def month_windows(start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+    """[start, end) cut at the first of each month: the windows, in order."""
+    windows, lower = [], start
+    while lower < end:
+        upper = min(end, next_month(lower))
+        windows.append((lower, upper))
+        lower = upper
+    return windows
+
+
 def end_day(end: dt.datetime) -> dt.date:
     """The first UTC day not in a window ending at `end` (a day begun before `end` is in it)."""
     end = end.astimezone(dt.UTC)

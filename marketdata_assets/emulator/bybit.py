@@ -29,10 +29,6 @@ from marketdata_assets.emulator.config import EmulatorConfig
 KLINE_INTERVALS = {**{str(m): m * 60_000 for m in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)}, "D": 86_400_000}
 
 
-def _text(value: float) -> str:
-    """A number as the venue writes it: plain decimals, no exponent, no trailing zeros."""
-    return format(value, ".10f").rstrip("0").rstrip(".")
-
 
 class BybitError(Exception):
     def __init__(self, code: int, msg: str):

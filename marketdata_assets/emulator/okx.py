@@ -32,10 +32,6 @@ OKX_BARS = {"1m": (60_000, 0), "3m": (180_000, 0), "5m": (300_000, 0), "15m": (9
             "12H": (12 * _HOUR_MS, -8 * _HOUR_MS), "1D": (_DAY_MS, -8 * _HOUR_MS)}
 
 
-def _text(value: float) -> str:
-    """A number as the venue writes it: plain decimals, no exponent, no trailing zeros."""
-    return format(value, ".10f").rstrip("0").rstrip(".")
-
 
 class OkxError(Exception):
     def __init__(self, status: int, code: str, msg: str):

@@ -91,8 +91,7 @@ HISTORY_PATH = "/api/v5/market/history-candles"
 RECENT_PATH = "/api/v5/market/candles"
 # OKX counts each endpoint per IP: history-candles 20 requests per 2 s, candles 40 (funding's
 # endpoint has its own). Every OKX client of the process draws on the same budget of each.
-HISTORY_LIMIT = RateLimit(20, 2.0, HISTORY_PATH)
-RECENT_LIMIT = RateLimit(40, 2.0, RECENT_PATH)
+HISTORY_PER_2S, RECENT_PER_2S = 20, 40
 HISTORY_PAGE = 100  # what history-candles sends a page, whatever a larger `limit` asks
 RECENT_PAGE = 300
 RECENT_BARS = 1440  # candles serves the newest 1,440 bars only
@@ -111,8 +110,8 @@ class OkxKlinesClient(UpstreamClient):
         """Binance's name of the same pair (`BTC-USDT-SWAP` and `BTC-USDT` are `BTCUSDT`)."""
         return inst_id.removesuffix("-SWAP").replace("-", "")
 
-    def __init__(self, base_url: str, *, history_per_2s: int = HISTORY_LIMIT.limit,
-                 recent_per_2s: int = RECENT_LIMIT.limit, clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
+    def __init__(self, base_url: str, *, history_per_2s: int = HISTORY_PER_2S,
+                 recent_per_2s: int = RECENT_PER_2S, clock: Clock = time.time, sleep: Sleep = asyncio.sleep,
                  backoff_base_s: float = 0.5):
         self.rejected: list[pl.DataFrame] = []
         self.still_open = 0

@@ -19,7 +19,7 @@ from marketdata_assets.schemas import VENUE_BARS
 from marketdata_assets.sources.errors import PieceFailure
 from marketdata_assets.sources.http import RequestStats
 from marketdata_assets.sources.protocol import SourceOutcome, bounded, or_failure
-from marketdata_assets.timeframes import next_month
+from marketdata_assets.timeframes import month_windows
 
 
 def numbered_rows(rows: Any, names: tuple[str, ...], strings: tuple[str, ...] = ()) -> pl.DataFrame | None:
@@ -88,13 +88,9 @@ class RestKlinesSource:
         await self.client.__aexit__(*exc_info)
 
     async def read(self, series: Any, start: dt.datetime, end: dt.datetime) -> AsyncIterator[pl.DataFrame]:
-        months = []
-        lower = start
-        while lower < end:
-            upper = min(end, next_month(lower))
-            months.append(or_failure(lower, upper, self.client.fetch(
-                series.symbol, series.market, series.options["timeframe"], lower, upper)))
-            lower = upper
+        months = [or_failure(lower, upper, self.client.fetch(series.symbol, series.market, series.options["timeframe"],
+                                                             lower, upper))
+                  for lower, upper in month_windows(start, end)]
         async for outcome in bounded(months, self._in_flight):
             if isinstance(outcome, PieceFailure):
                 self.failures.append(outcome)

@@ -1,0 +1,187 @@
+"""The steps that measure one dataset family end to end: derivatives, Databento, the OKX and
+Bybit symbol-years, export, and the bootstrap seed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from harness import RAISED_OKX, dagster_materialize, emulator, run_env, run_measured, run_totals
+from workload import BTC_1M, DERIVATIVES, YEAR
+
+def derivatives_backfill(work: Path, url: str) -> dict:
+    """A year of BTCUSDT perp funding, open interest and long/short up to this month, in one
+    `dagster asset materialize`: the archive before REST's 30 days, REST after."""
+    run_dir = work / "derivatives"
+    run_dir.mkdir()
+    now = dt.datetime.now(dt.UTC)
+    last = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    first = last
+    for _ in range(11):
+        first = (first - dt.timedelta(days=1)).replace(day=1)
+    catalog = run_dir / "catalog.yaml"
+    catalog.write_text(
+        f"start_date: {first:%Y-%m-%d}\ninstruments:\n  - {{venue: binance, market: perp, symbol: BTCUSDT, "
+        "datasets: [funding, open_interest, long_short]}\n"
+    )
+    env = run_env(run_dir, url, MARKETDATA_CATALOG=str(catalog))
+    keys = [f"binance_perp/{dataset}/BTCUSDT" for dataset in DERIVATIVES]
+    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "marketdata_assets.definitions",
+           "--select", ",".join(keys), "--partition-range", f"{first:%Y-%m-%d}...{last:%Y-%m-%d}"]
+    measured = run_measured(cmd, env, run_dir, run_dir / "dagster.log")
+    measured["window"] = f"{first:%Y-%m-%d} … {now:%Y-%m-%d %H:%M}"
+    measured["datasets"] = {dataset: run_totals(env, key) for dataset, key in zip(DERIVATIVES, keys, strict=True)}
+    return measured
+
+
+DATABENTO_ROOTS = ["ES", "NQ", "YM", "CL", "NG", "GC", "SI", "ZN", "ZB", "6E"]
+
+
+def databento_daily(work: Path, url: str) -> dict:
+    """Fifteen years of daily bars of ten CME roots from the Databento emulator: one
+    `marketdata backfill ohlcv_1d --local` (its price asked first), rows a second and peak RSS."""
+    from marketdata_assets.demo import DEMO_DATABENTO_KEY
+    from marketdata_assets.warehouse import open_warehouse
+
+    run_dir = work / "databento"
+    run_dir.mkdir()
+    catalog = run_dir / "catalog.yaml"
+    catalog.write_text("series:\n  - {source: databento_glbx, dataset: ohlcv_1d, keys: [" + ", ".join(DATABENTO_ROOTS)
+                       + "], start_date: 2011-01-01}\n")
+    env = run_env(run_dir, url, MARKETDATA_CATALOG=str(catalog), DATABENTO_API_KEY=DEMO_DATABENTO_KEY)
+    cmd = [sys.executable, "-m", "marketdata_assets.cli", "backfill", "ohlcv_1d", "--from", "2011-01-01",
+           "--to", "2025-12-31", "--local"]
+    measured = run_measured(cmd, env, run_dir, run_dir / "backfill.log")
+    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
+    measured["rows"] = int(warehouse.query("SELECT count(*) AS n FROM market_data.futures_bars")["n"][0])
+    measured["roots"] = len(DATABENTO_ROOTS)
+    measured["requests"] = sum(run_totals(env, f"databento_glbx/ohlcv_1d/{root}").get("databento_requests", 0)
+                               for root in DATABENTO_ROOTS)
+    return measured
+
+
+# (asset, catalog entry, the budget it draws on: requests per second, whether the emulator's pages
+# are built by a first run before the measured one: Bybit's 1,000-bar pages cost the emulator on
+# the other core about as much as they cost us, and it keeps the pages it built, as the archive does)
+VENUE_YEARS = [
+    ("okx_perp/klines_1m/BTC_USDT_SWAP", "{venue: okx, market: perp, symbol: BTC-USDT-SWAP, timeframes: [1m]}", 10.0,
+     False),
+    ("bybit_perp/klines_1m/BTCUSDT", "{venue: bybit, market: perp, symbol: BTCUSDT, timeframes: [1m]}", 120.0, True),
+]
+
+
+def venue_years(work: Path) -> dict:
+    """A symbol-year of 1m from OKX and from Bybit at their real limits (an emulator of its own,
+    as the venues count): one `dagster asset materialize` of the last twelve closed months each;
+    wall time, requests, the share of the limit the data path used, 429s and bans, peak RSS; then
+    the bars counted against the calendar, `marketdata report --fail-on-gaps`, and the last month
+    again, which must change nothing."""
+    from marketdata_assets.warehouse import open_warehouse
+
+    run_dir = work / "venues"
+    run_dir.mkdir()
+    now = dt.datetime.now(dt.UTC)
+    last = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)).replace(day=1)
+    first = last
+    for _ in range(11):
+        first = (first - dt.timedelta(days=1)).replace(day=1)
+    end = (last + dt.timedelta(days=32)).replace(day=1)
+    catalog = run_dir / "catalog.yaml"
+    catalog.write_text(f"start_date: {first:%Y-%m-%d}\ninstruments:\n"
+                       + "".join(f"  - {entry}\n" for _, entry, _, _ in VENUE_YEARS))
+    found: dict = {"window": f"{first:%Y-%m-%d} … {end:%Y-%m-%d}", "venues": {}}
+    with emulator(real_limits=True) as url:
+        real = {f"MARKETDATA_{name}": "" for name in RAISED_OKX}  # an empty setting is its default
+        env = run_env(run_dir, url, MARKETDATA_CATALOG=str(catalog), **real)
+        warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
+        for key, _, per_second, warm in VENUE_YEARS:
+            cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "marketdata_assets.definitions",
+                   "--select", key, "--partition-range", f"{first:%Y-%m-%d}...{last:%Y-%m-%d}"]
+            name = key.split("_")[0]
+            print(f"  {key} …", flush=True)
+            if warm:
+                scratch = run_dir / f"{name}_warm"
+                scratch.mkdir()
+                run_measured(cmd, run_env(scratch, url, MARKETDATA_CATALOG=str(catalog), **real), scratch,
+                             scratch / "warm.log")
+            measured = run_measured(cmd, env, run_dir, run_dir / f"{name}.log")
+            totals = run_totals(env, key)
+            venue = name
+            stored = warehouse.query(
+                "SELECT count(*) AS n, count(DISTINCT open_time) AS d FROM market_data.klines WHERE venue = ?", [venue])
+            measured |= {
+                "rows": totals["rows_written"], "requests": totals["requests"], "data_seconds": totals["seconds"],
+                "share_of_limit": totals["requests"] / (per_second * totals["seconds"]),
+                "http_429": totals.get("http_429", 0), "limit_per_s": per_second,
+                "stored": int(stored["n"][0]), "distinct": int(stored["d"][0]),
+                "expected": int((end - first).total_seconds() // 60),
+            }
+            again = run_measured(cmd[:-1] + [f"{last:%Y-%m-%d}...{last:%Y-%m-%d}"], env, run_dir,
+                                 run_dir / f"{name}_again.log")
+            after = warehouse.query("SELECT count(*) AS n FROM market_data.klines WHERE venue = ?", [venue])
+            measured["again_seconds"], measured["again_new_rows"] = again["seconds"], int(after["n"][0]) - measured["stored"]
+            found["venues"][venue] = measured
+        answers = httpx.get(url + "/emulator/stats").json()
+        found["okx_429"] = answers["okx"]["answers"].get("429", 0)
+        found["bybit_403"] = answers["bybit"]["answers"].get("403", 0)
+        report = subprocess.run([sys.executable, "-m", "marketdata_assets.cli", "report", "--fail-on-gaps"], env=env,
+                                cwd=run_dir, capture_output=True, text=True)
+        found["report_exit"] = report.returncode
+        found["report"] = report.stdout.strip().splitlines()
+    return found
+
+
+def export_year(work: Path, url: str) -> dict:
+    """A year of BTCUSDT 1m (archive, through Dagster), then `marketdata export` of it to CSV and
+    to Parquet, each a process of its own: wall time, peak RSS, and the files read back against
+    the warehouse's rows."""
+    import polars as pl
+
+    from marketdata_assets.schemas import KLINES
+    from marketdata_assets.warehouse import open_warehouse
+
+    stored = dagster_materialize(work, "export", url, BTC_1M, *YEAR)
+    run_dir = work / "export"
+    env = stored["env"]
+    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
+    rows = warehouse.query(f"SELECT {', '.join(KLINES.columns)} FROM market_data.klines ORDER BY open_time")
+    rows = rows.cast(dict(KLINES.schema))
+    found: dict = {"rows": rows.height}
+    for fmt in ("csv", "parquet"):
+        cmd = [sys.executable, "-m", "marketdata_assets.cli", "export", BTC_1M, "--from", "2023-01-01",
+               "--to", "2023-12-31", "--format", fmt, "--path", str(run_dir / fmt)]
+        found[fmt] = run_measured(cmd, env, run_dir, run_dir / f"export_{fmt}.log")
+        (path,) = (run_dir / fmt).iterdir()
+        read = pl.read_csv(path, try_parse_dates=True) if fmt == "csv" else pl.read_parquet(path)
+        found[fmt] |= {"megabytes": path.stat().st_size / 1e6, "equal": read.cast(dict(KLINES.schema)).equals(rows)}
+    return found
+
+
+def seed_year(work: Path, url: str) -> dict:
+    """`marketdata seed` of the default catalog on a fresh environment (every dataset, the last
+    year), then the same command again, which must find nothing to fetch."""
+    from marketdata_assets.datasets import all_datasets
+    from marketdata_assets.warehouse import open_warehouse
+
+    run_dir = work / "seed"
+    run_dir.mkdir()
+    env = run_env(run_dir, url)
+    cmd = [sys.executable, "-m", "marketdata_assets.cli", "seed"]
+    measured = run_measured(cmd, env, run_dir, run_dir / "seed.log")
+    again = run_measured(cmd, env, run_dir, run_dir / "seed_again.log")
+    log = (run_dir / "seed.log").read_text()
+    measured["partitions"] = int(re.search(r"^(\d+) partitions", log, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    measured["runs"] = log.count("\ndone   ")
+    warehouse = open_warehouse(f"duckdb:///{run_dir / '.marketdata' / 'warehouse.duckdb'}")
+    measured["rows"] = {
+        table: warehouse.query(f"SELECT count(*) AS n FROM market_data.{table}")["n"][0]
+        for table in dict.fromkeys(d.table.name for d in all_datasets())
+    }
+    measured["again_seconds"] = again["seconds"]
+    measured["again_said"] = (run_dir / "seed_again.log").read_text().strip().splitlines()[-1]
+    return measured
