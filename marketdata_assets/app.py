@@ -131,6 +131,42 @@ def export(selection: str, from_raw: str | None, to_raw: str | None, fmt: str, p
         raise AppError(str(exc)) from None
 
 
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def metrics_server(host: str, port: int, refresh_seconds: float) -> Any:
+    """An HTTP server (not yet serving) answering /metrics from metrics.py's collector, over the
+    warehouse and catalog of the environment and the Dagster instance of DAGSTER_HOME; AppError
+    when one cannot be opened or the port is taken."""
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    from marketdata_assets.catalog import CatalogError
+    from marketdata_assets.dagster_internals import DagsterHomeNotSetError
+    from marketdata_assets.metrics import registry_for
+
+    try:
+        settings = Settings.from_env()
+        check_warehouse(settings)
+        instance = dg.DagsterInstance.get()
+        registry = registry_for(settings, instance, refresh_seconds)
+    except DagsterHomeNotSetError:
+        raise AppError("DAGSTER_HOME is not set: the metrics read the Dagster instance the backfills run in; "
+                       "point DAGSTER_HOME at it") from None
+    except (CatalogError, SettingsError) as exc:
+        raise AppError(str(exc)) from None
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # a line per scrape is noise
+            return None
+
+    try:
+        return make_server(host, port, make_wsgi_app(registry), WSGIServer, handler_class=Quiet)
+    except OSError as exc:
+        raise AppError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
 # --- seed -------------------------------------------------------------------------------------------
 
 

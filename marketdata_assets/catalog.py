@@ -36,6 +36,15 @@ def _venue_datasets() -> dict[str, dict[str, tuple[str, ...]]]:
     return venue_datasets()
 
 
+def _listing_field(dataset_name: str) -> str | None:
+    """The instrument field that must name something for an instrument to keep `dataset_name`
+    (klines: `timeframes`; resampled bars: `derived`), if the dataset declares one (registry,
+    imported late)."""
+    from marketdata_assets.datasets import dataset
+
+    return dataset(dataset_name).instrument_field
+
+
 def _has_archive(venue: str) -> bool:
     """Whether `venue`'s klines have an archive besides REST (the klines dataset says; imported late)."""
     from marketdata_assets.datasets.klines import REST_CLIENTS
@@ -74,6 +83,8 @@ class Instrument(BaseModel):
     market: Literal["spot", "perp"]
     symbol: str
     timeframes: tuple[str, ...] = ()  # required when klines are kept
+    # Coarser timeframes built from the stored 1m bars (datasets/resampled.py), not fetched.
+    derived: tuple[str, ...] = ()
     start_date: dt.date | None = None
     datasets: tuple[str, ...] | None = None
     # Where klines come from: archive files where they exist, else REST (auto); only one of them.
@@ -109,6 +120,17 @@ class Instrument(BaseModel):
             raise ValueError(f"timeframes are listed twice: {list(timeframes)}")
         return timeframes
 
+    @field_validator("derived")
+    @classmethod
+    def _coarser_than_a_minute(cls, derived: tuple[str, ...]) -> tuple[str, ...]:
+        for name in derived:
+            if name not in TIMEFRAMES or name == "1m":
+                raise ValueError(f"derived: {name!r} is not a timeframe coarser than 1m (supported: "
+                                 f"{', '.join(t for t in TIMEFRAMES if t != '1m')})")
+        if len(set(derived)) != len(derived):
+            raise ValueError(f"derived: timeframes are listed twice: {list(derived)}")
+        return derived
+
     @field_validator("start_date")
     @classmethod
     def _not_in_future(cls, start: dt.date | None) -> dt.date | None:
@@ -126,9 +148,14 @@ class Instrument(BaseModel):
                     f"datasets: {name!r} is not a dataset of a {self.venue} {self.market} instrument "
                     f"(allowed: {', '.join(allowed)})"
                 )
-        if "klines" in (self.datasets or ()) and not self.timeframes:
-            raise ValueError("timeframes: is required to keep klines (name the timeframes, or leave klines out of "
-                             "`datasets`)")
+        for name in self.datasets or ():
+            needed = _listing_field(name)
+            if needed and not getattr(self, needed):
+                raise ValueError(f"{needed}: is required to keep {name} (name the timeframes, or leave {name} out of "
+                                 "`datasets`)")
+        if self.derived and not self.keeps_minutes:
+            raise ValueError("derived: bars are resampled from the stored 1m bars: add 1m to `timeframes` (and keep "
+                             "klines)")
         if self.timeframes and "klines" not in allowed:  # (narrowed out by `datasets`, they wait unused)
             raise ValueError(f"timeframes: given, but {self.venue} klines are not supported yet")
         if self.source not in (None, "rest") and not _has_archive(self.venue):
@@ -154,10 +181,17 @@ class Instrument(BaseModel):
     def has_dataset(self, name: str) -> bool:
         """Whether this instrument keeps `name`: every dataset its venue and market support (klines
         when it names timeframes), unless `datasets` narrows them."""
+        needed = _listing_field(name)
+        if needed and not getattr(self, needed):  # klines in the timeframes the entry names: without any, none
+            return False
         if self.datasets is not None:
             return name in self.datasets
-        # klines are kept in the timeframes the entry names: without any, none
-        return name in self.supported_datasets and (name != "klines" or bool(self.timeframes))
+        return name in self.supported_datasets
+
+    @property
+    def keeps_minutes(self) -> bool:
+        """Whether this instrument keeps 1m klines (what resampled bars are built from)."""
+        return "1m" in self.timeframes and self.has_dataset("klines")
 
     def describe(self) -> str:
         return f"{self.venue} {self.market} {self.symbol}"

@@ -172,6 +172,28 @@ def export(selection: str, from_raw: str | None, to_raw: str | None, fmt: str, p
                    else f"{each.key}: no rows stored in the window, no file written")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to be scraped from elsewhere.")
+@click.option("--port", default=9108, show_default=True, type=int)
+@click.option("--refresh", "refresh_seconds", default=30.0, show_default=True, type=float,
+              help="Seconds a coverage reading (rows, missing rows, checks) is served before it is read again.")
+def metrics(host: str, port: int, refresh_seconds: float) -> None:
+    """Serve Prometheus metrics of the backfills and the warehouse on http://HOST:PORT/metrics."""
+    from marketdata_assets import app
+
+    try:
+        server = app.metrics_server(host, port, refresh_seconds)
+    except app.AppError as exc:
+        _fail("metrics", str(exc))
+    click.echo(f"serving http://{host}:{server.server_port}/metrics (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def _fail(command: str, message: str) -> None:
     """One clear line on stderr and exit code 2: the command could not run as asked."""
     click.echo(f"marketdata {command}: {message}", err=True)

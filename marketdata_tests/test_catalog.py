@@ -84,9 +84,9 @@ GOOD = {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "timeframes":
          "symbol: 'BTC-USDT-SWAP' is not an OKX spot instrument id (like BTC-USDT)"),
         ({"venue": "bybit", "market": "spot", "symbol": "BTCUSDT", "datasets": ["funding"]},
          "instruments[0] (bybit spot BTCUSDT): datasets: 'funding' is not a dataset of a bybit spot instrument "
-         "(allowed: klines)"),
+         "(allowed: klines, resampled)"),
         ({"venue": "bybit", "market": "perp", "symbol": "BTCUSDT", "datasets": ["open_interest"]},
-         "datasets: 'open_interest' is not a dataset of a bybit perp instrument (allowed: klines, funding)"),
+         "datasets: 'open_interest' is not a dataset of a bybit perp instrument (allowed: klines, resampled, funding)"),
         ({**GOOD, "start_date": "2020-02-30"},
          "field 'start_date': Input should be a valid date"),
         ({**GOOD, "start_date": "2999-01-01"},

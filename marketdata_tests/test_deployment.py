@@ -438,7 +438,8 @@ def test_compose_names_the_processes_this_suite_runs_and_mounts_what_they_need()
     """Docker cannot run here: the compose file is checked against what the deployment test runs."""
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "user_code", "webserver", "daemon"}
+    # (the metrics exporter's command is run by test_metrics.py)
+    assert set(services) == {"postgres", "user_code", "webserver", "daemon", "metrics"}
     commands = compose_commands(4000, 3000, Path("/opt/dagster/home/workspace.yaml"))
     assert commands["user_code"][:5] == ["-m", "dagster", "code-server", "start", "-h"]
     assert ["-m", "marketdata_assets.definitions"] == commands["user_code"][8:10]
@@ -449,15 +450,15 @@ def test_compose_names_the_processes_this_suite_runs_and_mounts_what_they_need()
     assert entry["grpc_server"]["host"] == "user_code"
     assert str(entry["grpc_server"]["port"]) == user_code[user_code.index("-p") + 1]
     assert entry["grpc_server"]["location_name"] == user_code[user_code.index("--location-name") + 1]
-    for name in ("webserver", "daemon"):
+    for name in ("webserver", "daemon", "metrics"):
         mounts = {volume.split(":")[1] for volume in services[name]["volumes"]}
-        assert {"/opt/dagster/home/dagster.yaml", "/opt/dagster/home/workspace.yaml"} <= mounts
+        assert {"/opt/dagster/home/dagster.yaml", *(["/opt/dagster/home/workspace.yaml"] if name != "metrics" else [])} <= mounts
         assert services[name]["image"] == services["user_code"]["image"]
     # nothing is published beyond loopback: the UI has no login
     published = [port for service in services.values() for port in service.get("ports", [])]
-    assert published == ["127.0.0.1:3000:3000"]
+    assert published == ["127.0.0.1:3000:3000", "127.0.0.1:9108:9108"]
     # every Dagster process reads the instance and the warehouse from PostgreSQL
-    for name in ("user_code", "webserver", "daemon"):
+    for name in ("user_code", "webserver", "daemon", "metrics"):
         env = services[name]["environment"]
         assert env["DAGSTER_POSTGRES_URL"].startswith("postgresql://")
         assert env["MARKETDATA_WAREHOUSE_URL"].startswith("postgresql://")

@@ -160,6 +160,19 @@ def test_the_as_of_query_returns_what_was_known_on_each_day(warehouse, tmp_path)
             (dt.date(2025, 2, 12), dt.date(9999, 12, 31))]
         latest = store.query("SELECT date, value FROM market_data.macro_latest WHERE series_id = ? ORDER BY date", [CPI])
         assert latest.height == 5 and dict(latest.rows())[january] == 309.685  # Oct 2023 .. Feb 2024
+        # the read API gives the same point in time (issue 22)
+        from marketdata_assets.history import History
+        from marketdata_assets.settings import Settings
+
+        catalog = tmp_path / "fred.yaml"
+        catalog.write_text(yaml.safe_dump({"series": [{"source": "fred", "dataset": "macro", "keys": [CPI],
+                                                       "start_date": "2023-01-01"}]}))
+        history = History(url, settings=Settings(catalog_path=catalog))
+        for day, value in (("2024-02-12", None), ("2024-03-11", 308.417), ("2024-03-12", 308.501), (None, 309.685)):
+            read = history.fetch(f"fred/macro/{CPI}", "2024-01-01", "2024-02-01", as_of=day)
+            assert read["value"].to_list() == ([value] if value else []), day
+        assert read.columns == ["ts", "series_id", "date", "value", "realtime_start"]
+        assert read["ts"].to_list() == [int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp())]
 
     with EmulatorServer() as emulator:
         emulator.fred.revisions[CPI, dt.date(2024, 1, 1)] = JANUARY_VINTAGES

@@ -100,6 +100,9 @@ class Dataset:
     gap_check: ClassVar[str | None] = None
     # Instruments: which venues and markets keep this dataset (catalog `instruments:` entries).
     instrument_venues: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # The instrument field that names what an instrument keeps of this dataset (klines: its
+    # `timeframes`): without anything in it, the instrument keeps none of it.
+    instrument_field: ClassVar[str | None] = None
     # Series: the `source` a catalog `series:` entry of this dataset names, and whether it
     # lists `keys` ("required") or has one series ("none").
     series_source: ClassVar[str | None] = None
@@ -247,6 +250,30 @@ class Dataset:
         if self.key_column:
             return f"{self.key_column} = ?", [series.key]
         return "TRUE", []
+
+    def history(
+        self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, as_of: dt.date | None = None,
+    ) -> pl.DataFrame:
+        """The series' rows whose time is in [start, end), in time order, in the table's schema
+        (what `History.fetch` reads). `as_of`: the values as known on that day, for a dataset
+        that keeps every vintage; ValueError for the others."""
+        if as_of is not None:
+            raise ValueError(f"as_of: {self.name} keeps no vintages (FRED's macro series do), so it has no as-of read")
+        where, params = self.row_filter(series)
+        time = self.time_column
+        return warehouse.query(
+            f"SELECT {', '.join(self.table.columns)} FROM {self.table.qualified_name} WHERE {where} "
+            f"AND {time} >= ? AND {time} < ? ORDER BY {time}",
+            [*params, *self.time_bounds(start, end)],
+        ).cast(dict(self.table.schema))  # type: ignore[arg-type]
+
+    def time_bounds(self, start: dt.datetime, end: dt.datetime) -> tuple[Any, Any]:
+        """[start, end) in the time column's terms: a day column's days whose midnight is inside."""
+        if self.table.schema[self.time_column] != pl.Date:
+            return start, end
+        from marketdata_assets.timeframes import end_day
+
+        return end_day(start), end_day(end)
 
     def rows_stored(self, warehouse: Warehouse, series: Series) -> int:
         """How many rows of the series the table holds."""

@@ -17,9 +17,9 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from marketdata_assets.audit import SAMPLES, BarSeries, samples_table
+from marketdata_assets.audit import SAMPLES, BarSeries, audit_gaps, explanations, samples_table, stored_klines
 from marketdata_assets.catalog import Catalog, Instrument, Series
-from marketdata_assets.datasets.base import Bounds, InstrumentDataset
+from marketdata_assets.datasets.base import Bounds, InstrumentDataset, Missing
 from marketdata_assets.defs.quality.checks import (
     GAP_COUNT,
     KLINES_CHECKS,
@@ -76,6 +76,7 @@ class Klines(InstrumentDataset):
     checks = KLINES_CHECKS
     gap_check = GAP_COUNT
     instrument_venues = {"binance": ("spot", "perp"), **{venue: ("spot", "perp") for venue in REST_CLIENTS}}
+    instrument_field = "timeframes"
     moment_names = ("first_open_time", "last_open_time")
     freshness_policy = KLINES_FRESHNESS
     # The report audits bars in detail (known gaps, rejected rows, Dagster against the warehouse).
@@ -161,6 +162,19 @@ class Klines(InstrumentDataset):
             for partition, result in closes_match_results(warehouse, key, series, windows).items():
                 found[partition].append(result)
         return found
+
+    def missing(
+        self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,
+        now: dt.datetime,
+    ) -> Missing:
+        """Bars expected in [start, end) and those missing without an explanation (a known gap or a
+        bar the venue sent invalid is not missing: fetching it again gives nothing)."""
+        bars = self._bars(series, bounds)
+        with warehouse.session():
+            stored = stored_klines(warehouse, [bars], start, end)[bars.key]
+            why = explanations(warehouse, [bars], start, end)[bars.key]
+        audit = audit_gaps(bars, stored, why, [(start, end)], now)
+        return Missing(audit.expected, audit.unexplained_bars, audit.unexplained)
 
     def summary_sql(self, symbol: str | None) -> tuple[str, list[Any]]:
         return (

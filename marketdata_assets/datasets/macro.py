@@ -78,6 +78,9 @@ def as_of(warehouse: Warehouse, series_id: str, day: dt.date) -> pl.DataFrame:
     )
 
 
+known_on = as_of  # the module's function, where a parameter is called as_of
+
+
 def frequency_of(dates: list[dt.date]) -> str | None:
     """D, W, M, Q or A, read from ascending observation dates (None below three)."""
     if len(dates) < 3:
@@ -145,6 +148,16 @@ class Macro(Dataset):
             "SELECT DISTINCT date FROM market_data.macro_observations WHERE series_id = ? AND date < ? "
             "ORDER BY date DESC LIMIT 40", [series.key, before])["date"].to_list()
         return span["first"][0], span["newest"][0], frequency_of(sorted(recent))
+
+    def history(
+        self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, as_of: dt.date | None = None,
+    ) -> pl.DataFrame:
+        """series_id, date, value and realtime_start (the vintage it comes from) of each observation
+        dated in [start, end) as known on `as_of` (today: the newest vintage of each)."""
+        known = known_on(warehouse, str(series.key), as_of or dt.datetime.now(dt.UTC).date())
+        first, until = self.time_bounds(start, end)
+        return known.filter((pl.col("date") >= first) & (pl.col("date") < until)).select(
+            pl.lit(series.key).alias("series_id"), "date", "value", "realtime_start")
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,

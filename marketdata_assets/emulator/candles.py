@@ -3,7 +3,9 @@ the same bar, so REST pages, archive files and repeated runs agree to the last d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +14,7 @@ import polars as pl
 
 _BASE_PRICE = {"BTC": 30_000.0, "ETH": 2_000.0, "BNB": 300.0, "SOL": 60.0}
 _DAY_MS = 86_400_000
+_MINUTE_MS = 60_000
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -59,14 +62,78 @@ def _mid_price(t_ms: np.ndarray, base: float, phase: float) -> np.ndarray:
 
 
 def synthetic_candles(
-    market: str, symbol: str, interval_ms: int, open_times: np.ndarray, now_ms: int | None = None
+    market: str, symbol: str, interval_ms: int, open_times: np.ndarray, now_ms: int | None = None,
+    closed_ms: Sequence[tuple[int, int]] = (),
 ) -> CandleBlock:
     """Bars opening at `open_times` (ms, aligned to `interval_ms`).
 
-    A bar still open at `now_ms` is cut at `now_ms`: its close and volume are what has traded so
-    far, as an exchange reports a forming candle.
+    A bar longer than a minute is its minutes' bars put together, as an exchange builds it: the
+    first minute's open, the highest high, the lowest low, the last minute's close, the sums of
+    volumes and trades. Minutes inside `closed_ms` ([start, end) ms: the market was shut) are
+    not in it. A bar still open at `now_ms` is cut at `now_ms`: its close and volume are what
+    has traded so far, as an exchange reports a forming candle.
     """
     open_times = np.asarray(open_times, dtype=np.int64)
+    if interval_ms > _MINUTE_MS and interval_ms % _MINUTE_MS == 0:
+        return _of_minutes(market, symbol, interval_ms, open_times, now_ms, closed_ms)
+    return _minute_candles(market, symbol, interval_ms, open_times, now_ms)
+
+
+def _of_minutes(
+    market: str, symbol: str, interval_ms: int, open_times: np.ndarray, now_ms: int | None,
+    closed_ms: Sequence[tuple[int, int]],
+) -> CandleBlock:
+    """Bars of `interval_ms` built from their minutes (see synthetic_candles), a few thousand bars
+    of minutes at a time."""
+    chunk = max(1, 400_000 // (interval_ms // _MINUTE_MS))
+    parts = [_minutes_together(market, symbol, interval_ms, open_times[i:i + chunk], now_ms, closed_ms)
+             for i in range(0, max(1, len(open_times)), chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return CandleBlock(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(CandleBlock)))
+
+
+def _minutes_together(
+    market: str, symbol: str, interval_ms: int, open_times: np.ndarray, now_ms: int | None,
+    closed_ms: Sequence[tuple[int, int]],
+) -> CandleBlock:
+    per_bar = interval_ms // _MINUTE_MS
+    minutes = (open_times[:, None] + np.arange(per_bar, dtype=np.int64) * _MINUTE_MS).ravel()
+    block = _minute_candles(market, symbol, _MINUTE_MS, minutes, now_ms)
+    traded = np.ones(len(minutes), dtype=bool)
+    for start, end in closed_ms:
+        traded &= ~((minutes >= start) & (minutes + _MINUTE_MS <= end))
+    if now_ms is not None:
+        traded &= minutes < now_ms
+    traded = traded.reshape(-1, per_bar)
+    traded[~traded.any(axis=1), 0] = True  # a bar asked for has a minute at least (the caller's to drop)
+    first = traded.argmax(axis=1)
+    last = per_bar - 1 - traded[:, ::-1].argmax(axis=1)
+    rows = np.arange(len(open_times))
+
+    def shaped(values: np.ndarray) -> np.ndarray:
+        return values.reshape(-1, per_bar)
+
+    def total(values: np.ndarray, digits: int) -> np.ndarray:
+        return np.round(np.where(traded, shaped(values), 0).sum(axis=1), digits)
+
+    return CandleBlock(
+        open_time=open_times,
+        open=shaped(block.open)[rows, first],
+        high=np.where(traded, shaped(block.high), -np.inf).max(axis=1),
+        low=np.where(traded, shaped(block.low), np.inf).min(axis=1),
+        close=shaped(block.close)[rows, last],
+        volume=total(block.volume, 5),
+        quote_volume=total(block.quote_volume, 8),
+        trades=np.where(traded, shaped(block.trades), 0).sum(axis=1).astype(np.int64),
+        taker_buy_volume=total(block.taker_buy_volume, 5),
+        taker_buy_quote_volume=total(block.taker_buy_quote_volume, 8),
+    )
+
+
+def _minute_candles(
+    market: str, symbol: str, interval_ms: int, open_times: np.ndarray, now_ms: int | None = None
+) -> CandleBlock:
     seed = _seed(market, symbol, str(interval_ms))
     base = _BASE_PRICE.get(symbol[:3], 100.0)
     phase = float(seed % np.uint64(1000)) / 1000.0 * 2 * np.pi

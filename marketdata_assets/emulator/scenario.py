@@ -117,7 +117,8 @@ class Scenario:
         now_ms: int | None = None,
     ) -> CandleBlock:
         """The exchange's candles at `open_times`, its mistakes included."""
-        bars = synthetic_candles(market, symbol, interval_ms, open_times, now_ms=now_ms)
+        shut = [(o.start_ms, o.end_ms) for o in self.outages if o.market in (None, market)]
+        bars = synthetic_candles(market, symbol, interval_ms, open_times, now_ms=now_ms, closed_ms=shut)
         wrong = [b.open_ms for b in self.invalid_bars if (b.symbol, b.timeframe) == (symbol, timeframe)]
         if not wrong:
             return bars
