@@ -421,12 +421,12 @@ def series_coverage(
     report = []
     with warehouse.session():
         for asset, status in zip(assets, statuses, strict=True):
-            declared, time_column = asset.dataset, asset.dataset.time_column
+            declared, time_column = asset.dataset, asset.dataset.time_column_of(asset.series)
             where, params = declared.row_filter(asset.series)
             by_day = warehouse.query(
                 f"SELECT CAST(floor(extract(epoch FROM {time_column}) / 86400) AS BIGINT) AS day, count(*) AS n, "
                 f"min({time_column}) AS first, max({time_column}) AS last "
-                f"FROM {declared.table.qualified_name} WHERE {where} GROUP BY 1",
+                f"FROM {declared.table_of(asset.series).qualified_name} WHERE {where} GROUP BY 1",
                 params,
             )
             stored = (int(by_day["n"].sum()), by_day["first"].min(), by_day["last"].max()) if by_day.height \

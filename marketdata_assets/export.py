@@ -76,7 +76,7 @@ def choose(catalog: Catalog, selection: str) -> list[Chosen]:
 
 def batches(warehouse: Warehouse, chosen: Chosen, start: dt.datetime, end: dt.datetime) -> Iterator[pl.DataFrame]:
     """The series' rows in [start, end), a month at a time, in time order, in its table's schema."""
-    table, time = chosen.dataset.table, chosen.dataset.time_column
+    table, time = chosen.dataset.table_of(chosen.series), chosen.dataset.time_column_of(chosen.series)
     where, params = chosen.dataset.row_filter(chosen.series)
     sql = (f"SELECT {', '.join(table.columns)} FROM {table.qualified_name} WHERE {where} "
            f"AND {time} >= ? AND {time} < ? ORDER BY {time}")
@@ -142,7 +142,7 @@ def export(
             if partitioned:
                 rows, files = _write_tree(frames, staging, each, name)
                 moves += [(staged, directory / staged.relative_to(staging)) for staged in files]
-                final = directory / each.dataset.table.name
+                final = directory / each.dataset.table_of(each.series).name
             else:
                 staged = staging / name
                 rows = _write_file(frames, staged, fmt)
@@ -183,14 +183,14 @@ def _write_tree(frames: Iterator[pl.DataFrame], root: Path, chosen: Chosen, name
     the files; the others take the series' venue and key."""
     import pyarrow.parquet as pq
 
-    series, time = chosen.series, chosen.dataset.time_column
+    series, time = chosen.series, chosen.dataset.time_column_of(chosen.series)
     fallback = {"venue": series.venue, "symbol": series.key or chosen.dataset.name}
     rows, files, writers, branch = 0, [], {}, None
     try:
         for frame in frames:
             if branch is None:
                 values = {c: frame[c][0] if c in frame.columns else fallback[c] for c in HIVE_COLUMNS}
-                branch = root / chosen.dataset.table.name / "/".join(f"{c}={values[c]}" for c in HIVE_COLUMNS)
+                branch = root / chosen.dataset.table_of(series).name / "/".join(f"{c}={values[c]}" for c in HIVE_COLUMNS)
             frame = frame.drop([c for c in HIVE_COLUMNS if c in frame.columns])
             for (year,), part in frame.group_by(pl.col(time).dt.year(), maintain_order=True):
                 if year not in writers:

@@ -136,16 +136,17 @@ class History:
             rows = declared.history(self._warehouse, series, lower, upper, day)
         except ValueError as exc:
             raise HistoryError(f"{key}: {exc}") from None
-        return rows.select(_unix_seconds(rows, declared.time_column).alias("ts"), pl.all())
+        return rows.select(_unix_seconds(rows, declared.time_column_of(series)).alias("ts"), pl.all())
 
     def coverage(self, key: str) -> list[Range]:
         """Contiguous inclusive (first, last) row times of what series `key` holds: its stored span,
         split wherever its dataset finds rows missing that could be fetched."""
         declared, series = self._find(key)
         where, params = declared.row_filter(series)
-        time = declared.time_column
+        time = declared.time_column_of(series)
         times = self._warehouse.query(
-            f"SELECT DISTINCT {time} AS t FROM {declared.table.qualified_name} WHERE {where} ORDER BY 1", params)
+            f"SELECT DISTINCT {time} AS t FROM {declared.table_of(series).qualified_name} WHERE {where} ORDER BY 1",
+            params)
         if times.is_empty():
             return []
         stamps = times.select(_unix_seconds(times, "t")).to_series().to_numpy()

@@ -8,7 +8,6 @@ from the minutes that traded, as the venue builds its own."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import inspect
 import json
 

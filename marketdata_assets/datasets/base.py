@@ -151,6 +151,14 @@ class Dataset:
 
     # --- Dagster -----------------------------------------------------------------------------
 
+    def table_of(self, series: Series) -> TableSpec:
+        """The table holding `series`' rows: the dataset's `table` (a transform's is its own)."""
+        return self.table
+
+    def time_column_of(self, series: Series) -> str:
+        """The time column of `series`' table: the dataset's `time_column` (a transform's is declared)."""
+        return self.time_column
+
     def asset_key(self, series: Series) -> dg.AssetKey:
         return dg.AssetKey([series.source, self.name, *([series.slug] if series.key else [])])
 
@@ -208,11 +216,12 @@ class Dataset:
             found["symbol"] = series.key
         if "timeframe" in series.options:
             found["timeframe"] = series.options["timeframe"]
+        table = self.table_of(series)
         return found | {
-            "table": self.table.qualified_name,
+            "table": table.qualified_name,
             # Dagster's own keys: the UI names the table and lists its columns
-            "dagster/table_name": self.table.qualified_name,
-            "dagster/column_schema": column_schema(self.table),
+            "dagster/table_name": table.qualified_name,
+            "dagster/column_schema": column_schema(table),
         }
 
     def retention(self, venue: str) -> dt.timedelta | None:
@@ -260,16 +269,16 @@ class Dataset:
         if as_of is not None:
             raise ValueError(f"as_of: {self.name} keeps no vintages (FRED's macro series do), so it has no as-of read")
         where, params = self.row_filter(series)
-        time = self.time_column
+        table, time = self.table_of(series), self.time_column_of(series)
         return warehouse.query(
-            f"SELECT {', '.join(self.table.columns)} FROM {self.table.qualified_name} WHERE {where} "
+            f"SELECT {', '.join(table.columns)} FROM {table.qualified_name} WHERE {where} "
             f"AND {time} >= ? AND {time} < ? ORDER BY {time}",
-            [*params, *self.time_bounds(start, end)],
-        ).cast(dict(self.table.schema))  # type: ignore[arg-type]
+            [*params, *self.time_bounds(series, start, end)],
+        ).cast(dict(table.schema))  # type: ignore[arg-type]
 
-    def time_bounds(self, start: dt.datetime, end: dt.datetime) -> tuple[Any, Any]:
+    def time_bounds(self, series: Series, start: dt.datetime, end: dt.datetime) -> tuple[Any, Any]:
         """[start, end) in the time column's terms: a day column's days whose midnight is inside."""
-        if self.table.schema[self.time_column] != pl.Date:
+        if self.table_of(series).schema[self.time_column_of(series)] != pl.Date:
             return start, end
         from marketdata_assets.timeframes import end_day
 
@@ -278,7 +287,8 @@ class Dataset:
     def rows_stored(self, warehouse: Warehouse, series: Series) -> int:
         """How many rows of the series the table holds."""
         where, params = self.row_filter(series)
-        return warehouse.query(f"SELECT count(*) FROM {self.table.qualified_name} WHERE {where}", params).item()
+        return warehouse.query(f"SELECT count(*) FROM {self.table_of(series).qualified_name} WHERE {where}",
+                               params).item()
 
     def missing(
         self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime, bounds: Bounds,

@@ -155,7 +155,7 @@ class Macro(Dataset):
         """series_id, date, value and realtime_start (the vintage it comes from) of each observation
         dated in [start, end) as known on `as_of` (today: the newest vintage of each)."""
         known = known_on(warehouse, str(series.key), as_of or dt.datetime.now(dt.UTC).date())
-        first, until = self.time_bounds(start, end)
+        first, until = self.time_bounds(series, start, end)
         return known.filter((pl.col("date") >= first) & (pl.col("date") < until)).select(
             pl.lit(series.key).alias("series_id"), "date", "value", "realtime_start")
 

@@ -47,6 +47,19 @@ NOT_NULL_COLUMNS = (
 )
 
 
+_SQL_TYPES = {pl.Float64: "DOUBLE PRECISION", pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.String: "TEXT",
+              pl.Date: "DATE", pl.Boolean: "BOOLEAN", pl.Datetime: "TIMESTAMPTZ"}
+
+
+def create_table_sql(table: TableSpec) -> str:
+    """CREATE TABLE IF NOT EXISTS for a table declared at run time (a catalog transform's), in
+    the SQL both warehouses read; the primary key's columns NOT NULL."""
+    columns = [f"{name} {_SQL_TYPES[dtype.base_type()]}{' NOT NULL' if name in table.primary_key else ''}"
+               for name, dtype in table.schema.items()]
+    return (f"CREATE TABLE IF NOT EXISTS {table.qualified_name} ({', '.join(columns)}, "
+            f"PRIMARY KEY ({', '.join(table.primary_key)}))")
+
+
 def relaxing_statements(not_null: list[tuple[str, str]]) -> list[str]:
     """The ALTERs that make RELAXED_COLUMNS nullable, given the (table, column) still NOT NULL."""
     return [f"ALTER TABLE market_data.{table} ALTER COLUMN {column} DROP NOT NULL"
@@ -102,6 +115,10 @@ class Warehouse(abc.ABC):
         Returns the number of distinct keys written. Rows already stored and absent from
         `frame` stay as they are.
         """
+
+    @abc.abstractmethod
+    def ensure_table(self, table: TableSpec) -> None:
+        """Create `table` if it does not exist (a table declared at run time; the others are in sql/)."""
 
     def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
         """Run a read-only query with `?` parameters."""

@@ -34,6 +34,7 @@ from marketdata_assets.warehouse.base import (
     NOT_NULL_COLUMNS,
     Warehouse,
     WarehouseError,
+    create_table_sql,
     ddl_statements,
     distinct_keys,
     overlap_probe,
@@ -96,6 +97,10 @@ class DuckDBWarehouse(Warehouse):
 
     def kept_open(self) -> AbstractContextManager[None]:
         return self._kept.kept()
+
+    def ensure_table(self, table: TableSpec) -> None:
+        with self.connect() as con:
+            con.execute(create_table_sql(table))
 
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
         if frame.is_empty():

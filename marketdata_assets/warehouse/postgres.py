@@ -28,6 +28,7 @@ from marketdata_assets.warehouse.base import (
     NOT_NULL_COLUMNS,
     Warehouse,
     WarehouseError,
+    create_table_sql,
     ddl_statements,
     distinct_keys,
     overlap_probe,
@@ -161,6 +162,18 @@ class PostgresWarehouse(Warehouse):
             yield con
         finally:
             con.close()
+
+    def ensure_table(self, table: TableSpec) -> None:
+        with self.connect() as con:
+            try:
+                with con.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
+                    cur.execute(create_table_sql(table))
+                con.commit()
+            except psycopg2.Error as exc:
+                _rollback(con)
+                raise WarehouseError(f"PostgreSQL warehouse {self._where}: creating {table.qualified_name} failed: "
+                                     f"{_cause(exc)}") from None
 
     def upsert(self, table: TableSpec, frame: pl.DataFrame) -> int:
         """One transaction; a connection lost on the way (server restart, `pg_terminate_backend`,

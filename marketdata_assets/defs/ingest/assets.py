@@ -154,8 +154,9 @@ def _materialize_one(
     if scope is not None:
         scope.attach(source)
     try:
-        report = ingest(source, store, dataset.table, dataset.time_column, series, window.start, window.end,
-                        rows_per_write=context.resources.warehouse.rows_per_write, partitions=windows)
+        report = ingest(source, store, dataset.table_of(series), dataset.time_column_of(series), series,
+                        window.start, window.end, rows_per_write=context.resources.warehouse.rows_per_write,
+                        partitions=windows)
     finally:
         record(context.instance, series.venue, context.run.run_id)  # and those this run earned, for the others
     outcome = report.outcome
