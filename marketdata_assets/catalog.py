@@ -85,6 +85,8 @@ class Instrument(BaseModel):
     timeframes: tuple[str, ...] = ()  # required when klines are kept
     # Coarser timeframes built from the stored 1m bars (datasets/resampled.py), not fetched.
     derived: tuple[str, ...] = ()
+    # Klines streamed live by `marketdata stream` (stream.py): true for every timeframe, or a list.
+    stream: bool | tuple[str, ...] = False
     start_date: dt.date | None = None
     datasets: tuple[str, ...] | None = None
     # Where klines come from: archive files where they exist, else REST (auto); only one of them.
@@ -153,6 +155,15 @@ class Instrument(BaseModel):
             if needed and not getattr(self, needed):
                 raise ValueError(f"{needed}: is required to keep {name} (name the timeframes, or leave {name} out of "
                                  "`datasets`)")
+        if self.stream and not self.has_dataset("klines"):
+            raise ValueError("stream: streams klines: name the timeframes to keep")
+        if self.stream and self.venue != "binance":
+            raise ValueError(f"stream: live klines are streamed from Binance only so far, not {self.venue}")
+        if not isinstance(self.stream, bool):
+            for name in self.stream:
+                if name not in self.timeframes:
+                    raise ValueError(f"stream: {name!r} is not one of this instrument's timeframes "
+                                     f"({', '.join(self.timeframes)})")
         if self.derived and not self.keeps_minutes:
             raise ValueError("derived: bars are resampled from the stored 1m bars: add 1m to `timeframes` (and keep "
                              "klines)")
@@ -187,6 +198,13 @@ class Instrument(BaseModel):
         if self.datasets is not None:
             return name in self.datasets
         return name in self.supported_datasets
+
+    @property
+    def streamed(self) -> tuple[str, ...]:
+        """The timeframes `marketdata stream` keeps live (none unless the entry says `stream`)."""
+        if self.stream is True:
+            return self.timeframes
+        return self.stream or ()
 
     @property
     def keeps_minutes(self) -> bool:

@@ -194,6 +194,47 @@ def metrics(host: str, port: int, refresh_seconds: float) -> None:
         server.server_close()
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where /healthz and /metrics listen.")
+@click.option("--port", type=int, default=None, help="Their port [MARKETDATA_STREAM_PORT, 9109]; 0 picks a free one.")
+def stream(host: str, port: int | None) -> None:
+    """Stream the closed candles of every catalog instrument marked `stream` into the warehouse
+    (and onto Redis with MARKETDATA_REDIS_URL), joining every seam through REST, until stopped."""
+    import asyncio
+    import logging
+    import signal
+
+    from marketdata_assets.app import AppError, check_warehouse
+    from marketdata_assets.catalog import CatalogError
+    from marketdata_assets.settings import Settings, SettingsError
+    from marketdata_assets.stream import Streamer
+
+    try:
+        settings = Settings.from_env()
+        streamer = Streamer(settings)
+        check_warehouse(settings)
+    except (SettingsError, CatalogError, AppError) as exc:
+        _fail("stream", str(exc))
+    if not streamer.subscriptions:
+        _fail("stream", "no catalog instrument is marked `stream` (add `stream: true` or `stream: [1m]` to one)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    click.echo(streamer.describe(), err=True)
+
+    async def main_loop() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, streamer.stopping.set)
+        await streamer.run(host, settings.stream_port if port is None else port,
+                           lambda bound: click.echo(f"health on http://{host}:{bound}/healthz, metrics on /metrics",
+                                                    err=True))
+
+    try:
+        asyncio.run(main_loop())
+    except OSError as exc:
+        _fail("stream", f"cannot listen on {host}:{port if port is not None else settings.stream_port} ({exc})")
+
+
 def _fail(command: str, message: str) -> None:
     """One clear line on stderr and exit code 2: the command could not run as asked."""
     click.echo(f"marketdata {command}: {message}", err=True)

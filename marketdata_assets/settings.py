@@ -25,13 +25,19 @@ ENDPOINT_DEFAULTS = {
     "fred_url": ("MARKETDATA_FRED_URL", "https://api.stlouisfed.org/fred"),
     "deribit_url": ("MARKETDATA_DERIBIT_URL", "https://www.deribit.com"),
     "databento_url": ("MARKETDATA_DATABENTO_URL", "https://hist.databento.com"),
+    "binance_spot_ws_url": ("MARKETDATA_BINANCE_SPOT_WS_URL", "wss://stream.binance.com:9443"),
+    "binance_futures_ws_url": ("MARKETDATA_BINANCE_FUTURES_WS_URL", "wss://fstream.binance.com"),
 }
+# Where the emulator serves an upstream whose real host alone tells it apart (both Binance stream
+# hosts answer on /stream): the path under the emulator's URL.
+_EMULATOR_PATHS = {"MARKETDATA_BINANCE_FUTURES_WS_URL": "/fstream"}
 
 
 def emulated_endpoints(url: str) -> dict[str, str]:
     """Every upstream's URL variable pointed at one emulator (`marketdata emulator`), each at the
     upstream's own path (FRED's `/fred`)."""
-    return {variable: url.rstrip("/") + urlsplit(default).path for variable, default in ENDPOINT_DEFAULTS.values()}
+    return {variable: url.rstrip("/") + _EMULATOR_PATHS.get(variable, urlsplit(default).path)
+            for variable, default in ENDPOINT_DEFAULTS.values()}
 
 
 _SECRET_PARAMS = {"password", "pass", "passwd", "api_key", "apikey", "key", "token", "secret"}
@@ -139,6 +145,8 @@ class Settings:
     fred_url: str = ENDPOINT_DEFAULTS["fred_url"][1]
     deribit_url: str = ENDPOINT_DEFAULTS["deribit_url"][1]
     databento_url: str = ENDPOINT_DEFAULTS["databento_url"][1]
+    binance_spot_ws_url: str = ENDPOINT_DEFAULTS["binance_spot_ws_url"][1]
+    binance_futures_ws_url: str = ENDPOINT_DEFAULTS["binance_futures_ws_url"][1]
     # Binance's published per-IP budgets (request weight per minute); lower them to leave room
     # for other clients on the same IP.
     binance_spot_weight_limit: int = 6000
@@ -172,6 +180,14 @@ class Settings:
     # OKX's per-IP budgets for candles, requests per 2 s: history-candles 20, candles 40.
     okx_history_candles_per_2s: int = 20
     okx_candles_per_2s: int = 40
+    # `marketdata stream`: where closed candles are published (None: nowhere; a password in it is
+    # never printed), whether the candle in progress is published too, the port of its /healthz
+    # and /metrics, and how long a subscription may stay silent before it counts as stalled (503,
+    # and the connection is made again).
+    redis_url: str | None = field(default=None, repr=False)
+    stream_publish_open: bool = False
+    stream_port: int = 9109
+    stream_silent_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -204,5 +220,10 @@ class Settings:
             cross_venue_max_difference=_share_setting(env, "MARKETDATA_CROSS_VENUE_MAX_DIFFERENCE", 0.01),
             okx_history_candles_per_2s=_int_setting(env, "MARKETDATA_OKX_HISTORY_CANDLES_PER_2S", 20),
             okx_candles_per_2s=_int_setting(env, "MARKETDATA_OKX_CANDLES_PER_2S", 40),
+            redis_url=env.get("MARKETDATA_REDIS_URL") or None,
+            stream_publish_open=_flag_setting(env, "MARKETDATA_STREAM_PUBLISH_OPEN"),
+            stream_port=_int_setting(env, "MARKETDATA_STREAM_PORT", 9109, minimum=0),
+            stream_silent_seconds=_float_setting(env, "MARKETDATA_STREAM_SILENT_SECONDS", 60.0, "a number of seconds",
+                                                 "more than 0 seconds", lambda value: 0 < value < float("inf")),
             **endpoints,
         )

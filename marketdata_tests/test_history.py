@@ -8,6 +8,7 @@ from the minutes that traded, as the venue builds its own."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import json
 
@@ -44,6 +45,9 @@ def _by_hand(minutes: pl.DataFrame, hours: int) -> pl.DataFrame:
 
 def test_resampled_bars_equal_the_venues_own_and_history_fills_a_hole_through_dagster(emulator, tmp_path,
                                                                                          dagster_home):
+    from marketdata_assets.datasets import dataset
+    from marketdata_assets.defs.location import build_definitions
+    from marketdata_assets.defs.operations.schedules import inputs_changed
     from marketdata_assets.history import History, HistoryError, QmtlHistoryProvider
     from marketdata_assets.warehouse import open_warehouse
     from marketdata_tests.conftest import cli_env
@@ -122,10 +126,20 @@ def test_resampled_bars_equal_the_venues_own_and_history_fills_a_hole_through_da
         outage_minutes = 60 + (17 * 60 + 30 - (11 * 60 + 36))
         assert len(frame) == 29 * 1440 - outage_minutes and hole in set(frame["ts"])
         assert frame["ts"].diff().dropna().isin([60]).sum() == len(frame) - 3  # two outages, nothing else
-        # the resampled hour the minute was missing from is built by the next fill, which finds it computable
+        # the resampled month is due again (the daily schedule's rule: its input landed after it), and
+        # the hour the minute was missing from is now computable, so a fill builds it
+        hourly = dg.AssetKey(["binance_spot", "resampled_1h", "BTCUSDT"])
+        partitions = build_definitions(settings).resolve_assets_def(hourly).partitions_def
+
+        def due() -> list[str]:
+            return inputs_changed(instance, hourly, dataset("resampled").input_keys(hourly), partitions,
+                                  dt.datetime.now(dt.UTC))
+
+        assert due() == ["2020-02-01"]
         assert history.missing("binance_spot/resampled_1h/BTCUSDT", "2020-02-01", "2020-03-01") == [
             (utc(2020, 2, 15, 10), utc(2020, 2, 15, 11))]
         history.fill_missing("binance_spot/resampled_1h/BTCUSDT", "2020-02-01", "2020-03-01")
+        assert due() == []
         assert history.fetch("binance_spot/resampled_1h/BTCUSDT", "2020-02-15 10:00", "2020-02-15 11:00").height == 1
         assert history.fill_missing(BTC_1M, "2020-02-01", "2020-03-01").run_ids == []  # nothing left to fill
 

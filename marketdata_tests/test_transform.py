@@ -15,6 +15,7 @@ from marketdata_assets.settings import Settings
 from marketdata_tests.conftest import utc
 
 FEATURES = '''
+import polars as pl
 
 
 def log_returns(bars):

@@ -104,6 +104,10 @@ class EmulatorConfig:
     bybit_ban_seconds: int = 600
     bybit_requests_per_s: int | None = None
     bybit_spot_listings: Mapping[str, int] = field(default_factory=lambda: dict(BYBIT_SPOT_LISTINGS))
+    # Binance's kline streams: real seconds between updates (about 2 s on spot), and how long
+    # (emulator clock) a connection lives before the server cuts it (24 hours)
+    ws_update_seconds: float = 2.0
+    ws_connection_seconds: float = 86_400.0
 
     def with_listing(self, market: str, symbol: str, first_open: dt.datetime) -> EmulatorConfig:
         listings = dict(self.listings)

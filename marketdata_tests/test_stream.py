@@ -1,0 +1,200 @@
+"""The live tail (issue 23): `marketdata stream` against the emulator's kline streams and a real
+redis-server. The emulator's clock runs 60 times faster than real time (a minute a second) from
+three hours ago, so minutes close every second and a 3-minute disconnect takes three seconds,
+while everything it serves is in the past for the client."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import dagster as dg
+import httpx
+import pytest
+import redis
+
+from marketdata_assets.emulator.config import EmulatorConfig
+from marketdata_assets.emulator.server import EmulatorServer
+from marketdata_assets.settings import Settings
+from marketdata_tests.conftest import TimeWarp, cli_env, write_catalog
+from marketdata_tests.test_deployment import free_port
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+CHANNELS = {"BTCUSDT": "binance:spot:ohlcv:1m:BTC-USDT", "ETHUSDT": "binance:spot:ohlcv:1m:ETH-USDT"}
+
+
+@contextlib.contextmanager
+def redis_server(port: int) -> Iterator[subprocess.Popen]:
+    """Debian's redis-server on a loopback port, keeping nothing on disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("redis-server is missing: .ci/run installs it")
+        pytest.skip("no redis-server here: apt-get install redis-server")
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        client.close()
+
+
+class Subscriber:
+    """Every message on the candle channels, as a service subscribed to them sees it."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.messages: list[tuple[str, dict]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pubsub = redis.Redis(port=self.port).pubsub()
+                pubsub.psubscribe("binance:spot:ohlcv:1m:*")
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message and message["type"] == "pmessage":
+                        self.messages.append((message["channel"].decode(), json.loads(message["data"])))
+            except redis.ConnectionError:
+                time.sleep(0.1)  # Redis is down: subscribe again when it is back
+
+    def closed(self, symbol: str) -> list[dict]:
+        return [body for channel, body in self.messages if channel == CHANNELS[symbol] and body["closed"]]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
+        time.sleep(0.1)
+
+
+def test_streamed_candles_land_closed_once_on_redis_and_in_the_warehouse_across_a_disconnect(tmp_path, dagster_home):
+    from marketdata_tests.test_cli import marketdata_here
+    from marketdata_tests.test_venue_klines import run_together
+    from marketdata_assets.warehouse import open_warehouse
+
+    warp = TimeWarp(60, start=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3))
+    config = replace(EmulatorConfig(), ws_update_seconds=0.1)
+    redis_port = free_port()
+    with EmulatorServer(config, clock=warp) as emu, redis_server(redis_port) as first_redis:
+        month = dt.datetime.fromtimestamp(warp(), dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        catalog = write_catalog(tmp_path / "c.yaml", [
+            {"venue": "binance", "market": "spot", "symbol": symbol, "timeframes": ["1m"], "stream": True}
+            for symbol in SYMBOLS], start_date=month.date().isoformat())
+        settings = Settings(warehouse_url=f"duckdb:///{tmp_path / 'w.duckdb'}", catalog_path=catalog,
+                            binance_spot_url=emu.url, binance_futures_url=emu.url, binance_archive_url=emu.url,
+                            klines_source="rest")
+        # the month so far, as the daily backfill stores it: the stream joins its last bar
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
+        try:
+            keys = [dg.AssetKey(["binance_spot", "klines_1m", symbol]) for symbol in SYMBOLS]
+            assert run_together(settings, keys, f"{month:%Y-%m-%d}", f"{month:%Y-%m-%d}", instance).success
+        finally:
+            instance.dispose()
+        warehouse = open_warehouse(settings.warehouse_url)
+        backfilled = warehouse.query("SELECT max(open_time) AS t FROM market_data.klines").item()
+
+        subscriber = Subscriber(redis_port)
+        env = {**cli_env(settings, dagster_home, catalog), "MARKETDATA_BINANCE_SPOT_WS_URL": emu.url,
+               "MARKETDATA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "MARKETDATA_STREAM_SILENT_SECONDS": "2"}
+        process = subprocess.Popen([sys.executable, "-m", "marketdata_assets.cli", "stream", "--port", "0"],
+                                   cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said: list[str] = []
+        threading.Thread(target=lambda: said.extend(process.stderr), daemon=True).start()
+        try:
+            wait_until("the health port", lambda: any("health on" in line for line in said), 60)
+            health = re.search(r"http://\S+/healthz", next(line for line in said if "health on" in line)).group(0)
+            assert said[0].strip() == "streaming 2 series on 1 connection(s), publishing on redis://127.0.0.1:" \
+                                      f"{redis_port}/0"
+            wait_until("3 closed candles of each", lambda: all(len(subscriber.closed(s)) >= 3 for s in SYMBOLS))
+            assert httpx.get(health).status_code == 200
+
+            # the server drops every connection and refuses new ones for 3 minutes of its clock
+            before = len(subscriber.closed("BTCUSDT"))
+            httpx.post(f"{emu.url}/emulator/ws/disconnect", params={"seconds": 180})
+            wait_until("streaming again", lambda: len(subscriber.closed("BTCUSDT")) >= before + 3)
+
+            # Redis goes away: candles are still stored; publishing resumes when it is back
+            first_redis.terminate()
+            first_redis.wait(timeout=10)
+            time.sleep(3)  # three minutes of the emulator's clock without Redis
+            with redis_server(redis_port):
+                resumed = len(subscriber.messages)
+                wait_until("publishing again", lambda: len(subscriber.messages) >= resumed + 4)
+
+                # a silent server: the health check says so, the connection is made again
+                httpx.post(f"{emu.url}/emulator/ws/stall", params={"seconds": 300})
+                wait_until("a 503 from /healthz", lambda: httpx.get(health).status_code == 503, 20)
+                assert httpx.get(health).json()["status"] == "silent"
+                wait_until("a 200 again", lambda: httpx.get(health).status_code == 200, 30)
+                recovered = len(subscriber.closed("BTCUSDT"))
+                wait_until("candles after the stall", lambda: len(subscriber.closed("BTCUSDT")) >= recovered + 2)
+                metrics = httpx.get(health.replace("/healthz", "/metrics")).text
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+            subscriber.stop()
+
+        # every minute from the month's start to the newest stored, each once, closed as REST serves it
+        rows = warehouse.query("SELECT symbol, open_time, close, volume, source FROM market_data.klines "
+                               "ORDER BY symbol, open_time")
+        for symbol in SYMBOLS:
+            mine = rows.filter(rows["symbol"] == symbol)
+            first, last = mine["open_time"].min(), mine["open_time"].max()
+            assert first == month and mine.height == (last - first) // dt.timedelta(minutes=1) + 1, symbol
+            assert last > backfilled + dt.timedelta(minutes=10)
+            streamed = mine.filter(mine["source"] == "ws")
+            joined = mine.filter((mine["source"] == "rest") & (mine["open_time"] > streamed["open_time"].min()))
+            assert streamed.height >= 10 and joined.height >= 3  # the disconnect's minutes came from REST
+            served = httpx.get(f"{emu.url}/api/v3/klines", params={
+                "symbol": symbol, "interval": "1m", "startTime": int(streamed["open_time"].min().timestamp() * 1000),
+                "limit": 1000}).json()
+            by_open = {dt.datetime.fromtimestamp(r[0] / 1000, dt.UTC): (float(r[4]), float(r[5])) for r in served}
+            for open_time, close, volume in streamed.select("open_time", "close", "volume").iter_rows():
+                assert by_open[open_time] == (close, volume), (symbol, open_time)  # the whole bar, not a part
+            # each candle published is the stored one, once
+            published = subscriber.closed(symbol)
+            stamps = [body["timestamp"] for body in published]
+            assert len(stamps) == len(set(stamps)) and set(published[0]) == {
+                "timestamp", "open", "high", "low", "close", "volume", "closed"}
+            stored = {int(t.timestamp() * 1000): c for t, c in mine.select("open_time", "close").iter_rows()}
+            assert all(stored[body["timestamp"]] == body["close"] for body in published)
+        assert 'stream_reconnects_total{market="spot"}' in metrics
+        reconnects = float(re.search(r'stream_reconnects_total\{market="spot"\} (\S+)', metrics).group(1))
+        assert reconnects >= 2  # the forced disconnect and the stall
+
+        # the report: every streamed series whole, 0 unexplained gaps
+        report = marketdata_here("report", "--format", "json", cwd=tmp_path, env=cli_env(settings, dagster_home, catalog))
+        records = {r["asset"]: r for r in json.loads(report.stdout)}
+        for symbol in SYMBOLS:
+            record = records[f"binance_spot/klines_1m/{symbol}"]
+            assert (record["unexplained_bars"], record["checks"]["no_unclosed_bars"]) == (0, "passed"), record
