@@ -438,8 +438,8 @@ def test_compose_names_the_processes_this_suite_runs_and_mounts_what_they_need()
     """Docker cannot run here: the compose file is checked against what the deployment test runs."""
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    # (the metrics exporter's command is run by test_metrics.py)
-    assert set(services) == {"postgres", "user_code", "webserver", "daemon", "metrics"}
+    # (the metrics exporter's and the live tail's commands are run by test_metrics.py and test_stream.py)
+    assert set(services) == {"postgres", "user_code", "webserver", "daemon", "metrics", "redis", "stream"}
     commands = compose_commands(4000, 3000, Path("/opt/dagster/home/workspace.yaml"))
     assert commands["user_code"][:5] == ["-m", "dagster", "code-server", "start", "-h"]
     assert ["-m", "marketdata_assets.definitions"] == commands["user_code"][8:10]
@@ -456,9 +456,9 @@ def test_compose_names_the_processes_this_suite_runs_and_mounts_what_they_need()
         assert services[name]["image"] == services["user_code"]["image"]
     # nothing is published beyond loopback: the UI has no login
     published = [port for service in services.values() for port in service.get("ports", [])]
-    assert published == ["127.0.0.1:3000:3000", "127.0.0.1:9108:9108"]
+    assert published == ["127.0.0.1:3000:3000", "127.0.0.1:9108:9108", "127.0.0.1:9109:9109"]
     # every Dagster process reads the instance and the warehouse from PostgreSQL
-    for name in ("user_code", "webserver", "daemon", "metrics"):
+    for name in ("user_code", "webserver", "daemon", "metrics", "stream"):
         env = services[name]["environment"]
         assert env["DAGSTER_POSTGRES_URL"].startswith("postgresql://")
         assert env["MARKETDATA_WAREHOUSE_URL"].startswith("postgresql://")

@@ -23,12 +23,13 @@ import dagster as dg
 import httpx
 import pytest
 import redis
+import yaml
 
 from marketdata_assets.emulator.config import EmulatorConfig
 from marketdata_assets.emulator.server import EmulatorServer
 from marketdata_assets.settings import Settings
 from marketdata_tests.conftest import TimeWarp, cli_env, write_catalog
-from marketdata_tests.test_deployment import free_port
+from marketdata_tests.test_deployment import DOCKER, free_port
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 CHANNELS = {"BTCUSDT": "binance:spot:ohlcv:1m:BTC-USDT", "ETHUSDT": "binance:spot:ohlcv:1m:ETH-USDT"}
@@ -124,7 +125,11 @@ def test_streamed_candles_land_closed_once_on_redis_and_in_the_warehouse_across_
         subscriber = Subscriber(redis_port)
         env = {**cli_env(settings, dagster_home, catalog), "MARKETDATA_BINANCE_SPOT_WS_URL": emu.url,
                "MARKETDATA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "MARKETDATA_STREAM_SILENT_SECONDS": "2"}
-        process = subprocess.Popen([sys.executable, "-m", "marketdata_assets.cli", "stream", "--port", "0"],
+        # the live tail as docker/compose.yaml runs it, on a loopback port
+        program, *args = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["stream"]["command"]
+        assert program == "marketdata"
+        args = [{"0.0.0.0": "127.0.0.1", "9109": "0"}.get(arg, arg) for arg in args]
+        process = subprocess.Popen([sys.executable, "-m", "marketdata_assets.cli", *args],
                                    cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         said: list[str] = []
         threading.Thread(target=lambda: said.extend(process.stderr), daemon=True).start()
@@ -192,9 +197,81 @@ def test_streamed_candles_land_closed_once_on_redis_and_in_the_warehouse_across_
         reconnects = float(re.search(r'stream_reconnects_total\{market="spot"\} (\S+)', metrics).group(1))
         assert reconnects >= 2  # the forced disconnect and the stall
 
+        # the daily run of a streamed series fetches nothing stored: only the bars after the newest one
+        before = warehouse.query("SELECT symbol, count(*) AS n FROM market_data.klines GROUP BY symbol ORDER BY symbol")
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
+        try:
+            daily = run_together(settings, keys, f"{month:%Y-%m-%d}", f"{month:%Y-%m-%d}", instance)
+        finally:
+            instance.dispose()
+        assert daily.success
+        after = warehouse.query("SELECT symbol, count(*) AS n FROM market_data.klines GROUP BY symbol ORDER BY symbol")
+        for event in daily.get_asset_observation_events():
+            totals = event.asset_observation_data.asset_observation.metadata["run"].value
+            symbol = event.asset_key.path[-1]
+            added = after.filter(after["symbol"] == symbol)["n"].item() - before.filter(before["symbol"] == symbol)["n"].item()
+            # one window, the tail: a page of it and the empty page that ends it (the month took 43)
+            assert (totals["windows_fetched"], totals["rows_written"]) == (1, added) and totals["requests"] <= 2, totals
+
         # the report: every streamed series whole, 0 unexplained gaps
         report = marketdata_here("report", "--format", "json", cwd=tmp_path, env=cli_env(settings, dagster_home, catalog))
         records = {r["asset"]: r for r in json.loads(report.stdout)}
         for symbol in SYMBOLS:
             record = records[f"binance_spot/klines_1m/{symbol}"]
             assert (record["unexplained_bars"], record["checks"]["no_unclosed_bars"]) == (0, "passed"), record
+
+
+def test_the_emulator_streams_binances_envelope_closing_updates_as_rest_serves_them_and_refuses_1025_streams():
+    import asyncio
+
+    import websockets
+
+    warp = TimeWarp(60, start=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    with EmulatorServer(replace(EmulatorConfig(), ws_update_seconds=0.05), clock=warp) as emu:
+        base = emu.url.replace("http://", "ws://")
+
+        async def listen() -> list[dict]:
+            got = []
+            async with websockets.connect(f"{base}/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m") as ws:
+                while sum(m["data"]["k"]["x"] for m in got) < 4:
+                    got.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            return got
+
+        messages = asyncio.run(listen())
+        first = messages[0]
+        assert set(first) == {"stream", "data"} and first["stream"] in ("btcusdt@kline_1m", "ethusdt@kline_1m")
+        assert first["data"]["e"] == "kline" and first["data"]["s"] == first["data"]["k"]["s"]
+        assert set(first["data"]["k"]) >= {"t", "T", "s", "i", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q"}
+        assert isinstance(first["data"]["k"]["o"], str) and first["data"]["k"]["T"] == first["data"]["k"]["t"] + 59_999
+        closing = [m["data"]["k"] for m in messages if m["data"]["k"]["x"]]
+        forming = [m["data"]["k"] for m in messages if not m["data"]["k"]["x"]]
+        assert forming  # the candle in progress comes between closings, marked x: false
+        for k in closing:  # a closing update is the bar REST serves
+            (row,) = httpx.get(f"{emu.url}/api/v3/klines", params={"symbol": k["s"], "interval": "1m",
+                                                                   "startTime": k["t"], "limit": 1}).json()
+            assert (float(k["o"]), float(k["c"]), float(k["v"]), k["n"]) == (float(row[1]), float(row[4]),
+                                                                            float(row[5]), row[8])
+
+        async def refused(streams: str) -> int:
+            try:
+                async with websockets.connect(f"{base}/stream?streams={streams}"):
+                    return 101
+            except websockets.InvalidStatus as exc:
+                return exc.response.status_code
+
+        assert asyncio.run(refused("dogeusdt@kline_1m")) == 403  # no such symbol
+        assert asyncio.run(refused("btcusdt@kline_2m")) == 403  # no such interval
+        httpx.post(f"{emu.url}/emulator/ws/disconnect", params={"seconds": 60})
+        assert asyncio.run(refused("btcusdt@kline_1m")) == 403  # refused for a minute of its clock
+        time.sleep(1.5)
+        assert asyncio.run(refused("btcusdt@kline_1m")) == 101
+
+
+def test_a_client_opens_a_connection_per_1024_streams():
+    from marketdata_assets.sources.binance_ws import connection_urls, stream_name
+
+    names = [stream_name(f"S{i}USDT", "1m") for i in range(2050)]
+    urls = connection_urls("https://stream.binance.com:9443", names)
+    assert [len(chunk) for _, chunk in urls] == [1024, 1024, 2]
+    assert urls[0][0].startswith("wss://stream.binance.com:9443/stream?streams=s0usdt@kline_1m/s1usdt@kline_1m/")
+    assert [name for _, chunk in urls for name in chunk] == names

@@ -110,9 +110,13 @@ class Klines(InstrumentDataset):
         assert series.instrument is not None
         mode = series.instrument.source or upstreams.klines_source
         if mode == "rest" or series.venue in REST_CLIENTS:
-            return self.rest_source(series, upstreams)
-        archive = BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting))
-        return BinanceKlinesSource(upstreams.klines_client(series.instrument.market), archive, mode)
+            source = self.rest_source(series, upstreams)
+        else:
+            archive = BinanceArchiveClient(upstreams.url(BINANCE_ARCHIVE.url_setting))
+            source = BinanceKlinesSource(upstreams.klines_client(series.instrument.market), archive, mode)
+        if series.options["timeframe"] in series.instrument.streamed:
+            return GapsOnly(source, self, warehouse, bounds)  # `marketdata stream` keeps it: verify, fill holes
+        return source
 
     def rest_source(self, series: Series, upstreams: Any) -> Any:
         """The source of `series` reading REST only (`marketdata gaps verify` fetches a gap again)."""
@@ -183,6 +187,48 @@ class Klines(InstrumentDataset):
             "WHERE (CAST(? AS TEXT) IS NULL OR symbol = ?) GROUP BY 1",
             [symbol, symbol],
         )
+
+
+class GapsOnly:
+    """A streamed series' source for its scheduled runs: the windows already holding bars are
+    only verified (their unexplained holes, and the bars after the newest stored one, are
+    fetched; nothing stored is fetched again); a window holding none is read whole."""
+
+    def __init__(self, source: Any, klines: Klines, warehouse: Warehouse, bounds: Bounds):
+        self._source, self._klines, self._warehouse, self._bounds = source, klines, warehouse, bounds
+        self._fetched: list[tuple[dt.datetime, dt.datetime]] = []
+
+    async def __aenter__(self) -> GapsOnly:
+        await self._source.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._source.__aexit__(*exc_info)
+
+    def outcome(self) -> Any:
+        found = self._source.outcome()
+        found.metadata = {**found.metadata, "streamed": "yes: holes only",
+                          "windows_fetched": len(self._fetched)}
+        return found
+
+    async def read(self, series: Series, start: dt.datetime, end: dt.datetime) -> Any:
+        from marketdata_assets.timeframes import timeframe
+
+        now = dt.datetime.now(dt.UTC)
+        step = dt.timedelta(milliseconds=timeframe(series.options["timeframe"]).millis)
+        where, params = self._klines.row_filter(series)
+        newest = self._warehouse.query(f"SELECT max(open_time) AS t FROM market_data.klines WHERE {where} "
+                                       "AND open_time >= ? AND open_time < ?", [*params, start, end]).item()
+        if newest is None:
+            wanted = [(start, end)]
+        else:
+            wanted = self._klines.missing(self._warehouse, series, start, end, self._bounds, now).windows
+            if newest + step < min(end, now):
+                wanted.append((newest + step, end))
+        for lower, upper in wanted:
+            self._fetched.append((lower, upper))
+            async for frame in self._source.read(series, lower, upper):
+                yield frame
 
 
 def closes_match_results(
