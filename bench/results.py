@@ -218,6 +218,7 @@ def report(results: dict) -> str:
         *databento(results.get("databento")),
         *venue_years(results.get("venues")),
         *export_year(results.get("export")),
+        *stream_latency(results.get("stream")),
         "## Bootstrap: `marketdata seed` of the default catalog",
         "",
         "`marketdata seed` on a fresh environment (default DuckDB warehouse and SQLite instance): every",
@@ -388,6 +389,27 @@ def export_year(found: dict | None) -> list[str]:
         "|---|---|---|---|---|---|",
         *[f"| {fmt} | {found['rows']:,} | {found[fmt]['megabytes']:.0f} MB | {found[fmt]['seconds']:.1f} s "
           f"| {found[fmt]['rss_mb']:.0f} MB | {'yes' if found[fmt]['equal'] else '**no**'} |" for fmt in ("csv", "parquet")],
+        "",
+    ]
+
+
+def stream_latency(found: dict | None) -> list[str]:
+    if not found:
+        return []
+    return [
+        "## The live tail: 50 kline streams",
+        "",
+        f"`marketdata stream`'s Streamer over {found['streams']} streams of the emulator for {found['seconds']:.0f} s, its",
+        "clock at 60 times real time (every stream closes a bar a second, updates every 0.25 s), a real",
+        "redis-server and a subscriber: from each closing update leaving the emulator (its `E`) to the",
+        "warehouse commit (DuckDB, batches every 0.5 s) and to the subscriber."
+        + (f" Measured on {found['date']} at {found['commit']}, after the rest of this run." if found.get("commit") else ""),
+        "",
+        "| to | closing updates | median | p99 |",
+        "|---|---|---|---|",
+        *[f"| {label} | {found[key]['count']:,} of {found['closing_updates_sent']:,} | {found[key]['median_ms']:.0f} ms "
+          f"| {found[key]['p99_ms']:.0f} ms |" for label, key in (("the warehouse commit", "to_warehouse"),
+                                                                  ("the Redis subscriber", "to_redis"))],
         "",
     ]
 

@@ -7,12 +7,13 @@ import datetime as dt
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 
 from harness import RAISED_OKX, dagster_materialize, emulator, run_env, run_measured, run_totals
-from workload import BTC_1M, DERIVATIVES, YEAR
+from workload import BTC_1M, DERIVATIVES, YEAR, utc
 
 def derivatives_backfill(work: Path, url: str) -> dict:
     """A year of BTCUSDT perp funding, open interest and long/short up to this month, in one
@@ -185,3 +186,105 @@ def seed_year(work: Path, url: str) -> dict:
     measured["again_seconds"] = again["seconds"]
     measured["again_said"] = (run_dir / "seed_again.log").read_text().strip().splitlines()[-1]
     return measured
+
+
+STREAMS = 50
+
+
+def stream_latency(work: Path, seconds: float = 60.0) -> dict:
+    """`marketdata stream`'s Streamer over 50 kline streams of the emulator (its clock 60 times
+    real time: every stream closes a bar a second) with a real redis-server and a subscriber:
+    from each closing update leaving the emulator (its E) to the warehouse commit, and to the
+    subscriber, median and p99."""
+    import asyncio
+    import statistics
+    import threading
+    from dataclasses import replace
+
+    import orjson
+    import redis
+    import yaml
+
+    from marketdata_assets.emulator.config import EmulatorConfig
+    from marketdata_assets.emulator.server import EmulatorServer
+    from marketdata_assets.settings import Settings
+    from marketdata_assets.stream import Streamer
+
+    run_dir = work / "stream"
+    run_dir.mkdir()
+    symbols = [f"S{i:02d}USDT" for i in range(STREAMS)]
+    config = replace(EmulatorConfig(), ws_update_seconds=0.25)
+    for symbol in symbols:
+        config = config.with_listing("spot", symbol, utc("2024-01-01"))
+    origin, real0 = time.time() - 7200, time.monotonic()
+
+    def clock() -> float:
+        return origin + (time.monotonic() - real0) * 60
+
+    (run_dir / "catalog.yaml").write_text(yaml.safe_dump({"start_date": "2024-01-01", "instruments": [
+        {"venue": "binance", "market": "spot", "symbol": s, "timeframes": ["1m"], "stream": True} for s in symbols]}))
+    port = _free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    received: dict[tuple[str, int], float] = {}
+    stop = threading.Event()
+
+    def listen() -> None:
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        pubsub = client.pubsub()
+        pubsub.psubscribe("binance:spot:ohlcv:1m:*")
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.2)
+            if message and message["type"] == "pmessage":
+                body = orjson.loads(message["data"])
+                received[(message["channel"].decode(), body["timestamp"])] = time.time()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(0.5)
+    try:
+        with EmulatorServer(config, clock=clock) as emu:
+            settings = Settings(warehouse_url=f"duckdb:///{run_dir / 'w.duckdb'}", catalog_path=run_dir / "catalog.yaml",
+                                binance_spot_url=emu.url, binance_spot_ws_url=emu.url,
+                                redis_url=f"redis://127.0.0.1:{port}/0")
+            streamer = Streamer(settings)
+
+            async def run() -> None:
+                asyncio.get_running_loop().call_later(seconds, streamer.stopping.set)
+                await streamer.run("127.0.0.1", 0)
+
+            asyncio.run(run())
+            emulator_counts = emu.binance_ws.stats()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        listener.join(timeout=5)
+        server.terminate()
+        server.wait(timeout=10)
+    channels = {sub.stream: sub.channel for sub in streamer.subscriptions.values()}
+    to_warehouse = [committed - sent for _, _, sent, _, committed in streamer.timings]
+    to_redis = [received[(channels[stream], open_ms)] - sent for stream, open_ms, sent, _, _ in streamer.timings
+                if (channels[stream], open_ms) in received]
+
+    def spread(values: list[float]) -> dict:
+        ordered = sorted(values)
+        return {"median_ms": round(statistics.median(ordered) * 1000, 1),
+                "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 1), "count": len(ordered)}
+
+    return {"streams": STREAMS, "seconds": seconds, "closing_updates_sent": emulator_counts["closing_updates"],
+            "messages_sent": emulator_counts["messages"], "to_warehouse": spread(to_warehouse),
+            "to_redis": spread(to_redis)}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -27,13 +27,13 @@ import datetime as dt
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import polars as pl
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from marketdata_assets.catalog import Series
 from marketdata_assets.schemas import KLINES
@@ -158,9 +158,15 @@ class Streamer:
                             registry=self.registry)
         self.publish_failures = Counter("stream_publish_failures", "Candles not published: Redis was down",
                                         registry=self.registry)
+        self.commit_latency = Histogram(
+            "stream_commit_latency_seconds", "From a closing update leaving the server (its E) to its warehouse commit",
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0), registry=self.registry)
+        # (stream, open ms, sent, received, committed) of the newest closing updates stored
+        self.timings: deque[tuple[str, int, float, float, float]] = deque(maxlen=100_000)
         self.health = Health()
         self.publisher = Publisher(settings.redis_url, self.publish_failures, self.health)
-        self.pending: list[dict[str, Any]] = []
+        # closed candles to store, each with (stream, open ms, sent, received): one list, swapped whole
+        self.pending: list[tuple[dict[str, Any], tuple[str, int, float, float]]] = []
         self.stopping = asyncio.Event()
 
     # --- the process ---------------------------------------------------------------------------
@@ -268,11 +274,12 @@ class Streamer:
             sub.seam_open = not await self._join(sub, candle.open_time)
         instrument = sub.series.instrument
         assert instrument is not None
-        self.pending.append({
+        row = {
             "venue": instrument.venue, "market": instrument.market, "symbol": instrument.symbol,
             "timeframe": candle.timeframe, "open_time": candle.open_time, **candle.values, "trades": candle.trades,
             "source": "ws", "ingested_at": dt.datetime.now(dt.UTC),
-        })
+        }
+        self.pending.append((row, (sub.stream, int(candle.open_time.timestamp() * 1000), candle.event_ms / 1000, now)))
         sub.last_stored = max(sub.last_stored or candle.open_time, candle.open_time)
 
     async def _join(self, sub: Subscription, first_streamed: dt.datetime) -> bool:
@@ -305,8 +312,13 @@ class Streamer:
     def _write_pending(self) -> None:
         taken, self.pending = self.pending, []
         if taken:
-            self.warehouse.upsert(KLINES, pl.DataFrame(taken).select(KLINES.columns).cast(dict(KLINES.schema)))
+            rows = pl.DataFrame([row for row, _ in taken])
+            self.warehouse.upsert(KLINES, rows.select(KLINES.columns).cast(dict(KLINES.schema)))
+            committed = time.time()
             self.rows.labels("ws").inc(len(taken))
+            for _, (stream, open_ms, left, received) in taken:
+                self.commit_latency.observe(committed - left)
+                self.timings.append((stream, open_ms, left, received, committed))
 
     # --- health ---------------------------------------------------------------------------------
 

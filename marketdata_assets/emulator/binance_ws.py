@@ -126,7 +126,9 @@ class BinanceStreams:
             "v": f"{bar.volume[0]:.8f}", "n": int(bar.trades[0]), "x": closed, "q": f"{bar.quote_volume[0]:.8f}",
             "V": f"{bar.taker_buy_volume[0]:.8f}", "Q": f"{bar.taker_buy_quote_volume[0]:.8f}", "B": "0",
         }
-        event = {"e": "kline", "E": int(now * 1000), "s": symbol, "k": k}
+        # E: when the message leaves (real time, even when the emulator's clock runs faster): how late
+        # a client gets it is measured from here
+        event = {"e": "kline", "E": int(time.time() * 1000), "s": symbol, "k": k}
         await ws.send_text(orjson.dumps({"stream": name, "data": event}).decode())  # text frames, as Binance's
         self.counts["messages"] += 1
         self.counts["closing_updates"] += closed
