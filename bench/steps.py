@@ -260,7 +260,7 @@ def stream_latency(work: Path, seconds: float = 60.0) -> dict:
                 await streamer.run("127.0.0.1", 0)
 
             asyncio.run(run())
-            emulator_counts = emu.binance_ws.stats()
+            emulator_counts = emu.streams.stats()
         time.sleep(0.5)
     finally:
         stop.set()

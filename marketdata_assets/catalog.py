@@ -45,6 +45,13 @@ def _listing_field(dataset_name: str) -> str | None:
     return dataset(dataset_name).instrument_field
 
 
+def _streams(venue: str) -> bool:
+    """Whether `marketdata stream` can stream `venue`'s klines (the klines dataset says; imported late)."""
+    from marketdata_assets.datasets.klines import STREAM_APIS
+
+    return venue in STREAM_APIS
+
+
 def _has_archive(venue: str) -> bool:
     """Whether `venue`'s klines have an archive besides REST (the klines dataset says; imported late)."""
     from marketdata_assets.datasets.klines import REST_CLIENTS
@@ -157,8 +164,8 @@ class Instrument(BaseModel):
                                  "`datasets`)")
         if self.stream and not self.has_dataset("klines"):
             raise ValueError("stream: streams klines: name the timeframes to keep")
-        if self.stream and self.venue != "binance":
-            raise ValueError(f"stream: live klines are streamed from Binance only so far, not {self.venue}")
+        if self.stream and not _streams(self.venue):
+            raise ValueError(f"stream: {self.venue} klines cannot be streamed yet")
         if not isinstance(self.stream, bool):
             for name in self.stream:
                 if name not in self.timeframes:

@@ -27,6 +27,8 @@ ENDPOINT_DEFAULTS = {
     "databento_url": ("MARKETDATA_DATABENTO_URL", "https://hist.databento.com"),
     "binance_spot_ws_url": ("MARKETDATA_BINANCE_SPOT_WS_URL", "wss://stream.binance.com:9443"),
     "binance_futures_ws_url": ("MARKETDATA_BINANCE_FUTURES_WS_URL", "wss://fstream.binance.com"),
+    "okx_ws_url": ("MARKETDATA_OKX_WS_URL", "wss://ws.okx.com:8443"),
+    "bybit_ws_url": ("MARKETDATA_BYBIT_WS_URL", "wss://stream.bybit.com"),
 }
 # Where the emulator serves an upstream whose real host alone tells it apart (both Binance stream
 # hosts answer on /stream): the path under the emulator's URL.
@@ -147,6 +149,8 @@ class Settings:
     databento_url: str = ENDPOINT_DEFAULTS["databento_url"][1]
     binance_spot_ws_url: str = ENDPOINT_DEFAULTS["binance_spot_ws_url"][1]
     binance_futures_ws_url: str = ENDPOINT_DEFAULTS["binance_futures_ws_url"][1]
+    okx_ws_url: str = ENDPOINT_DEFAULTS["okx_ws_url"][1]
+    bybit_ws_url: str = ENDPOINT_DEFAULTS["bybit_ws_url"][1]
     # Binance's published per-IP budgets (request weight per minute); lower them to leave room
     # for other clients on the same IP.
     binance_spot_weight_limit: int = 6000

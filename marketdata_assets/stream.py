@@ -1,8 +1,10 @@
 """`marketdata stream`: the live tail. Closed candles of every catalog klines series marked
-`stream` arrive over Binance's kline streams, are upserted into market_data.klines (`source =
-'ws'`) in batches at most half a second old, and are published on Redis.
+`stream` arrive over its venue's kline streams (Binance, OKX, Bybit: the klines dataset's
+STREAM_APIS), are upserted into market_data.klines (`source = 'ws'`) in batches at most half a
+second old, and are published on Redis.
 
-- Connections: one per market and 1,024 streams, remade before Binance's 24-hour cut, after a
+- Connections: per venue and market, as many streams each as the venue takes (Binance 1,024),
+  subscribed and kept alive as the venue asks; remade before Binance's 24-hour cut, after a
   disconnect (backoff with jitter: 0.5 s doubling to 30 s, times 0.5–1), and when a connection
   stays silent past MARKETDATA_STREAM_SILENT_SECONDS (a stall).
 - No seam leaves a hole: after every (re)connect, a series' first closing update waits until the
@@ -38,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from marketdata_assets.catalog import Series
 from marketdata_assets.schemas import KLINES
 from marketdata_assets.settings import Settings, redact
-from marketdata_assets.sources.binance_ws import Candle, connection_urls, parse_message, stream_name
+from marketdata_assets.sources.binance_ws import Candle
 from marketdata_assets.sources.errors import MalformedResponse
 
 log = logging.getLogger("marketdata.stream")
@@ -48,7 +50,10 @@ _QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "DAI", "EUR", "TRY", "BRL", 
 
 
 def pair(symbol: str) -> str:
-    """`BTCUSDT` as `BTC-USDT` (the quote asset recognised by its suffix)."""
+    """`BTCUSDT` (and OKX's `BTC-USDT`, `BTC-USDT-SWAP`) as `BTC-USDT` (the quote asset recognised
+    by its suffix)."""
+    if "-" in symbol:
+        return "-".join(symbol.split("-")[:2])
     for quote in _QUOTES:
         if symbol.endswith(quote) and len(symbol) > len(quote):
             return f"{symbol[:-len(quote)]}-{quote}"
@@ -60,6 +65,7 @@ class Subscription:
     """One streamed series: its stream, where it is published, and what arrived of it."""
 
     series: Series
+    venue: str
     market: str
     stream: str
     channel: str
@@ -130,6 +136,7 @@ class Streamer:
     def __init__(self, settings: Settings, reconnect_before_s: float = RECONNECT_BEFORE_S):
         from marketdata_assets.catalog import load_catalog
         from marketdata_assets.datasets import dataset
+        from marketdata_assets.datasets.klines import STREAM_APIS
         from marketdata_assets.defs.ingest.resources import resources_from
         from marketdata_assets.timeframes import timeframe
         from marketdata_assets.warehouse import open_warehouse
@@ -139,19 +146,22 @@ class Streamer:
         self.warehouse = open_warehouse(settings.warehouse_url)
         self.upstreams = resources_from(settings)["upstreams"]
         self.reconnect_before_s = reconnect_before_s
-        self.subscriptions: dict[tuple[str, str], Subscription] = {}
+        self.apis = STREAM_APIS
+        self.subscriptions: dict[tuple[str, str, str], Subscription] = {}
         for series in self.klines.series_of(load_catalog(settings.catalog_path)):
             instrument = series.instrument
             name = series.options["timeframe"]
             if instrument is None or name not in instrument.streamed:
                 continue
-            stream = stream_name(instrument.symbol, name)
+            stream = self.apis[instrument.venue].key(instrument.symbol, name)
             channel = f"{instrument.venue}:{instrument.market}:ohlcv:{name}:{pair(instrument.symbol)}"
-            self.subscriptions[(instrument.market, stream)] = Subscription(
-                series, instrument.market, stream, channel, dt.timedelta(milliseconds=timeframe(name).millis))
+            self.subscriptions[(instrument.venue, instrument.market, stream)] = Subscription(
+                series, instrument.venue, instrument.market, stream, channel,
+                dt.timedelta(milliseconds=timeframe(name).millis))
         self.registry = CollectorRegistry(auto_describe=False)
         self.messages = Counter("stream_messages", "Kline messages received", ["stream"], registry=self.registry)
-        self.reconnects = Counter("stream_reconnects", "Connections made again", ["market"], registry=self.registry)
+        self.reconnects = Counter("stream_reconnects", "Connections made again", ["venue", "market"],
+                                  registry=self.registry)
         self.lag = Gauge("stream_lag_seconds", "From a bar's close to its closing update's arrival", ["stream"],
                          registry=self.registry)
         self.rows = Counter("stream_rows_written", "Closed candles stored, by origin (ws, rest)", ["origin"],
@@ -171,14 +181,14 @@ class Streamer:
 
     # --- the process ---------------------------------------------------------------------------
 
-    def connections(self) -> list[tuple[str, str, list[str]]]:
-        """(market, URL, streams) of every connection."""
-        by_market: dict[str, list[str]] = defaultdict(list)
-        for market, stream in self.subscriptions:
-            by_market[market].append(stream)
-        bases = {"spot": self.settings.binance_spot_ws_url, "perp": self.settings.binance_futures_ws_url}
-        return [(market, url, names) for market, names in sorted(by_market.items())
-                for url, names in connection_urls(bases[market], names)]
+    def connections(self) -> list[tuple[str, str, str, list[str]]]:
+        """(venue, market, URL, streams) of every connection."""
+        by_market: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for venue, market, stream in self.subscriptions:
+            by_market[(venue, market)].append(stream)
+        return [(venue, market, url, names) for (venue, market), keys in sorted(by_market.items())
+                for url, names in self.apis[venue].connections(
+                    getattr(self.settings, self.apis[venue].url_settings[market]), market, keys)]
 
     async def run(self, host: str, port: int, started: Any = None) -> None:
         """Stream until `stopping` is set; then write what is pending and close."""
@@ -197,7 +207,8 @@ class Streamer:
             await asyncio.sleep(0.02)
         if started is not None:
             started(server.servers[0].sockets[0].getsockname()[1])
-        tasks = [asyncio.create_task(self._connection(market, url, names)) for market, url, names in self.connections()]
+        tasks = [asyncio.create_task(self._connection(venue, market, url, names))
+                 for venue, market, url, names in self.connections()]
         tasks += [asyncio.create_task(self._writer()), asyncio.create_task(self.publisher.run())]
         await self.stopping.wait()
         for task in tasks:
@@ -212,52 +223,74 @@ class Streamer:
         where, params = self.klines.row_filter(series)
         return self.warehouse.query(f"SELECT max(open_time) AS t FROM market_data.klines WHERE {where}", params).item()
 
-    async def _connection(self, market: str, url: str, names: list[str]) -> None:
+    async def _connection(self, venue: str, market: str, url: str, names: list[str]) -> None:
         import websockets
 
+        api = self.apis[venue]
+        where = f"{venue} {market}"
         attempt, first = 0, True
         while not self.stopping.is_set():
             try:
                 async with websockets.connect(url, open_timeout=10, ping_interval=20, ping_timeout=60,
                                               close_timeout=2, max_size=2**22) as ws:
                     if not first:
-                        self.reconnects.labels(market).inc()
+                        self.reconnects.labels(venue, market).inc()
                     first, attempt = False, 0
                     opened = time.monotonic()
                     for name in names:
-                        self.subscriptions[(market, name)].seam_open = True
-                    log.info(f"{market}: connected, {len(names)} streams")
-                    while True:
-                        left = self.reconnect_before_s - (time.monotonic() - opened)
-                        if left <= 0:
-                            log.info(f"{market}: connection {self.reconnect_before_s / 3600:g} h old: made again")
-                            break
-                        try:
-                            raw = await asyncio.wait_for(ws.recv(), timeout=min(self.settings.stream_silent_seconds, left))
-                        except TimeoutError:
-                            if time.monotonic() - opened >= self.reconnect_before_s:
-                                break
-                            log.warning(f"{market}: silent for {self.settings.stream_silent_seconds:g} s: made again")
-                            break
-                        try:
-                            candle = parse_message(raw)
-                        except MalformedResponse as exc:
-                            log.error(str(exc))
-                            continue
-                        if candle is not None:
-                            await self._on_candle(market, candle)
+                        self.subscriptions[(venue, market, name)].seam_open = True
+                    for request in api.subscribe(market, names):
+                        await ws.send(request)
+                    alive = asyncio.create_task(self._keep_alive(ws, api.keepalive)) if api.keepalive else None
+                    log.info(f"{where}: connected, {len(names)} streams")
+                    try:
+                        await self._receive(ws, api, venue, market, opened)
+                    finally:
+                        if alive is not None:
+                            alive.cancel()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a refused handshake, a dropped connection, a network error
-                log.warning(f"{market}: {exc.__class__.__name__}: {exc}")
+                log.warning(f"{where}: {exc.__class__.__name__}: {exc}")
             if self.stopping.is_set():
                 return
             delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
             attempt += 1
             await asyncio.sleep(delay)
 
-    async def _on_candle(self, market: str, candle: Candle) -> None:
-        sub = self.subscriptions.get((market, candle.stream))
+    async def _receive(self, ws: Any, api: Any, venue: str, market: str, opened: float) -> None:
+        """Read the connection's messages until it is old enough to be made again, goes silent
+        past the threshold, or closes (ConnectionClosed)."""
+        where = f"{venue} {market}"
+        while True:
+            left = self.reconnect_before_s - (time.monotonic() - opened)
+            if left <= 0:
+                log.info(f"{where}: connection {self.reconnect_before_s / 3600:g} h old: made again")
+                return
+            try:
+                raw = await asyncio.wait_for(ws.recv(), timeout=min(self.settings.stream_silent_seconds, left))
+            except TimeoutError:
+                if time.monotonic() - opened < self.reconnect_before_s:
+                    log.warning(f"{where}: silent for {self.settings.stream_silent_seconds:g} s: made again")
+                return
+            try:
+                candles = api.parse(raw, market)
+            except MalformedResponse as exc:
+                log.error(str(exc))
+                continue
+            for candle in candles:
+                await self._on_candle(venue, market, candle)
+
+    @staticmethod
+    async def _keep_alive(ws: Any, keepalive: tuple[float, str]) -> None:
+        """Send the venue's ping every so many seconds (OKX drops a connection silent for 30 s)."""
+        seconds, message = keepalive
+        while True:
+            await asyncio.sleep(seconds)
+            await ws.send(message)
+
+    async def _on_candle(self, venue: str, market: str, candle: Candle) -> None:
+        sub = self.subscriptions.get((venue, market, candle.stream))
         if sub is None:
             return
         now = time.time()
@@ -276,8 +309,10 @@ class Streamer:
         assert instrument is not None
         row = {
             "venue": instrument.venue, "market": instrument.market, "symbol": instrument.symbol,
-            "timeframe": candle.timeframe, "open_time": candle.open_time, **candle.values, "trades": candle.trades,
-            "source": "ws", "ingested_at": dt.datetime.now(dt.UTC),
+            "timeframe": candle.timeframe, "open_time": candle.open_time,
+            **{name: candle.values.get(name) for name in ("open", "high", "low", "close", "volume", "quote_volume",
+                                                           "taker_buy_volume", "taker_buy_quote_volume")},
+            "trades": candle.trades, "source": "ws", "ingested_at": dt.datetime.now(dt.UTC),
         }
         self.pending.append((row, (sub.stream, int(candle.open_time.timestamp() * 1000), candle.event_ms / 1000, now)))
         sub.last_stored = max(sub.last_stored or candle.open_time, candle.open_time)
@@ -328,7 +363,7 @@ class Streamer:
         for sub in self.subscriptions.values():
             since = now - (sub.last_message or self.health.started)
             silent |= since > self.settings.stream_silent_seconds
-            subscriptions[f"{sub.market}:{sub.stream}"] = {
+            subscriptions[f"{sub.venue}:{sub.market}:{sub.stream}"] = {
                 "last_message": dt.datetime.fromtimestamp(sub.last_message, dt.UTC).isoformat()
                 if sub.last_message else None,
                 "silent_seconds": round(since, 3),

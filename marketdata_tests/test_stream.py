@@ -89,6 +89,22 @@ class Subscriber:
         self._thread.join(timeout=5)
 
 
+def start_stream(cwd, env: dict[str, str]) -> tuple[subprocess.Popen, list[str], str]:
+    """`marketdata stream` as docker/compose.yaml runs it, on a loopback port: the process, what
+    it says on stderr (as it says it), and its /healthz URL once it listens."""
+    program, *args = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["stream"]["command"]
+    assert program == "marketdata"
+    args = [{"0.0.0.0": "127.0.0.1", "9109": "0"}.get(arg, arg) for arg in args]
+    process = subprocess.Popen([sys.executable, "-m", "marketdata_assets.cli", *args],
+                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    threading.Thread(target=lambda: said.extend(process.stderr), daemon=True).start()
+    wait_until("the health port", lambda: any("health on" in line for line in said) or process.poll() is not None, 60)
+    assert process.poll() is None, said
+    health = re.search(r"http://\S+/healthz", next(line for line in said if "health on" in line)).group(0)
+    return process, said, health
+
+
 def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -125,17 +141,8 @@ def test_streamed_candles_land_closed_once_on_redis_and_in_the_warehouse_across_
         subscriber = Subscriber(redis_port)
         env = {**cli_env(settings, dagster_home, catalog), "MARKETDATA_BINANCE_SPOT_WS_URL": emu.url,
                "MARKETDATA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "MARKETDATA_STREAM_SILENT_SECONDS": "2"}
-        # the live tail as docker/compose.yaml runs it, on a loopback port
-        program, *args = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["stream"]["command"]
-        assert program == "marketdata"
-        args = [{"0.0.0.0": "127.0.0.1", "9109": "0"}.get(arg, arg) for arg in args]
-        process = subprocess.Popen([sys.executable, "-m", "marketdata_assets.cli", *args],
-                                   cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        said: list[str] = []
-        threading.Thread(target=lambda: said.extend(process.stderr), daemon=True).start()
+        process, said, health = start_stream(tmp_path, env)
         try:
-            wait_until("the health port", lambda: any("health on" in line for line in said), 60)
-            health = re.search(r"http://\S+/healthz", next(line for line in said if "health on" in line)).group(0)
             assert said[0].strip() == "streaming 2 series on 1 connection(s), publishing on redis://127.0.0.1:" \
                                       f"{redis_port}/0"
             wait_until("3 closed candles of each", lambda: all(len(subscriber.closed(s)) >= 3 for s in SYMBOLS))
@@ -193,8 +200,7 @@ def test_streamed_candles_land_closed_once_on_redis_and_in_the_warehouse_across_
                 "timestamp", "open", "high", "low", "close", "volume", "closed"}
             stored = {int(t.timestamp() * 1000): c for t, c in mine.select("open_time", "close").iter_rows()}
             assert all(stored[body["timestamp"]] == body["close"] for body in published)
-        assert 'stream_reconnects_total{market="spot"}' in metrics
-        reconnects = float(re.search(r'stream_reconnects_total\{market="spot"\} (\S+)', metrics).group(1))
+        reconnects = float(re.search(r'stream_reconnects_total\{market="spot",venue="binance"\} (\S+)', metrics).group(1))
         assert reconnects >= 2  # the forced disconnect and the stall
 
         # the daily run of a streamed series fetches nothing stored: only the bars after the newest one
@@ -275,3 +281,77 @@ def test_a_client_opens_a_connection_per_1024_streams():
     assert [len(chunk) for _, chunk in urls] == [1024, 1024, 2]
     assert urls[0][0].startswith("wss://stream.binance.com:9443/stream?streams=s0usdt@kline_1m/s1usdt@kline_1m/")
     assert [name for _, chunk in urls for name in chunk] == names
+
+
+def test_okx_and_bybit_stream_through_the_same_paths_and_join_a_disconnect_through_their_rest(tmp_path, dagster_home):
+    """OKX's candle channel (spot) and Bybit's kline topic (linear) with their own subscribe and
+    ping messages; no Redis (MARKETDATA_REDIS_URL unset): candles are stored all the same."""
+    from marketdata_assets.warehouse import open_warehouse
+
+    warp = TimeWarp(60, start=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3))
+    config = replace(EmulatorConfig(), ws_update_seconds=0.1)
+    with EmulatorServer(config, clock=warp) as emu:
+        catalog = write_catalog(tmp_path / "c.yaml", [
+            {"venue": "okx", "market": "spot", "symbol": "BTC-USDT", "timeframes": ["1m"], "stream": True},
+            {"venue": "bybit", "market": "perp", "symbol": "BTCUSDT", "timeframes": ["1m"], "stream": ["1m"],
+             "datasets": ["klines"]},
+        ], start_date="2025-01-01")
+        settings = Settings(warehouse_url=f"duckdb:///{tmp_path / 'w.duckdb'}", catalog_path=catalog)
+        env = {**cli_env(settings, dagster_home, catalog), "MARKETDATA_OKX_URL": emu.url, "MARKETDATA_BYBIT_URL": emu.url,
+               "MARKETDATA_OKX_WS_URL": emu.url, "MARKETDATA_BYBIT_WS_URL": emu.url,
+               "MARKETDATA_STREAM_SILENT_SECONDS": "2"}
+        process, said, health = start_stream(tmp_path, env)
+        warehouse = open_warehouse(settings.warehouse_url)
+
+        def stored(venue: str) -> int:
+            return warehouse.query("SELECT count(*) AS n FROM market_data.klines WHERE venue = ?", [venue])["n"].item()
+
+        try:
+            assert said[0].strip() == "streaming 2 series on 2 connection(s), no Redis"
+            wait_until("3 bars of each", lambda: min(stored("okx"), stored("bybit")) >= 3)
+            httpx.post(f"{emu.url}/emulator/ws/disconnect", params={"seconds": 180})
+            counts = {venue: stored(venue) for venue in ("okx", "bybit")}
+            wait_until("streaming again", lambda: all(stored(v) >= counts[v] + 6 for v in counts))
+            status = httpx.get(health).json()
+            assert set(status["subscriptions"]) == {"okx:spot:candle1m:BTC-USDT", "bybit:perp:kline.1.BTCUSDT"}
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+        rows = warehouse.query("SELECT venue, open_time, open, close, volume, quote_volume, source FROM market_data.klines "
+                               "ORDER BY venue, open_time")
+        for venue in ("okx", "bybit"):
+            mine = rows.filter(rows["venue"] == venue)
+            first, last = mine["open_time"].min(), mine["open_time"].max()
+            assert mine.height == (last - first) // dt.timedelta(minutes=1) + 1, venue  # each minute once, no seam
+            assert mine.filter(mine["source"] == "rest").height >= 2, venue  # the disconnect's minutes, from REST
+            assert mine["source"][0] == "ws"
+        # the streamed bars are those REST serves, to the digit
+        newest = int(rows["open_time"].max().timestamp() * 1000)
+        okx = httpx.get(f"{emu.url}/api/v5/market/history-candles",
+                        params={"instId": "BTC-USDT", "bar": "1m", "after": newest + 1, "limit": 100}).json()["data"]
+        bybit = httpx.get(f"{emu.url}/v5/market/kline", params={"category": "linear", "symbol": "BTCUSDT", "interval": "1",
+                                                                 "end": newest, "limit": 200}).json()["result"]["list"]
+        served = {("okx", int(r[0])): (float(r[1]), float(r[4]), float(r[5]), float(r[7])) for r in okx} | {
+            ("bybit", int(r[0])): (float(r[1]), float(r[4]), float(r[5]), float(r[6])) for r in bybit}
+        compared = {"okx": 0, "bybit": 0}
+        for venue, open_time, *values in rows.filter(rows["source"] == "ws").select(
+                "venue", "open_time", "open", "close", "volume", "quote_volume").iter_rows():
+            key = (venue, int(open_time.timestamp() * 1000))
+            if key in served:
+                assert served[key] == tuple(values), key
+                compared[venue] += 1
+        assert min(compared.values()) >= 3, compared
+
+
+def test_a_stream_entry_names_timeframes_the_instrument_keeps(tmp_path):
+    from marketdata_assets.catalog import CatalogError, load_catalog
+
+    for entry, said in (
+        ({"timeframes": ["1m"], "stream": ["1h"]}, "stream: '1h' is not one of this instrument's timeframes (1m)"),
+        ({"stream": True, "datasets": ["funding"], "market": "perp"}, "stream: streams klines: name the timeframes"),
+    ):
+        path = write_catalog(tmp_path / "c.yaml", [{"venue": "binance", "market": "spot", "symbol": "BTCUSDT", **entry}])
+        with pytest.raises(CatalogError, match=re.escape(said)):
+            load_catalog(path)

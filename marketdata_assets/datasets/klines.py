@@ -33,8 +33,11 @@ from marketdata_assets.schemas import KLINES
 from marketdata_assets.settings import Settings
 from marketdata_assets.sources.binance_archive import BINANCE_ARCHIVE, BinanceArchiveClient
 from marketdata_assets.sources.binance_klines import BinanceKlinesSource
+from marketdata_assets.sources.binance_ws import BinanceStreamApi
 from marketdata_assets.sources.bybit_klines import BybitKlinesClient
+from marketdata_assets.sources.bybit_ws import BybitStreamApi
 from marketdata_assets.sources.okx_klines import OkxKlinesClient
+from marketdata_assets.sources.okx_ws import OkxStreamApi
 from marketdata_assets.sources.venue_klines import RestKlinesSource
 from marketdata_assets.timeframes import Timeframe, timeframe
 from marketdata_assets.warehouse import Warehouse
@@ -47,6 +50,8 @@ KLINES_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 1 * * *", lower_boun
 
 # The venues whose klines only REST serves, by name: each one's paging client.
 REST_CLIENTS = {client.venue.name: client for client in (OkxKlinesClient, BybitKlinesClient)}
+# Each venue's kline streams, by name, for `marketdata stream` (stream.py).
+STREAM_APIS = {api.venue: api for api in (BinanceStreamApi(), OkxStreamApi(), BybitStreamApi())}
 CLOSES_MATCH = "closes_match_binance"
 REFERENCE_VENUE = "binance"
 

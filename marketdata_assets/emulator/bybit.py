@@ -30,6 +30,16 @@ KLINE_INTERVALS = {**{str(m): m * 60_000 for m in (1, 3, 5, 15, 30, 60, 120, 240
 
 
 
+def bybit_values(category: str, symbol: str, step: int, opens: np.ndarray, now_ms: int) -> tuple[np.ndarray, ...]:
+    """open, high, low, close, volume and turnover of the bars opening at `opens` (prices to 0.01,
+    volumes to 1e-5, turnover to 1e-4), as REST pages and the `kline` topic send them."""
+    block = synthetic_candles("perp" if category == "linear" else "spot", symbol, step, opens, now_ms)
+    venue = 0.9998  # Bybit's prices sit a little off Binance's
+    o, h, lo, c = (np.round(v * venue, 2) for v in (block.open, block.high, block.low, block.close))
+    volume = np.round(block.volume, 5)
+    return o, h, lo, c, volume, np.round(volume * (o + c) / 2, 4)
+
+
 class BybitError(Exception):
     def __init__(self, code: int, msg: str):
         self.code, self.msg = code, msg
@@ -112,11 +122,8 @@ class BybitEmulator:
         page = (category, symbol, step, newest, len(opens))
         rows = self._pages.get(page)
         if rows is None:
-            block = synthetic_candles("perp" if category == "linear" else "spot", symbol, step, opens, now_ms)
-            venue = 0.9998  # Bybit's prices sit a little off Binance's
-            o, h, lo, c = (np.round(v * venue, 2) for v in (block.open, block.high, block.low, block.close))
-            volume = np.round(block.volume, 5)
-            rows = string_rows(opens, *((v, 2) for v in (o, h, lo, c)), (volume, 5), (volume * (o + c) / 2, 4))
+            o, h, lo, c, volume, turnover = bybit_values(category, symbol, step, opens, now_ms)
+            rows = string_rows(opens, *((v, 2) for v in (o, h, lo, c)), (volume, 5), (turnover, 4))
             if newest + step <= now_ms:  # every bar closed: the same page from now on
                 self._pages[page] = rows
                 if len(self._pages) > self.PAGES_KEPT:

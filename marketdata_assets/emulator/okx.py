@@ -33,6 +33,22 @@ OKX_BARS = {"1m": (60_000, 0), "3m": (180_000, 0), "5m": (300_000, 0), "15m": (9
 
 
 
+def okx_rows(market: str, inst_id: str, step: int, opens: np.ndarray, now_ms: int) -> orjson.Fragment:
+    """OKX's candle rows (`[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]`, strings) of the
+    bars opening at `opens`, as REST pages and the `candle` channel send them; the bar still
+    forming at `now_ms` is cut there, with confirm "0"."""
+    binance_symbol = inst_id.removesuffix("-SWAP").replace("-", "")
+    block = synthetic_candles(market, binance_symbol, step, opens, now_ms)
+    venue = 1.0002  # OKX's prices sit a little off Binance's
+    contracts = 100.0 if market == "perp" else 1.0  # a BTC-USDT-SWAP contract is 0.01 BTC
+    o, h, lo, c = (np.round(v * venue, 1) for v in (block.open, block.high, block.low, block.close))
+    base = block.volume
+    quote = base * (o + c) / 2
+    vol, vol_ccy = (base * contracts, base) if market == "perp" else (base, quote)
+    confirm = ["0" if opened + step > now_ms else "1" for opened in opens.tolist()]
+    return string_rows(opens, *((v, 1) for v in (o, h, lo, c)), (vol, 4), (vol_ccy, 6), (quote, 5), confirm)
+
+
 class OkxError(Exception):
     def __init__(self, status: int, code: str, msg: str):
         self.status, self.code, self.msg = status, code, msg
@@ -123,17 +139,7 @@ class OkxEmulator:
         if newest < oldest:
             return _envelope([])
         opens = np.arange(newest, max(oldest, newest - (limit - 1) * step) - 1, -step, dtype=np.int64)
-        binance_symbol = inst_id.removesuffix("-SWAP").replace("-", "")
-        block = synthetic_candles(market, binance_symbol, step, opens, now_ms)
-        venue = 1.0002  # OKX's prices sit a little off Binance's
-        contracts = 100.0 if market == "perp" else 1.0  # a BTC-USDT-SWAP contract is 0.01 BTC
-        o, h, lo, c = (np.round(v * venue, 1) for v in (block.open, block.high, block.low, block.close))
-        base = block.volume
-        quote = base * (o + c) / 2
-        vol, vol_ccy = (base * contracts, base) if market == "perp" else (base, quote)
-        confirm = ["0" if opened + step > now_ms else "1" for opened in opens.tolist()]
-        rows = string_rows(opens, *((v, 1) for v in (o, h, lo, c)), (vol, 4), (vol_ccy, 6), (quote, 5), confirm)
-        return _envelope(rows)
+        return _envelope(okx_rows(market, inst_id, step, opens, now_ms))
 
     def _respond(self, status: int, body: bytes) -> Response:
         self.answers[str(status)] += 1

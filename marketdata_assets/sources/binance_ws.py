@@ -53,7 +53,7 @@ class Candle:
     timeframe: str
     open_time: dt.datetime
     values: dict[str, float]
-    trades: int
+    trades: int | None  # None where the venue does not count them (OKX, Bybit)
     event_ms: int
 
     @property
@@ -85,3 +85,26 @@ def parse_message(raw: str | bytes) -> Candle | None:
     if candle.values["high"] < max(candle.values["open"], candle.values["close"], candle.values["low"]):
         raise MalformedResponse("binance stream", f"{stream}: a kline whose high is below its open, close or low")
     return candle
+
+
+class BinanceStreamApi:
+    """Binance's kline streams as `marketdata stream` uses every venue's: which setting holds the
+    host of a market, a subscription's key, the connections keys need, what to send once connected
+    and to keep alive, and the candles of a message."""
+
+    venue = "binance"
+    url_settings = {"spot": "binance_spot_ws_url", "perp": "binance_futures_ws_url"}
+    keepalive: tuple[float, str] | None = None  # the server pings; the client library answers
+
+    def key(self, symbol: str, timeframe: str) -> str:
+        return stream_name(symbol, timeframe)
+
+    def connections(self, base: str, market: str, keys: list[str]) -> list[tuple[str, list[str]]]:
+        return connection_urls(base, keys)
+
+    def subscribe(self, market: str, keys: list[str]) -> list[str]:
+        return []  # the URL names the streams
+
+    def parse(self, raw: str | bytes, market: str) -> list[Candle]:
+        candle = parse_message(raw)
+        return [candle] if candle is not None else []
