@@ -38,7 +38,8 @@ from harness import (
 )
 from peers import freqtrade_download, freqtrade_python, freqtrade_rows
 from results import report
-from steps import databento_daily, derivatives_backfill, export_year, seed_year, stream_latency, venue_years
+from steps import (databento_daily, derivatives_backfill, export_year, revisions_cost, seed_year, stream_latency,
+                   venue_years)
 from scale import UNIVERSES, archive_paths as universe_paths, catalog, listings, seed_universe, windows
 from workload import (
     BTC_1M, LATENCY_MS, LOAD_MONTHS, LOAD_SYMBOLS, PER_PARTITION_SAMPLE, REPO, SIX_YEARS, YEAR,
@@ -283,7 +284,7 @@ def main() -> None:
     try:
         with emulator() as url:
             # (the steps outside this emulator need none of its archive files)
-            if not args.only or set(args.only.split(",")) - {"a_rest", "stream", "e_latency", "scale"}:
+            if not args.only or set(args.only.split(",")) - {"a_rest", "stream", "revisions", "e_latency", "scale"}:
                 print(f"emulator {url}; building archive files …", flush=True)
                 built = warm_archive(url, archive_paths("BTCUSDT", SIX_YEARS[0], SIX_YEARS[1], PER_PARTITION_SAMPLE)
                                      + daily_paths("BTCUSDT", SIX_YEARS[0], "2025-01-01"))
@@ -326,6 +327,9 @@ def main() -> None:
                     MARKETDATA_KLINES_SOURCE="rest", MARKETDATA_BINANCE_SPOT_WEIGHT_LIMIT=str(10**9),
                     MARKETDATA_BINANCE_MAX_CONCURRENCY="16",
                 )
+        if not only or "revisions" in only:
+            print("revisions (an unchanged month re-written, with the revision check and without) …", flush=True)
+            results["revisions"] = revisions_cost(work)
         if not only or "stream" in only:
             print("stream (50 kline streams for a minute) …", flush=True)
             results["stream"] = stream_latency(work)

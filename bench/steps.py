@@ -4,6 +4,7 @@ Bybit symbol-years, export, and the bootstrap seed."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import subprocess
 import sys
@@ -288,3 +289,49 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def revisions_cost(work: Path, times: int = 5) -> dict:
+    """What keeping revisions costs an unchanged re-write: a month of 1m bars (44,640 rows) upserted
+    again into DuckDB and PostgreSQL, with the revision check and without it, interleaved; the
+    median of each."""
+    import statistics
+    from dataclasses import replace
+
+    import numpy as np
+    import polars as pl
+
+    from marketdata_assets.emulator.candles import synthetic_candles
+    from marketdata_assets.schemas import KLINES
+    from marketdata_assets.warehouse import open_warehouse
+    from marketdata_assets.warehouse.postgres import temporary_database
+
+    opens = np.arange(int(utc("2024-01-01").timestamp() * 1000), int(utc("2024-02-01").timestamp() * 1000), 60_000)
+    block = synthetic_candles("spot", "BTCUSDT", 60_000, opens)
+    frame = pl.DataFrame({
+        "venue": "binance", "market": "spot", "symbol": "BTCUSDT", "timeframe": "1m",
+        "open_time": pl.Series(opens).cast(pl.Datetime("ms", "UTC")), "open": block.open, "high": block.high,
+        "low": block.low, "close": block.close, "volume": block.volume, "quote_volume": block.quote_volume,
+        "trades": block.trades, "taker_buy_volume": block.taker_buy_volume,
+        "taker_buy_quote_volume": block.taker_buy_quote_volume, "source": "archive", "ingested_at": utc("2024-02-02"),
+    }).select(KLINES.columns).cast(dict(KLINES.schema))
+    unkept = replace(KLINES, keeps_revisions=False)
+    found: dict = {"rows": frame.height}
+
+    def measure(url: str) -> dict:
+        warehouse = open_warehouse(url)
+        warehouse.upsert(KLINES, frame)
+        seconds: dict[str, list[float]] = {"kept": [], "not_kept": []}
+        for _ in range(times):
+            for name, table in (("kept", KLINES), ("not_kept", unkept)):
+                began = time.perf_counter()
+                warehouse.upsert(table, frame)
+                seconds[name].append(time.perf_counter() - began)
+        revisions = warehouse.query("SELECT count(*) AS n FROM market_data.revisions")["n"].item()
+        return {name: round(statistics.median(values), 3) for name, values in seconds.items()} | {"revisions": revisions}
+
+    found["duckdb"] = measure(f"duckdb:///{work / 'revisions.duckdb'}")
+    with temporary_database(os.environ.get("MARKETDATA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),
+                            "md_bench_revisions") as url:
+        found["postgres"] = measure(url)
+    return found

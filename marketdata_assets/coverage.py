@@ -118,6 +118,7 @@ class AssetCoverage:
     checks: list[CheckOutcome] = field(default_factory=list)
     empty_materialized: list[str] = field(default_factory=list)  # materialized, no rows stored
     unrecorded_with_rows: list[str] = field(default_factory=list)  # rows stored, never materialized
+    revisions: int = 0  # stored values replaced by others (market_data.revisions)
 
     @property
     def catalog_series(self) -> Series:
@@ -326,14 +327,15 @@ def klines_coverage(
             rejected = Counter(
                 tuple(row) for row in rejected_not_stored(warehouse, series).select(SERIES_COLUMNS).iter_rows()
             )
-        return stored, why, rejected
+            revised = revisions_by_series(warehouse, KLINES.table.name)
+        return stored, why, rejected, revised
 
     with ThreadPoolExecutor(1) as pool:
         from_warehouse = pool.submit(read_warehouse)
         names = {asset.key: KLINES.checks_for(asset.series.venue) for asset in assets}
         checks = _check_outcomes(instance, assets, names)
         statuses = partition_statuses(instance, assets)
-        stored, why, rejected = from_warehouse.result()
+        stored, why, rejected, revised = from_warehouse.result()
     report = []
     for asset, status in zip(assets, statuses, strict=True):
         materialized_subset, failed_subset = status_subsets(status, asset.partitions)
@@ -359,6 +361,7 @@ def klines_coverage(
             checks=[checks[dg.AssetCheckKey(asset.key, name)] for name in names[asset.key]],
             empty_materialized=[_key(day) for day in materialized if day not in with_rows],
             unrecorded_with_rows=[_key(day) for day in sorted(with_rows - recorded)],
+            revisions=revised.get("/".join(series_key), 0),
         ))
     return report
 
@@ -392,6 +395,22 @@ class SeriesCoverage:
     every_missing_window: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
     rows_by_day: dict[int, int] = field(default_factory=dict)  # days since 1970-01-01 UTC
     materialized_windows: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
+    revisions: int = 0  # stored values replaced by others (market_data.revisions)
+
+
+def revisions_by_series(warehouse: Warehouse, table: str) -> dict[str, int]:
+    """How many stored values of `table` upserts replaced, by series (the key's values but the
+    time, joined by '/')."""
+    counted = warehouse.query("SELECT series, count(*) AS n FROM market_data.revisions WHERE table_name = ? "
+                              "GROUP BY series", [table])
+    return dict(counted.iter_rows())
+
+
+def series_revisions(revised: dict[str, int], params: list) -> int:
+    """The revisions of a series whose rows its dataset's filter selects with `params`: those of
+    the series named by them, and of the series within it (a key of more parts)."""
+    named = "/".join(str(p) for p in params)
+    return sum(n for series, n in revised.items() if not named or series == named or series.startswith(named + "/"))
 
 
 def series_assets(catalog: Catalog, symbols: Iterable[str] = (), datasets: Iterable[str] = ()) -> list[SeriesAsset]:
@@ -419,6 +438,7 @@ def series_coverage(
     checks = _check_outcomes(instance, assets, names)
     statuses = partition_statuses(instance, assets)  # type: ignore[arg-type]
     report = []
+    revised: dict[str, dict[str, int]] = {}  # table -> series -> revisions
     with warehouse.session():
         for asset, status in zip(assets, statuses, strict=True):
             declared, time_column = asset.dataset, asset.dataset.time_column_of(asset.series)
@@ -440,13 +460,16 @@ def series_coverage(
             for start, end in audited:
                 found.add(declared.missing(warehouse, asset.series, start, end, bounds, now))
             first, last = (_as_moment(value) for value in stored[1:])
+            table = declared.table_of(asset.series)
+            if table.name not in revised:
+                revised[table.name] = revisions_by_series(warehouse, table.name)
             report.append(SeriesCoverage(
                 asset, stored[0], first, last, asset.partitions.get_num_partitions(),
                 len(materialized_subset.get_partition_keys()),
                 sorted(failed_subset.get_partition_keys()), found.expected, sorted(set(found.windows))[:SAMPLES],
                 found.missing, [checks[dg.AssetCheckKey(asset.key, name)] for name in names[asset.key]],
                 sorted(set(found.windows)), dict(zip(by_day["day"].to_list(), by_day["n"].to_list(), strict=True)),
-                windows,
+                windows, series_revisions(revised[table.name], params),
             ))
     return report
 

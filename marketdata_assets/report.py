@@ -56,6 +56,7 @@ def report_record(item: AssetCoverage) -> dict[str, Any]:
         "known_gap_bars": gaps.known_bars,
         "rejected_bars": gaps.rejected_bars,
         "rejected_rows": item.rejected_rows,
+        "revisions": item.revisions,
         "checks": {check.name: check.state for check in item.checks},
         "check_partitions": {check.name: check_partitions(check) for check in item.checks},
         "disagreements": item.disagreements,
@@ -82,6 +83,7 @@ def series_record(item: SeriesCoverage) -> dict[str, Any]:
         f"expected_{unit}": item.expected,
         f"missing_{unit}": item.missing,
         "missing_windows": [{"start": _moment(a), "end": _moment(b)} for a, b in item.missing_windows],
+        "revisions": item.revisions,
         "checks": {check.name: check.state for check in item.checks},
         "check_partitions": {check.name: check_partitions(check) for check in item.checks},
     }

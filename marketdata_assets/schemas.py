@@ -25,6 +25,14 @@ class TableSpec:
     primary_key: tuple[str, ...]  # the time column last: writers probe overlap by its range
     # Columns only some sources fill: a row from a source without them keeps the stored values.
     kept_when_null: tuple[str, ...] = ()
+    # An upsert that changes a stored row's values keeps the old ones in market_data.revisions
+    # (off for the bookkeeping tables, and for FRED's, which keeps every vintage itself).
+    keeps_revisions: bool = True
+
+    @property
+    def compared_columns(self) -> list[str]:
+        """The columns whose change is a revision: all but the key, the origin and the ingest time."""
+        return [c for c in self.columns if c not in self.primary_key and c not in ("source", "ingested_at")]
 
     @property
     def qualified_name(self) -> str:
@@ -96,6 +104,7 @@ REJECTED_ROWS = TableSpec(
         }
     ),
     primary_key=("dataset", "venue", "market", "symbol", "timeframe", "open_time"),
+    keeps_revisions=False,
 )
 
 # A venue's bars before they become KLINES rows: open time in ms, prices and volumes, ascending.
@@ -147,4 +156,5 @@ KNOWN_GAPS = TableSpec(
         }
     ),
     primary_key=("venue", "market", "symbol", "timeframe", "gap_start"),
+    keeps_revisions=False,
 )

@@ -53,6 +53,7 @@ MACRO_OBSERVATIONS = TableSpec(
         "ingested_at": UTC_TIME,
     }),
     primary_key=("series_id", "realtime_start", "date"),
+    keeps_revisions=False,  # every vintage is a row of its own already
 )
 # Frequency -> how long after an observation's date a newer one is due at the latest (FRED
 # publishes a month's CPI mid next month: its date, the month's first day, is ~45 days old then).

@@ -103,6 +103,8 @@ class Scenario:
     outages: tuple[Outage, ...] = dataclasses.field(default_factory=documented_outages)
     invalid_bars: tuple[InvalidBar, ...] = ()
     failing_windows: tuple[FailingWindow, ...] = ()
+    # candles the exchange restates: served with the close 1% higher (and the high raised to it)
+    revised_bars: tuple[InvalidBar, ...] = ()
 
     def trading(self, market: str, interval_ms: int, open_times: np.ndarray) -> np.ndarray:
         """`open_times` without the bars that fall wholly inside an outage of `market`."""
@@ -119,6 +121,11 @@ class Scenario:
         """The exchange's candles at `open_times`, its mistakes included."""
         shut = [(o.start_ms, o.end_ms) for o in self.outages if o.market in (None, market)]
         bars = synthetic_candles(market, symbol, interval_ms, open_times, now_ms=now_ms, closed_ms=shut)
+        revised = [b.open_ms for b in self.revised_bars if (b.symbol, b.timeframe) == (symbol, timeframe)]
+        if revised and np.isin(bars.open_time, revised).any():
+            moved = np.isin(bars.open_time, revised)
+            close = np.where(moved, np.round(bars.close * 1.01, 2), bars.close)
+            bars = dataclasses.replace(bars, close=close, high=np.maximum(bars.high, close))
         wrong = [b.open_ms for b in self.invalid_bars if (b.symbol, b.timeframe) == (symbol, timeframe)]
         if not wrong:
             return bars

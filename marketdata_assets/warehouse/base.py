@@ -60,6 +60,41 @@ def create_table_sql(table: TableSpec) -> str:
             f"PRIMARY KEY ({', '.join(table.primary_key)}))")
 
 
+# The Dagster run whose writes this process makes now (the asset body sets it), for revisions.
+_RUN: dict[str, str | None] = {"id": None}
+
+
+def set_run(run_id: str | None) -> None:
+    """Name the run the following upserts belong to (a process runs one step at a time)."""
+    _RUN["id"] = run_id
+
+
+def revision_sql(table: TableSpec, incoming: str, dialect: str) -> tuple[str, list[Any]]:
+    """INSERT into market_data.revisions of the stored rows of `table` whose values the rows of
+    `incoming` (a staged relation in its columns) change; run inside the upsert's transaction,
+    before it. A NULL in a `kept_when_null` column changes nothing (the upsert keeps the value)."""
+    json_object = "json_object" if dialect == "duckdb" else "json_build_object"
+    key, time = table.primary_key[:-1], table.primary_key[-1]
+
+    def pairs(columns: list[str] | tuple[str, ...]) -> str:
+        return ", ".join(f"'{c}', t.{c}" for c in columns)
+
+    changed = " OR ".join(
+        (f"(i.{c} IS NOT NULL AND i.{c} IS DISTINCT FROM t.{c})" if c in table.kept_when_null
+         else f"i.{c} IS DISTINCT FROM t.{c}") for c in table.compared_columns)
+    series = f"concat_ws('/', {', '.join(f'CAST(t.{c} AS TEXT)' for c in key)})" if key else "''"
+    return (
+        f"INSERT INTO market_data.revisions (table_name, series, row_time, row_key, old_values, replaced_at, run_id) "
+        f"SELECT '{table.name}', {series}, CAST(t.{time} AS TIMESTAMPTZ), "
+        f"CAST({json_object}({pairs(table.primary_key)}) AS TEXT), "
+        f"CAST({json_object}({pairs(table.compared_columns)}) AS TEXT), now(), ? "
+        f"FROM {table.qualified_name} t JOIN {incoming} i ON "
+        + " AND ".join(f"t.{c} = i.{c}" for c in table.primary_key)
+        + f" WHERE {changed} ON CONFLICT DO NOTHING",
+        [_RUN["id"]],
+    )
+
+
 def relaxing_statements(not_null: list[tuple[str, str]]) -> list[str]:
     """The ALTERs that make RELAXED_COLUMNS nullable, given the (table, column) still NOT NULL."""
     return [f"ALTER TABLE market_data.{table} ALTER COLUMN {column} DROP NOT NULL"

@@ -39,6 +39,7 @@ from marketdata_assets.warehouse.base import (
     distinct_keys,
     overlap_probe,
     relaxing_statements,
+    revision_sql,
 )
 
 _LOCK_MARKERS = ("Could not set lock on file", "Conflicting lock is held")
@@ -113,6 +114,8 @@ class DuckDBWarehouse(Warehouse):
             con.execute("BEGIN TRANSACTION")
             try:
                 if self._holds_any_key(con, table, frame):
+                    if table.keeps_revisions and table.compared_columns:
+                        con.execute(*revision_sql(table, "incoming", "duckdb"))  # the values replaced, kept
                     con.execute(f"{insert} {table.on_conflict_update}")
                 else:
                     # No stored row shares a key: a plain insert, twice as fast as ON CONFLICT.

@@ -33,6 +33,7 @@ from marketdata_assets.warehouse.base import (
     distinct_keys,
     overlap_probe,
     relaxing_statements,
+    revision_sql,
 )
 
 # Taken while creating the schema: concurrent CREATE … IF NOT EXISTS can still collide in PostgreSQL.
@@ -238,6 +239,9 @@ class PostgresWarehouse(Warehouse):
                         f"CREATE TEMPORARY TABLE staging (LIKE {table.qualified_name} INCLUDING DEFAULTS) ON COMMIT DROP"
                     )
                     cur.copy_expert(f"COPY staging ({columns}) FROM STDIN WITH (FORMAT {fmt})", rows)
+                    if table.keeps_revisions and table.compared_columns:
+                        sql, params = revision_sql(table, "staging", "postgres")  # the values replaced, kept
+                        cur.execute(_placeholders(sql), params)
                     cur.execute(
                         f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM staging "
                         f"{table.on_conflict_update}"

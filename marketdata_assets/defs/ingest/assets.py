@@ -29,6 +29,7 @@ from marketdata_assets.ingest import ingest
 from marketdata_assets.picture import asset_row, markdown
 from marketdata_assets.run_health import tag_run
 from marketdata_assets.tally import PartitionTally
+from marketdata_assets.warehouse.base import set_run
 from marketdata_assets.wording import counted
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def build_dataset_assets(dataset: "Dataset", group: list["Series"], warehouse_ki
     )
     def materialize(context: dg.AssetExecutionContext):
         tag_run(context.instance, context.run.run_id)  # so a run whose process dies is noticed (run_health)
+        set_run(context.run.run_id)  # a value this run replaces is kept in market_data.revisions, naming it
         chosen = sorted(set(context.selected_asset_keys) | {c.asset_key for c in context.selected_asset_check_keys},
                         key=lambda key: key.path)
         failures: list[Exception] = []
