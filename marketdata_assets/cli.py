@@ -468,6 +468,80 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
     sys.exit(1)
 
 
+@backfill.command("plan")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--wait", is_flag=True, help="Follow its backfills until they end; exit 1 unless each succeeded.")
+@click.option("--local", is_flag=True, help="Run it in this process (no webserver), with a progress bar.")
+@click.option("--dry-run", is_flag=True, help="Say what would run and what it would ask of each venue; run nothing.")
+@click.option("--max-cost", type=click.FloatRange(min=0), metavar="USD",
+              help="Refuse a plan an upstream prices higher (Databento) [MARKETDATA_DATABENTO_MAX_COST, 5].")
+def backfill_plan(file: Path, wait: bool, local: bool, dry_run: bool, max_cost) -> None:
+    """Backfill what the YAML plan FILE names: datasets, timeframes, start and end, venues,
+    markets, symbols and keys (plans.py; the README has examples). One backfill per
+    PartitionsDefinition; prints their ids (with --local, each run's outcome)."""
+    from marketdata_assets.backfills import DagsterApi, DagsterApiError
+    from marketdata_assets.catalog import CatalogError
+    from marketdata_assets.defs.location import build_definitions
+    from marketdata_assets.plans import PlanError, estimates, load_plan, resolve
+    from marketdata_assets.settings import Settings, SettingsError
+
+    try:
+        plan = load_plan(file)
+        settings = Settings.from_env()
+        definitions = build_definitions(settings)
+        planned = resolve(plan, definitions, dt.datetime.now(dt.UTC))
+    except (PlanError, CatalogError, SettingsError) as exc:
+        _fail("backfill plan", str(exc))
+    echo = (lambda line: click.echo(line)) if dry_run else (lambda line: click.echo(line, err=True))
+    echo(f"plan {file}: {counted(len(planned.specs), 'asset')}, {counted(planned.partitions, 'partition')} in "
+         f"{counted(len(planned.chosen), 'backfill')}, {planned.start:%Y-%m-%d %H:%M} .. {planned.end:%Y-%m-%d %H:%M} UTC"
+         if planned.start else f"plan {file}: {counted(len(planned.specs), 'asset')}, "
+         f"{counted(planned.partitions, 'partition')} in {counted(len(planned.chosen), 'backfill')}, from each listing "
+         f"to {planned.end:%Y-%m-%d %H:%M} UTC")
+    for selection in planned.chosen:
+        echo(f"  {selection.describe()} ({counted(selection.size, 'partition')})")
+    for estimate in estimates(planned, settings):
+        echo(f"  {estimate.venue}: {'' if estimate.exact else 'about '}{estimate.requests:,} requests, "
+             f"weight {estimate.weight:,}")
+    priced = _priced("backfill plan", settings, planned.chosen, max_cost, echo)
+    if dry_run:
+        click.echo("nothing was launched (--dry-run)")
+        return
+    tags = {"marketdata/trigger": f"marketdata backfill plan {file.name}", **priced}
+    if local:
+        from marketdata_assets.app import AppError, check_warehouse, local_instance
+
+        try:
+            check_warehouse(settings)
+        except AppError as exc:
+            _fail("backfill plan", str(exc))
+        instance = local_instance()
+        ok = _run_here(definitions, planned.chosen, instance, tags)
+        instance.dispose()
+        sys.exit(0 if ok else 1)
+    api = DagsterApi(settings.dagster_url)
+    at_once = plan.concurrency or len(planned.chosen)
+    failed = False
+    try:
+        for first in range(0, len(planned.chosen), at_once):
+            batch = planned.chosen[first:first + at_once]
+            ids = [api.launch([selection], f"plan {file.name}: {selection.describe()}", tags) for selection in batch]
+            for backfill_id in ids:
+                click.echo(backfill_id)
+            if not wait:
+                continue
+            for backfill_id, selection in zip(ids, batch, strict=True):
+                info = api.wait(backfill_id, lambda i: click.echo(
+                    f"{i.id}: {i.status}: {i.done} of {i.total} partitions done, {i.failed} failed", err=True))
+                if info.status not in ("COMPLETED", "COMPLETED_SUCCESS"):
+                    _explain_failure(api, info, [selection])
+                    failed = True
+    except DagsterApiError as exc:
+        click.echo(f"marketdata backfill plan: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(1 if failed else 0)
+
+
 def _explain_failure(api, info, chosen) -> None:
     """Why a backfill followed with --wait did not succeed: each failed run's reason and the
     partitions it left failed, then the command that runs them again."""

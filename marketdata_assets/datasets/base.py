@@ -202,6 +202,12 @@ class Dataset:
         environment), or None: `marketdata seed` leaves it out saying so, `backfill` refuses it."""
         return None
 
+    def estimate(self, series: Series, start: dt.datetime, end: dt.datetime, settings: Any) -> tuple[str, int, int] | None:
+        """(venue, requests, request weight) reading `series` over [start, end) would ask of its
+        upstream, as `marketdata backfill plan --dry-run` shows it; None: no estimate of its own
+        (the plan then assumes a request a partition)."""
+        return None
+
     def cost_usd(self, series: list[Series], start: dt.datetime, end: dt.datetime, settings: Any) -> float:
         """What the upstream bills for the rows of `series` over [start, end) UTC, asked of it
         without spending (a dataset that `bills_by_volume` says)."""

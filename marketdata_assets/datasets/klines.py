@@ -130,6 +130,34 @@ class Klines(InstrumentDataset):
             return RestKlinesSource(rest_only.from_upstreams(upstreams))
         return BinanceKlinesSource(upstreams.klines_client(series.market), None, "rest")
 
+    def estimate(self, series: Series, start: dt.datetime, end: dt.datetime, settings: Any) -> tuple[str, int, int]:
+        """Pages of REST over the window (Binance: the archive's monthly files instead for months that
+        have closed, its daily files for the days before today; REST for today), and their weight."""
+        from marketdata_assets.sources.binance_klines_rest import PERP, SPOT
+        from marketdata_assets.sources.bybit_klines import PAGE as BYBIT_PAGE
+        from marketdata_assets.sources.okx_klines import HISTORY_PAGE
+
+        assert series.instrument is not None
+        step = dt.timedelta(milliseconds=timeframe(series.options["timeframe"]).millis)
+        start = max(start, dt.datetime.combine(series.start_date, dt.time(), dt.UTC))
+        bars = max(0, int((end - start) / step))
+        if series.venue in REST_CLIENTS:
+            pages = -(-bars // (HISTORY_PAGE if series.venue == "okx" else BYBIT_PAGE))
+            return series.venue, pages, pages
+        endpoint = SPOT if series.market == "spot" else PERP
+        venue = "binance_spot" if series.market == "spot" else "binance_futures"
+        mode = series.instrument.source or settings.klines_source
+        if mode == "rest":
+            pages = -(-bars // endpoint.page_limit)
+            return venue, pages, pages * endpoint.request_weight(endpoint.page_limit)
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        this_month = today.replace(day=1)
+        months = len({(d.year, d.month) for d in _days(start, min(end, this_month))})
+        days = len(_days(max(start, this_month), min(end, today)))
+        rest_pages = -(-max(0, int((end - max(start, today)) / step)) // endpoint.page_limit)
+        # a file and its .CHECKSUM each: the archive asks for no weight, REST for today's bars does
+        return venue, 2 * (months + days) + rest_pages, rest_pages * endpoint.request_weight(endpoint.page_limit)
+
     def checks_for(self, venue: str) -> tuple[str, ...]:
         return self.checks + ((CLOSES_MATCH,) if venue in REST_CLIENTS else ())
 
@@ -234,6 +262,15 @@ class GapsOnly:
             self._fetched.append((lower, upper))
             async for frame in self._source.read(series, lower, upper):
                 yield frame
+
+
+def _days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
+    """The UTC days [start, end) touches."""
+    days, day = [], start.date()
+    while dt.datetime.combine(day, dt.time(), dt.UTC) < end:
+        days.append(day)
+        day += dt.timedelta(days=1)
+    return days
 
 
 def closes_match_results(
