@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from marketdata_tests.conftest import cli_env, write_catalog
+from marketdata_tests.conftest import REPO, cli_env, write_catalog
 from marketdata_tests.test_cli import marketdata_here
 
 INSTRUMENTS = [
@@ -16,8 +16,16 @@ INSTRUMENTS = [
     {"venue": "binance", "market": "spot", "symbol": "ETHUSDT", "timeframes": ["1h"]},
     {"venue": "binance", "market": "perp", "symbol": "BTCUSDT", "datasets": ["funding"]},
 ]
-PLAN = {"datasets": ["klines"], "timeframes": ["1h"], "start": "2024-01-01", "end": "2024-02-29",
-        "venue": ["binance"], "market": "spot", "symbols": ["BTCUSDT"], "concurrency": 1}
+
+
+def readme_plan() -> dict:
+    """The README's example plan, as a user copies it."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```yaml\n# config/backfill/btc-hourly.yaml\n", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(block)
+
+
+PLAN = readme_plan()
 
 
 @pytest.fixture
