@@ -94,8 +94,9 @@ def coverage(symbols: Sequence[str], dataset: str | None = "klines") -> Coverage
 # --- summary ----------------------------------------------------------------------------------------
 
 
-def summary(symbol: str | None) -> tuple[str, pl.DataFrame]:
-    """(warehouse URL fit to print, one row per stored series: series (its asset key), rows, first_time, last_time)."""
+def summary(symbol: str | None, narrowed: Any = None) -> tuple[str, pl.DataFrame]:
+    """(warehouse URL fit to print, one row per stored series: series (its asset key), rows, first_time, last_time),
+    of the catalog's series `narrowed` (plans.Filter) keeps when given."""
     from marketdata_assets.datasets import all_datasets
     from marketdata_assets.warehouse import WarehouseError, open_warehouse
 
@@ -107,14 +108,32 @@ def summary(symbol: str | None) -> tuple[str, pl.DataFrame]:
         )
     except WarehouseError as exc:
         raise AppError(str(exc)) from None
+    if narrowed is not None:
+        kept = {key for key, _ in _narrowed_series(settings, narrowed)}
+        frame = frame.filter(pl.col("series").is_in(sorted(kept)))
     return redact(settings.warehouse_url), frame
+
+
+def _narrowed_series(settings: Settings, narrowed: Any) -> list[tuple[str, Any]]:
+    """(asset key as text, series) of the catalog's series `narrowed` keeps; AppError for a value
+    no series has."""
+    from marketdata_assets.catalog import CatalogError, load_catalog
+    from marketdata_assets.datasets import dataset
+    from marketdata_assets.plans import about_series
+
+    try:
+        every = [(dataset(s.dataset).asset_key(s).to_user_string(), s)
+                 for s in load_catalog(settings.catalog_path).all_series()]
+        return narrowed.narrow(every, lambda pair: about_series(pair[1]), "series of the catalog")
+    except (CatalogError, ValueError) as exc:
+        raise AppError(str(exc)) from None
 
 
 # --- export -----------------------------------------------------------------------------------------
 
 
 def export(selection: str, from_raw: str | None, to_raw: str | None, fmt: str, path: Path | None,
-           partitioned: bool) -> list:
+           partitioned: bool, narrowed: Any = None) -> list:
     """The stored rows of the series `selection` names, over the window, into files
     (export.py); every bad input is an AppError before a file is opened."""
     from marketdata_assets import backfills
@@ -126,6 +145,10 @@ def export(selection: str, from_raw: str | None, to_raw: str | None, fmt: str, p
         settings = Settings.from_env()
         start, end = backfills.window(from_raw, to_raw, dt.datetime.now(dt.UTC))
         chosen = choose(load_catalog(settings.catalog_path), selection)
+        if narrowed is not None:
+            from marketdata_assets.plans import about_series
+
+            chosen = narrowed.narrow(chosen, lambda each: about_series(each.series), "series the selection names")
         return write_files(open_warehouse(settings.warehouse_url), chosen, start, end, fmt, path, partitioned)
     except (CatalogError, WarehouseError, ExportError, backfills.BackfillError, ValueError) as exc:
         raise AppError(str(exc)) from None
@@ -181,7 +204,7 @@ class SeedPlan:
     notes: list[str]  # what the plan left out and why
 
 
-def plan_seed(env: Mapping[str, str], from_raw: str | None, to_raw: str | None) -> SeedPlan:
+def plan_seed(env: Mapping[str, str], from_raw: str | None, to_raw: str | None, narrowed: Any = None) -> SeedPlan:
     """Every partition of every dataset not skipped (SKIP_<NAME>) overlapping FROM_DATE..TO_DATE
     that is not materialized yet, with the settings of `env`."""
     from marketdata_assets import backfills
@@ -200,7 +223,14 @@ def plan_seed(env: Mapping[str, str], from_raw: str | None, to_raw: str | None) 
     from marketdata_assets.datasets import all_datasets
 
     unmet = {d.name: why for d in all_datasets() if (why := d.unmet_requirement(settings))}
-    chosen, notes = backfills.plan_seed(definitions, instance, start, end, now, backfills.skipped_datasets(env), unmet)
+    def keep(specs: list) -> list:  # --venue, --market, --symbols, --keys
+        try:
+            return narrowed.narrow(specs, lambda spec: spec.metadata)
+        except ValueError as exc:
+            raise AppError(str(exc)) from None
+
+    chosen, notes = backfills.plan_seed(definitions, instance, start, end, now, backfills.skipped_datasets(env), unmet,
+                                        keep if narrowed is not None else None)
     return SeedPlan(settings, definitions, instance, start, end, chosen, notes)
 
 
@@ -266,7 +296,7 @@ def check_warehouse(settings: Settings) -> None:
 
 
 def backfill_selection(
-    dataset: str, symbols: Sequence[str], from_raw: str | None, to_raw: str | None,
+    dataset: str, symbols: Sequence[str], from_raw: str | None, to_raw: str | None, narrowed: Any = None,
 ) -> tuple[Settings, dg.Definitions, list]:
     """(settings, definitions, backfills.Selection list) of `marketdata backfill DATASET`: the
     partitions of its assets (of `symbols`, comma-separated or repeated) overlapping from..to."""
@@ -282,7 +312,9 @@ def backfill_selection(
         settings = Settings.from_env()
         definitions = build_definitions(settings)
         specs = backfills.dataset_assets(definitions, dataset, wanted)
-    except (backfills.BackfillError, CatalogError, SettingsError) as exc:
+        if narrowed is not None:
+            specs = narrowed.narrow(specs, lambda spec: spec.metadata, f"{dataset} asset")
+    except (backfills.BackfillError, CatalogError, SettingsError, ValueError) as exc:
         raise AppError(str(exc)) from None
     chosen = backfills.selections(specs, lambda spec: partitions_between(spec.partitions_def, start, end, now))  # type: ignore[arg-type]
     if not chosen:

@@ -434,6 +434,7 @@ def skipped_datasets(env: Mapping[str, str]) -> list[str]:
 def plan_seed(
     definitions: dg.Definitions, instance: dg.DagsterInstance, start: dt.datetime, end: dt.datetime,
     now: dt.datetime, skip: Sequence[str], unmet: Mapping[str, str] | None = None,
+    keep: Callable[[list[dg.AssetSpec]], list[dg.AssetSpec]] | None = None,
 ) -> tuple[list[Selection], list[str]]:
     """The partitions overlapping [start, end) of every dataset not skipped (nor `unmet`: dataset ->
     the requirement it lacks) that are not yet materialized, as Selections, and what the plan left
@@ -446,6 +447,8 @@ def plan_seed(
     notes += [f"skipping {name}: {why}" for name, why in unmet.items() if name not in skipped and name in kept]
     skipped |= set(unmet)
     specs = [s for s in every if dataset_of(s) not in skipped]
+    if keep is not None:  # --venue, --market, --symbols, --keys
+        specs = keep(specs)
     wanted: dict[dg.AssetKey, list[str]] = {}
     already = total = 0
     for spec in specs:

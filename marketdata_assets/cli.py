@@ -23,6 +23,26 @@ def main() -> None:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
+def _filter_options(*names: str):
+    """--venue, --market, --symbols and --keys (those named), with a plan's meaning (plans.Filter)."""
+    helps = {"venue": "Only these venues (binance, okx, bybit, fred, …): comma-separated or repeated.",
+             "market": "Only these markets (spot, perp); series without a market are left out.",
+             "symbols": "Only these instruments' symbols (series keep theirs).",
+             "keys": "Only these series' keys (FRED ids, roots; instruments keep theirs)."}
+
+    def decorate(command):
+        for name in reversed(names):
+            command = click.option(f"--{name}", f"filter_{name}", multiple=True, metavar="NAMES", help=helps[name])(command)
+        return command
+    return decorate
+
+
+def _filter_of(command: str, **given):
+    from marketdata_assets.plans import Filter
+
+    return Filter.of(**{name.removeprefix("filter_"): values for name, values in given.items()})
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8900, show_default=True, type=int, help="0 picks a free port.")
@@ -132,12 +152,14 @@ def emulator(
 
 @main.command()
 @click.option("--symbol", help="Only this symbol.")
-def summary(symbol: str | None) -> None:
+@_filter_options("venue", "market", "keys")
+def summary(symbol: str | None, filter_venue, filter_market, filter_keys) -> None:
     """Rows and date range stored per series in the warehouse."""
     from marketdata_assets import app
 
     try:
-        url, frame = app.summary(symbol)
+        url, frame = app.summary(symbol, _filter_of("summary", filter_venue=filter_venue, filter_market=filter_market,
+                                                    filter_keys=filter_keys))
     except app.AppError as exc:
         _fail("summary", str(exc))
     if frame.is_empty():
@@ -157,14 +179,17 @@ def summary(symbol: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
 @click.option("--path", type=click.Path(path_type=Path), help="A directory, or the file of one series [here].")
 @click.option("--partitioned", is_flag=True, help="A Hive-partitioned Parquet tree (venue=/symbol=/year=).")
+@_filter_options("venue", "market", "symbols", "keys")
 def export(selection: str, from_raw: str | None, to_raw: str | None, fmt: str, path: Path | None,
-           partitioned: bool) -> None:
+           partitioned: bool, filter_venue, filter_market, filter_symbols, filter_keys) -> None:
     """Stored rows of the series SELECTION names (asset keys or patterns, comma-separated:
     binance_spot/klines_1m/BTCUSDT, binance_*/funding/*) to CSV or Parquet, a file a series."""
     from marketdata_assets import app
 
     try:
-        written = app.export(selection, from_raw, to_raw, fmt, path, partitioned)
+        written = app.export(selection, from_raw, to_raw, fmt, path, partitioned, _filter_of(
+            "export", filter_venue=filter_venue, filter_market=filter_market, filter_symbols=filter_symbols,
+            filter_keys=filter_keys))
     except app.AppError as exc:
         _fail("export", str(exc))
     for each in written:
@@ -255,10 +280,12 @@ def _coverage(command: str, symbols: tuple[str, ...], dataset: str | None = "kli
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--dataset", metavar="DATASET", help="Only this dataset, by the name its assets carry (their `dataset` metadata).")
 @click.option("--symbol", "symbols", multiple=True, help="Only this symbol (repeatable).")
+@_filter_options("venue", "market", "keys")
 @click.option("--fail-on-gaps", is_flag=True, help="Exit 1 if any asset has unexplained gaps or missing rows (for CI).")
 @click.option("--html", "html_path", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
               help="Also write the coverage picture (a self-contained page) to FILE.")
-def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool, html_path: str | None) -> None:
+def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps: bool, html_path: str | None,
+           filter_venue, filter_market, filter_keys) -> None:
     """Coverage audit: one row per asset, from Dagster's partition status and the warehouse.
 
     Gaps are counted inside materialized partitions; known gaps are documented maintenance and
@@ -275,6 +302,17 @@ def report(fmt: str, dataset: str | None, symbols: tuple[str, ...], fail_on_gaps
     for run in found.dead_runs:
         click.echo(f"marketdata report: {run.describe()}", err=True)
     items, others = found.klines, found.others
+    narrowed = _filter_of("report", filter_venue=filter_venue, filter_market=filter_market, filter_keys=filter_keys)
+    if narrowed is not None:
+        from marketdata_assets.plans import about_series
+
+        try:
+            kept = narrowed.narrow([*items, *others], lambda item: about_series(
+                item.catalog_series if hasattr(item, "catalog_series") else item.asset.series))
+        except ValueError as exc:
+            _fail("report", str(exc))
+        items = [item for item in items if item in kept]
+        others = [item for item in others if item in kept]
     click.echo(render(items, others, fmt))
     if html_path:
         from marketdata_assets.picture import render_html, rows_of
@@ -363,12 +401,13 @@ def backfill() -> None:
     """
 
 
-def _selection(command: str, dataset: str, symbols: tuple[str, ...], from_raw: str | None, to_raw: str | None):
+def _selection(command: str, dataset: str, symbols: tuple[str, ...], from_raw: str | None, to_raw: str | None,
+               narrowed=None):
     """app.backfill_selection, or one line and exit 2."""
     from marketdata_assets import app
 
     try:
-        return app.backfill_selection(dataset, symbols, from_raw, to_raw)
+        return app.backfill_selection(dataset, symbols, from_raw, to_raw, narrowed)
     except app.AppError as exc:
         _fail(command, str(exc))
 
@@ -429,14 +468,17 @@ def _run_here(definitions, chosen, instance, tags=None) -> bool:
 @click.option("--local", is_flag=True, help="Run it in this process (no webserver), with a progress bar.")
 @click.option("--max-cost", type=click.FloatRange(min=0), metavar="USD",
               help="Refuse a backfill an upstream prices higher (Databento) [MARKETDATA_DATABENTO_MAX_COST, 5].")
-def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: bool, max_cost) -> None:
+@_filter_options("venue", "market", "keys")
+def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: bool, max_cost, filter_venue,
+                    filter_market, filter_keys) -> None:
     """Backfill DATASET (a dataset, a key's dataset part such as klines_1m, or a group such as
     sentiment) over a date range.
 
     Prints the backfill's id; with --local, each run's outcome instead."""
     from marketdata_assets.backfills import DagsterApi, DagsterApiError
 
-    settings, definitions, chosen = _selection("backfill", dataset, symbols, from_raw, to_raw)
+    settings, definitions, chosen = _selection("backfill", dataset, symbols, from_raw, to_raw, _filter_of(
+        "backfill", filter_venue=filter_venue, filter_market=filter_market, filter_keys=filter_keys))
     priced = _priced("backfill", settings, chosen, max_cost, lambda line: click.echo(line, err=True))
     if local:
         from marketdata_assets.app import AppError, check_warehouse, local_instance
@@ -623,12 +665,12 @@ def backfill_cancel(backfill_id: str) -> None:
                f"({info.done} of {info.total} partitions done so far stay)")
 
 
-def run_seed(env, from_raw: str | None, to_raw: str | None, max_cost: float | None = None) -> bool:
+def run_seed(env, from_raw: str | None, to_raw: str | None, max_cost: float | None = None, narrowed=None) -> bool:
     """`marketdata seed` with the settings of `env`, printed as it goes; True when every run succeeded."""
     from marketdata_assets import app
 
     try:
-        plan = app.plan_seed(env, from_raw, to_raw)
+        plan = app.plan_seed(env, from_raw, to_raw, narrowed)
     except app.AppError as exc:
         _fail("seed", str(exc))
     click.echo(f"seeding {plan.start:%Y-%m-%d %H:%M} .. {plan.end:%Y-%m-%d %H:%M} UTC into {redact(plan.settings.warehouse_url)}")
@@ -650,14 +692,18 @@ def run_seed(env, from_raw: str | None, to_raw: str | None, max_cost: float | No
 @click.option("--to", "to_raw", envvar="TO_DATE", metavar="DATE", help="Last day, included [now].")
 @click.option("--max-cost", type=click.FloatRange(min=0), metavar="USD",
               help="Refuse a seed an upstream prices higher (Databento) [MARKETDATA_DATABENTO_MAX_COST, 5].")
-def seed(from_raw: str | None, to_raw: str | None, max_cost: float | None) -> None:
+@_filter_options("venue", "market", "symbols", "keys")
+def seed(from_raw: str | None, to_raw: str | None, max_cost: float | None, filter_venue, filter_market, filter_symbols,
+         filter_keys) -> None:
     """Bootstrap: every dataset of the catalog over the last year, in this process.
 
     SKIP_<DATASET>=1 leaves a dataset out (SKIP_KLINES, SKIP_FUNDING, …), SKIP_<GROUP>=1 a
     group of them (SKIP_SENTIMENT). A re-run fetches only the partitions not materialized yet."""
     import os
 
-    sys.exit(0 if run_seed(os.environ, from_raw, to_raw, max_cost) else 1)
+    narrowed = _filter_of("seed", filter_venue=filter_venue, filter_market=filter_market, filter_symbols=filter_symbols,
+                          filter_keys=filter_keys)
+    sys.exit(0 if run_seed(os.environ, from_raw, to_raw, max_cost, narrowed) else 1)
 
 
 @main.command()

@@ -120,11 +120,12 @@ def resolve(plan: Plan, definitions: dg.Definitions, now: dt.datetime) -> Planne
             if name not in known:
                 raise plan.fail("datasets", f"unknown dataset {name!r} (the catalog has {', '.join(known)})")
         specs = [s for s in specs if named[s.key] & set(plan.datasets)]
-    specs = _narrowed(plan, "timeframes", specs, lambda s: s.metadata.get("timeframe"), lambda s: "timeframe" in s.metadata)
-    specs = _narrowed(plan, "venue", specs, lambda s: s.metadata.get("venue"), lambda s: True)
-    specs = _narrowed(plan, "market", specs, lambda s: s.metadata.get("market"), lambda s: True)
-    specs = _narrowed(plan, "symbols", specs, lambda s: s.metadata.get("symbol"), lambda s: "market" in s.metadata)
-    specs = _narrowed(plan, "keys", specs, lambda s: s.metadata.get("symbol"), lambda s: "market" not in s.metadata)
+    narrowed = Filter(plan.venue, plan.market, plan.symbols, plan.keys, plan.timeframes)
+    try:
+        specs = narrowed.narrow(specs, lambda spec: spec.metadata, "asset of the plan's datasets",
+                                label=lambda name: f"{name}:")
+    except ValueError as exc:
+        raise PlanError(f"plan {plan.path}: {exc}") from None
     if not specs:
         raise PlanError(f"plan {plan.path}: names no asset of the catalog (its filters leave nothing)")
     try:
@@ -140,18 +141,55 @@ def resolve(plan: Plan, definitions: dg.Definitions, now: dt.datetime) -> Planne
     return planned
 
 
-def _narrowed(plan: Plan, name: str, specs: list, value, applies) -> list:
-    """`specs` kept by the plan's filter `name` (those it does not apply to pass); PlanError for
-    a value no asset of the plan's datasets has."""
-    wanted = getattr(plan, name)
-    if wanted is None:
-        return specs
-    present = {str(value(s)) for s in specs if applies(s) and value(s) is not None}
-    for each in wanted:
-        if each not in present:
-            raise plan.fail(name, f"{each!r} matches no asset of the plan's datasets"
-                                  + (f" (they have {', '.join(sorted(present)[:12])})" if present else ""))
-    return [s for s in specs if not applies(s) or str(value(s)) in wanted]
+# What each filter reads of an asset's description (its metadata, or a series' venue, market and
+# symbol) and which assets it applies to: symbols to instruments' (with a market), keys to series'.
+_FILTERS = {
+    "timeframes": (lambda about: about.get("timeframe"), lambda about: "timeframe" in about),
+    "venue": (lambda about: about.get("venue"), lambda about: True),
+    "market": (lambda about: about.get("market"), lambda about: True),
+    "symbols": (lambda about: about.get("symbol"), lambda about: about.get("market") is not None),
+    "keys": (lambda about: about.get("symbol"), lambda about: about.get("market") is None),
+}
+
+
+@dataclass
+class Filter:
+    """The instrument filter of `--venue`, `--market`, `--symbols` and `--keys`, with the meaning
+    a plan gives them: each a list (None: no filter); `symbols` narrows the instruments' assets,
+    `keys` the series'; an asset without a market is left out by `market`."""
+
+    venue: list[str] | None = None
+    market: list[str] | None = None
+    symbols: list[str] | None = None
+    keys: list[str] | None = None
+    timeframes: list[str] | None = None  # of the bar datasets (a plan's; the CLI has none)
+
+    @classmethod
+    def of(cls, **options: Any) -> Filter | None:
+        """From CLI options (tuples of comma-separated values); None when none is given."""
+        found = {name: [v.strip() for raw in values for v in str(raw).split(",") if v.strip()] or None
+                 for name, values in options.items()}
+        return cls(**found) if any(found.values()) else None
+
+    def narrow(self, items: list, about: Any, what: str = "asset", label: Any = lambda name: f"--{name}") -> list:
+        """`items` kept by the filter; ValueError `--NAME 'VALUE' matches no …` (`label` names the
+        field) for a value none of them has."""
+        for name, (value, applies) in _FILTERS.items():
+            wanted = getattr(self, name)
+            if wanted is None:
+                continue
+            present = {str(value(about(i))) for i in items if applies(about(i)) and value(about(i)) is not None}
+            for each in wanted:
+                if each not in present:
+                    raise ValueError(f"{label(name)} {each!r} matches no {what}"
+                                     + (f" (they have {', '.join(sorted(present)[:12])})" if present else ""))
+            items = [i for i in items if not applies(about(i)) or str(value(about(i))) in wanted]
+        return items
+
+
+def about_series(series: Any) -> dict[str, Any]:
+    """What the filter reads of a catalog series."""
+    return {"venue": series.venue, "market": series.market, "symbol": series.symbol}
 
 
 @dataclass

@@ -4,6 +4,8 @@ file, the field and the value, exit 2, nothing launched."""
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 import yaml
@@ -89,3 +91,44 @@ def test_every_bad_plan_field_is_one_line_naming_the_file_the_field_and_the_valu
         assert line.startswith(f"marketdata backfill plan: plan {path}: ") and said in line, (change, line)
     missing = marketdata_here("backfill", "plan", str(tmp_path / "none.yaml"), cwd=tmp_path, env=env)
     assert missing.returncode == 2 and "none.yaml: cannot be read" in missing.stderr
+
+
+def test_the_instrument_filter_means_the_same_on_every_command(tmp_path, env, dagster_home, settings):
+    """--venue, --market, --symbols and --keys on seed, backfill, report, summary and export."""
+    from marketdata_assets.warehouse import open_warehouse
+
+    seeded = marketdata_here("seed", "--from", "2024-01-01", "--to", "2024-01-01", "--market", "spot",
+                             "--symbols", "ETHUSDT", cwd=tmp_path, env=env)
+    assert seeded.returncode == 0, seeded.stderr
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        landed = sorted(key.to_user_string() for key in instance.get_asset_keys()
+                        if instance.get_materialized_partitions(key))
+    finally:
+        instance.dispose()
+    assert landed == ["binance_spot/klines_1h/ETHUSDT"]
+    stored = open_warehouse(settings.warehouse_url).query("SELECT DISTINCT symbol, timeframe FROM market_data.klines")
+    assert stored.rows() == [("ETHUSDT", "1h")]
+
+    summary = marketdata_here("summary", "--venue", "binance", "--market", "spot", cwd=tmp_path, env=env)
+    assert [line.split()[0] for line in summary.stdout.splitlines()[1:]] == ["binance_spot/klines_1h/ETHUSDT"]
+    assert marketdata_here("summary", "--market", "perp", cwd=tmp_path, env=env).stdout.splitlines()[1:] == []
+
+    report = marketdata_here("report", "--format", "json", "--dataset", "klines", "--market", "spot", cwd=tmp_path, env=env)
+    assert sorted(r["asset"] for r in json.loads(report.stdout)) == [
+        "binance_spot/klines_1h/BTCUSDT", "binance_spot/klines_1h/ETHUSDT", "binance_spot/klines_1m/BTCUSDT"]
+
+    out = marketdata_here("export", "binance_*/*/*", "--from", "2024-01-01", "--to", "2024-01-01", "--symbols",
+                          "ETHUSDT", "--path", str(tmp_path / "out"), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Binance-ETHUSDT-1h-2024-01-01_2024-01-01.csv"]
+
+    for args, said in (
+        (("backfill", "klines", "--venue", "okx", "--local"), "--venue 'okx' matches no klines asset (they have binance)"),
+        (("seed", "--market", "futures"), "--market 'futures' matches no asset (they have perp, spot)"),
+        (("report", "--keys", "DGS10"), "--keys 'DGS10' matches no asset"),
+        (("export", "binance_*/*/*", "--market", "spot", "--symbols", "SOLUSDT"),
+         "--symbols 'SOLUSDT' matches no series the selection names (they have BTCUSDT, ETHUSDT)"),
+    ):
+        refused = marketdata_here(*args, cwd=tmp_path, env=env)
+        assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
