@@ -182,7 +182,7 @@ def test_range_run_stores_the_archives_candles_and_records_every_partition(tmp_p
     assert january["window"] == "[2024-01-01T00:00:00+00:00, 2024-02-01T00:00:00+00:00)"
     # and each check is evaluated on each partition
     evaluations = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
-    assert set(evaluations) == {(name, month) for name in ("ohlc_valid", "gap_count", "no_unclosed_bars")
+    assert set(evaluations) == {(name, month) for name in ("ohlc_valid", "gap_count", "no_unclosed_bars", "bars_unrevised")
                                 for month in ("2024-01-01", "2024-02-01")}
     assert all(e.passed for e in evaluations.values())
     assert evaluations["gap_count", "2024-02-01"].metadata["expected_bars"].value == 29 * 1440

@@ -186,7 +186,7 @@ def test_a_backfill_over_the_scenario_checks_exactly_what_went_wrong(tmp_path, s
     # each check is evaluated on each month that landed, and on nothing else: February failed,
     # it is not a gap (the report counts it as failed too)
     assert {(e.check_name, e.partition) for e in result.get_asset_check_evaluations()} == {
-        (name, month) for name in ("ohlc_valid", "gap_count", "no_unclosed_bars") for month in ("2024-01-01", "2024-03-01")}
+        (name, month) for name in ("ohlc_valid", "gap_count", "no_unclosed_bars", "bars_unrevised") for month in ("2024-01-01", "2024-03-01")}
     checks = _evaluations(result, "2024-01-01")
     ohlc = _values(checks["ohlc_valid"])
     assert not checks["ohlc_valid"].passed and checks["ohlc_valid"].severity == dg.AssetCheckSeverity.WARN

@@ -269,10 +269,13 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
         MARKETDATA_ROWS_PER_WRITE="50000",
     ) as deployed:
         monkeypatch.setenv("DAGSTER_POSTGRES_URL", deployed.dagster_url)  # this process reads the instance too
-        # From the CLI, followed to the end; and as the UI's launcher sends one, two years long.
+        # From a plan file, followed to the end; from the CLI's options; and as the UI's launcher
+        # sends one, two years long.
+        plan = tmp_path / "btc.yaml"
+        plan.write_text(yaml.safe_dump({"datasets": ["klines_1h"], "symbols": ["BTCUSDT"], "start": "2024-01-01",
+                                        "end": "2024-02-15"}))
         waited = subprocess.Popen(
-            [sys.executable, "-m", "marketdata_assets.cli", "backfill", "klines_1h", "--symbols", "BTCUSDT",
-             "--from", "2024-01-01", "--to", "2024-02-15", "--wait"],
+            [sys.executable, "-m", "marketdata_assets.cli", "backfill", "plan", str(plan), "--wait"],
             cwd=tmp_path, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         failing = subprocess.Popen(
@@ -311,11 +314,11 @@ def test_the_deployment_backfills_cancels_and_keeps_data_current_from_the_cli_gr
             assert count == days * 1440, f"{month} is half written: {count} bars"
         assert 0 < per_month.height < len(months)
 
-        # The --wait one: its id first, then its progress, exit 0; one range run (single_run policy).
+        # The plan's: its backfill's id, then its progress, exit 0; one range run (single_run policy).
         out, err = waited.communicate(timeout=300)
         assert waited.returncode == 0, err
         short_id = out.strip()
-        assert err.strip().splitlines()[-1] == "COMPLETED_SUCCESS: 2 of 2 partitions done, 0 failed, 0 in progress"
+        assert err.strip().splitlines()[-1] == f"{short_id}: COMPLETED_SUCCESS: 2 of 2 partitions done, 0 failed"
         assert [run["status"] for run in backfill(deployed, short_id)["runs"]] == ["SUCCESS"]
         btc = stored(deployed, "BTCUSDT", utc(2024, 3, 1))
         assert btc.height == (31 + 29) * 24

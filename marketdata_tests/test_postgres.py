@@ -29,7 +29,7 @@ def test_a_backfill_lands_the_same_rows_in_postgresql_as_in_duckdb(tmp_path, set
             assert result.success
             assert set(statuses(instance, asset, ["2024-01-01", "2024-02-01"]).values()) == {MATERIALIZED}
             checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-            assert checks == {"ohlc_valid": True, "gap_count": True, "no_unclosed_bars": True}
+            assert checks == {"ohlc_valid": True, "gap_count": True, "no_unclosed_bars": True, "bars_unrevised": True}
         landed[name] = every_row(url)
     assert landed["postgresql"].height == (31 + 29) * 1440
     assert landed["postgresql"].equals(landed["duckdb"])  # every column of every row

@@ -211,7 +211,8 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
         assert (record["partitions_materialized"], record["partitions_failed"]) == (2, 1)
         assert record["unexplained_gap_windows"] == [{"start": "2024-01-10 00:00", "end": "2024-01-10 02:00"}]
         assert (record["unexplained_bars"], record["known_gap_bars"], record["rejected_rows"]) == (120, 0, 1)
-        assert record["checks"] == {"ohlc_valid": "WARN", "gap_count": "ERROR", "no_unclosed_bars": "passed"}
+        assert record["checks"] == {"ohlc_valid": "WARN", "gap_count": "ERROR", "no_unclosed_bars": "passed",
+                                    "bars_unrevised": "passed"}
         assert record["disagreements"] == []
         table = marketdata("report", "--fail-on-gaps", cwd=tmp_path, env=env)
         assert table.returncode == 1
@@ -243,7 +244,7 @@ def test_after_an_outage_a_bad_candle_and_a_failed_fetch_the_audit_and_the_repai
             "binance_spot/klines_1m/BTCUSDT [2024-01-10 00:00, 2024-01-10 02:00) UTC, 120 bars: "
             "120 bars verified empty, recorded as a known gap",
             "checked binance_spot/klines_1m/BTCUSDT again over 2024-01-01...2024-01-01: "
-            "ohlc_valid=WARN gap_count=WARN no_unclosed_bars=passed",
+            "ohlc_valid=WARN gap_count=WARN no_unclosed_bars=passed bars_unrevised=passed",
             "1 gap fetched again: 0 bars stored, 120 bars verified empty, 0 rejected, 0 failed",
         ]
         # The sensor does not re-run windows verified empty; February waits out its backoff.

@@ -33,7 +33,7 @@ def test_a_restated_candle_keeps_its_old_values_in_revisions_and_an_unchanged_re
     restating = replace(EmulatorConfig(), scenario=Scenario(revised_bars=(InvalidBar.parse("BTCUSDT/1h/2024-01-10T05:00"),)))
     warehouse = open_warehouse(any_warehouse_url)
     instance = dg.DagsterInstance.from_config(str(dagster_home))
-    runs = []
+    runs, checks = [], []
     try:
         for config in (EmulatorConfig(), restating, restating):
             with EmulatorServer(config) as emu:
@@ -42,6 +42,8 @@ def test_a_restated_candle_keeps_its_old_values_in_revisions_and_an_unchanged_re
                 result = run_together(settings, [KEY], "2024-01-01", "2024-01-01", instance)
                 assert result.success
                 runs.append(result.run_id)
+                (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "bars_unrevised"]
+                checks.append((check.passed, check.severity, check.description))
                 if len(runs) == 1:
                     before = warehouse.query("SELECT * FROM market_data.klines ORDER BY open_time")
     finally:
@@ -70,6 +72,11 @@ def test_a_restated_candle_keeps_its_old_values_in_revisions_and_an_unchanged_re
     assert set(kept) == {"open", "high", "low", "close", "volume", "quote_volume", "trades", "taker_buy_volume",
                          "taker_buy_quote_volume"}
     assert before.height and isinstance(revision["replaced_at"], dt.datetime)
+
+    # the check warns of the month from the restating run on, naming the bar
+    said = "1 stored bar changed by a later fetch: 2024-01-10 05:00"
+    assert checks == [(True, dg.AssetCheckSeverity.WARN, "0 stored bars changed by a later fetch"),
+                      (False, dg.AssetCheckSeverity.WARN, said), (False, dg.AssetCheckSeverity.WARN, said)]
 
     # the report counts it on the asset
     env = cli_env(settings, dagster_home, catalog)

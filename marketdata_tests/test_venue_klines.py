@@ -314,7 +314,7 @@ def test_a_year_of_okx_and_bybit_klines_lands_whole_once_and_closed_and_is_check
             okx_record = records["okx_spot/klines_1h/BTC_USDT"]
             assert okx_record["unexplained_bars"] == 0 and okx_record["partitions_materialized"] == 13
             assert okx_record["checks"] == {"ohlc_valid": "passed", "gap_count": "passed", "no_unclosed_bars": "passed",
-                                           "closes_match_binance": "passed"}
+                                           "bars_unrevised": "passed", "closes_match_binance": "passed"}
 
             # a re-run of the closed month stores the same bars, nothing new
             closed = "venue <> 'binance' AND timeframe = '1h' AND open_time < ?"

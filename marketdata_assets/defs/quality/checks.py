@@ -39,7 +39,8 @@ from marketdata_assets.wording import counted
 OHLC_VALID = "ohlc_valid"
 GAP_COUNT = "gap_count"
 NO_UNCLOSED_BARS = "no_unclosed_bars"
-KLINES_CHECKS = (OHLC_VALID, GAP_COUNT, NO_UNCLOSED_BARS)
+BARS_UNREVISED = "bars_unrevised"
+KLINES_CHECKS = (OHLC_VALID, GAP_COUNT, NO_UNCLOSED_BARS, BARS_UNREVISED)
 
 # Say it once, here and in README: partitioned check specs are preview in 1.13.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
@@ -55,6 +56,10 @@ _DESCRIPTIONS = {
         "(documented maintenance, verified empty, or rejected as invalid), ERROR otherwise."
     ),
     NO_UNCLOSED_BARS: "No stored bar was ingested before its window closed.",
+    BARS_UNREVISED: (
+        "No stored bar's values were changed by a later fetch (a re-uploaded archive file, a corrected "
+        "REST answer): WARN naming the bars; the old values are kept in market_data.revisions."
+    ),
 }
 
 
@@ -108,6 +113,8 @@ def klines_check_results(
             results.append(_gap_count(audit_gaps(series, stored, why, [(start, end)], now), key, window))
         if NO_UNCLOSED_BARS in names:
             results.append(_no_unclosed_bars(audit_unclosed(warehouse, series, start, end), key, window))
+        if BARS_UNREVISED in names:
+            results.append(_bars_unrevised(revised_bars(warehouse, series, start, end), key, window))
     return results
 
 
@@ -130,6 +137,8 @@ def klines_check_results_by_window(
             why = explanations(warehouse, [series], start, end)[series.key]
         if NO_UNCLOSED_BARS in names:
             unclosed = unclosed_rows(warehouse, series, start, end)
+        if BARS_UNREVISED in names:
+            revised = revised_bars(warehouse, series, start, end)
     found = {}
     for partition, lo, hi in windows:
         window = dg.MetadataValue.text(window_text(lo, hi))
@@ -142,6 +151,8 @@ def klines_check_results_by_window(
             results.append(_gap_count(audit_gaps(series, stored, why, [(lo, hi)], now), key, window))
         if NO_UNCLOSED_BARS in names:
             results.append(_no_unclosed_bars(unclosed_audit_of(within(unclosed, lo, hi), rows), key, window))
+        if BARS_UNREVISED in names:
+            results.append(_bars_unrevised(within(revised, lo, hi, "row_time"), key, window))
         found[partition] = results
     return found
 
@@ -207,6 +218,26 @@ def _no_unclosed_bars(unclosed: UnclosedAudit, key: dg.AssetKey, window: dg.Meta
             "unclosed_rows": len(unclosed.unclosed),
             "unclosed_samples": dg.MetadataValue.md(samples_table(unclosed.samples)),
         },
+    )
+
+
+def revised_bars(warehouse: Warehouse, series: BarSeries, start: dt.datetime, end: dt.datetime):
+    """The revisions of the series' bars opening in [start, end): row_time, replaced_at, run_id."""
+    return warehouse.query(
+        "SELECT row_time, replaced_at, run_id FROM market_data.revisions WHERE table_name = 'klines' AND series = ? "
+        "AND row_time >= ? AND row_time < ? ORDER BY row_time, replaced_at", ["/".join(series.key), start, end])
+
+
+def _bars_unrevised(revised, key: dg.AssetKey, window: dg.MetadataValue) -> dg.AssetCheckResult:
+    bars = revised["row_time"].unique(maintain_order=True).to_list() if revised.height else []
+    said = f"{counted(len(bars), 'stored bar')} changed by a later fetch"
+    if bars:
+        said += ": " + ", ".join(f"{t:%Y-%m-%d %H:%M}" for t in bars[:SAMPLES]) + (" …" if len(bars) > SAMPLES else "")
+    return dg.AssetCheckResult(
+        asset_key=key, check_name=BARS_UNREVISED, passed=not bars, severity=dg.AssetCheckSeverity.WARN,
+        description=said,
+        metadata={"window": window, "bars_revised": len(bars), "revisions": revised.height,
+                  "samples": dg.MetadataValue.md(samples_table(revised.head(SAMPLES).to_dicts()))},
     )
 
 
