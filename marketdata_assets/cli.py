@@ -437,6 +437,21 @@ def _priced(command: str, settings, chosen, max_cost: float | None, echo) -> dic
     return {COST_TAG: f"{total:.6f}"}
 
 
+def _run_locally(command: str, settings, definitions, chosen, tags) -> None:
+    """`--local`: the warehouse opened first (one line and exit 2 if it cannot be), then `chosen`
+    run in this process into the instance of DAGSTER_HOME; exit 0 when every run succeeded, else 1."""
+    from marketdata_assets.app import AppError, check_warehouse, local_instance
+
+    try:
+        check_warehouse(settings)
+    except AppError as exc:
+        _fail(command, str(exc))
+    instance = local_instance()
+    ok = _run_here(definitions, chosen, instance, tags)
+    instance.dispose()
+    sys.exit(0 if ok else 1)
+
+
 def _run_here(definitions, chosen, instance, tags=None) -> bool:
     """Run `chosen` in this process with a progress bar over its partitions; print each outcome."""
     from marketdata_assets.backfills import run_here
@@ -481,16 +496,8 @@ def backfill_launch(dataset: str, symbols, from_raw, to_raw, wait: bool, local: 
         "backfill", filter_venue=filter_venue, filter_market=filter_market, filter_keys=filter_keys))
     priced = _priced("backfill", settings, chosen, max_cost, lambda line: click.echo(line, err=True))
     if local:
-        from marketdata_assets.app import AppError, check_warehouse, local_instance
-
-        try:
-            check_warehouse(settings)
-        except AppError as exc:
-            _fail("backfill", str(exc))
-        instance = local_instance()
-        ok = _run_here(definitions, chosen, instance, {"marketdata/trigger": "marketdata backfill --local", **priced})
-        instance.dispose()
-        sys.exit(0 if ok else 1)
+        _run_locally("backfill", settings, definitions, chosen, {"marketdata/trigger": "marketdata backfill --local",
+                                                                 **priced})
     api = DagsterApi(settings.dagster_url)
     title = f"marketdata backfill {dataset}" + (f" {','.join(symbols)}" if symbols else "") + \
         f" {from_raw or 'listing'}..{to_raw or 'now'}"
@@ -551,16 +558,7 @@ def backfill_plan(file: Path, wait: bool, local: bool, dry_run: bool, max_cost) 
         return
     tags = {"marketdata/trigger": f"marketdata backfill plan {file.name}", **priced}
     if local:
-        from marketdata_assets.app import AppError, check_warehouse, local_instance
-
-        try:
-            check_warehouse(settings)
-        except AppError as exc:
-            _fail("backfill plan", str(exc))
-        instance = local_instance()
-        ok = _run_here(definitions, planned.chosen, instance, tags)
-        instance.dispose()
-        sys.exit(0 if ok else 1)
+        _run_locally("backfill plan", settings, definitions, planned.chosen, tags)
     api = DagsterApi(settings.dagster_url)
     at_once = plan.concurrency or len(planned.chosen)
     failed = False

@@ -100,8 +100,8 @@ class Dataset:
     gap_check: ClassVar[str | None] = None
     # Instruments: which venues and markets keep this dataset (catalog `instruments:` entries).
     instrument_venues: ClassVar[Mapping[str, tuple[str, ...]]] = {}
-    # The instrument field that names what an instrument keeps of this dataset (klines: its
-    # `timeframes`): without anything in it, the instrument keeps none of it.
+    # The instrument field listing the timeframes an instrument keeps of this dataset (klines: its
+    # `timeframes`), a series each: without anything in it, the instrument keeps none of it.
     instrument_field: ClassVar[str | None] = None
     # Series: the `source` a catalog `series:` entry of this dataset names, and whether it
     # lists `keys` ("required") or has one series ("none").
@@ -331,13 +331,20 @@ class InstrumentDataset(Dataset):
     table_market: ClassVar[str] = "perp"
 
     def series_of(self, catalog: Catalog) -> list[Series]:
+        """A series per instrument keeping this dataset; per timeframe where the dataset's
+        `instrument_field` lists them (klines: `timeframes`, resampled bars: `derived`)."""
         from marketdata_assets.catalog import Series
 
-        return [
-            Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument)
-            for instrument in catalog.instruments
-            if instrument.has_dataset(self.name) and instrument.start_date is not None
-        ]
+        found = []
+        for instrument in catalog.instruments:
+            if not instrument.has_dataset(self.name) or instrument.start_date is None:
+                continue
+            if self.instrument_field is None:
+                found.append(Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument))
+                continue
+            found += [Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument,
+                             {"timeframe": name}) for name in getattr(instrument, self.instrument_field)]
+        return found
 
     def row_filter(self, series: Series) -> tuple[str, list[Any]]:
         return "venue = ? AND symbol = ?", [series.venue, series.symbol]

@@ -18,7 +18,7 @@ import dagster as dg
 import polars as pl
 
 from marketdata_assets.audit import SAMPLES, BarSeries, audit_gaps, explanations, samples_table, stored_klines
-from marketdata_assets.catalog import Catalog, Instrument, Series
+from marketdata_assets.catalog import Instrument, Series
 from marketdata_assets.datasets.base import Bounds, InstrumentDataset, Missing
 from marketdata_assets.defs.quality.checks import (
     GAP_COUNT,
@@ -86,15 +86,6 @@ class Klines(InstrumentDataset):
     freshness_policy = KLINES_FRESHNESS
     # The report audits bars in detail (known gaps, rejected rows, Dagster against the warehouse).
     detailed_audit = True
-
-    def series_of(self, catalog: Catalog) -> list[Series]:
-        return [
-            Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument,
-                   {"timeframe": name})
-            for instrument in catalog.instruments
-            if instrument.has_dataset(self.name) and instrument.start_date is not None
-            for name in instrument.timeframes
-        ]
 
     def asset_key(self, series: Series) -> dg.AssetKey:
         assert series.instrument is not None

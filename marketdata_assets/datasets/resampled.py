@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from marketdata_assets.audit import SAMPLES, BarSeries, explanations, samples_table
-from marketdata_assets.catalog import Catalog, Series
+from marketdata_assets.catalog import Series
 from marketdata_assets.datasets.base import Bounds, InstrumentDataset, Missing
 from marketdata_assets.datasets.klines import DATASET as KLINES_DATASET, klines_partitions
 from marketdata_assets.defs.quality.checks import UNEXPLAINED_WINDOWS, window_text, windows_metadata
@@ -189,15 +189,6 @@ class Resampled(InstrumentDataset):
     instrument_venues = KLINES_DATASET.instrument_venues
     instrument_field = "derived"
     moment_names = ("first_open_time", "last_open_time")
-
-    def series_of(self, catalog: Catalog) -> list[Series]:
-        return [
-            Series(self.name, instrument.key_prefix, instrument.symbol, instrument.start_date, instrument,
-                   {"timeframe": name})
-            for instrument in catalog.instruments
-            if instrument.has_dataset(self.name) and instrument.start_date is not None
-            for name in instrument.derived
-        ]
 
     def asset_key(self, series: Series) -> dg.AssetKey:
         assert series.instrument is not None
