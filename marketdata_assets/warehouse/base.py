@@ -69,10 +69,12 @@ def set_run(run_id: str | None) -> None:
     _RUN["id"] = run_id
 
 
-def revision_sql(table: TableSpec, incoming: str, dialect: str) -> tuple[str, list[Any]]:
+def revision_sql(table: TableSpec, incoming: str, dialect: str, frame: pl.DataFrame) -> tuple[str, list[Any]]:
     """INSERT into market_data.revisions of the stored rows of `table` whose values the rows of
-    `incoming` (a staged relation in its columns) change; run inside the upsert's transaction,
-    before it. A NULL in a `kept_when_null` column changes nothing (the upsert keeps the value)."""
+    `incoming` (`frame`, staged as a relation in its columns) change; run inside the upsert's
+    transaction, before it. A NULL in a `kept_when_null` column changes nothing (the upsert keeps
+    the value). The stored side is narrowed as the overlap probe narrows it (the frame's time
+    range, and the key parts it holds one value of), so a month re-written reads a month."""
     json_object = "json_object" if dialect == "duckdb" else "json_build_object"
     key, time = table.primary_key[:-1], table.primary_key[-1]
 
@@ -83,6 +85,7 @@ def revision_sql(table: TableSpec, incoming: str, dialect: str) -> tuple[str, li
         (f"(i.{c} IS NOT NULL AND i.{c} IS DISTINCT FROM t.{c})" if c in table.kept_when_null
          else f"i.{c} IS DISTINCT FROM t.{c}") for c in table.compared_columns)
     series = f"concat_ws('/', {', '.join(f'CAST(t.{c} AS TEXT)' for c in key)})" if key else "''"
+    narrowed, params = overlap_conditions(table, frame, "t")
     return (
         f"INSERT INTO market_data.revisions (table_name, series, row_time, row_key, old_values, replaced_at, run_id) "
         f"SELECT '{table.name}', {series}, CAST(t.{time} AS TIMESTAMPTZ), "
@@ -90,8 +93,8 @@ def revision_sql(table: TableSpec, incoming: str, dialect: str) -> tuple[str, li
         f"CAST({json_object}({pairs(table.compared_columns)}) AS TEXT), now(), ? "
         f"FROM {table.qualified_name} t JOIN {incoming} i ON "
         + " AND ".join(f"t.{c} = i.{c}" for c in table.primary_key)
-        + f" WHERE {changed} ON CONFLICT DO NOTHING",
-        [_RUN["id"]],
+        + f" WHERE {narrowed} AND ({changed}) ON CONFLICT DO NOTHING",
+        [_RUN["id"], *params],
     )
 
 
@@ -111,19 +114,25 @@ def distinct_keys(table: TableSpec, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.unique(subset=list(table.primary_key), keep="last", maintain_order=True)
 
 
-def overlap_probe(table: TableSpec, frame: pl.DataFrame) -> tuple[str, list[Any]]:
-    """A query returning a row if the table may hold a key of `frame`: a range probe on the time
-    column (DuckDB skips row groups by their min/max, PostgreSQL walks the key's index) and
+def overlap_conditions(table: TableSpec, frame: pl.DataFrame, alias: str = "") -> tuple[str, list[Any]]:
+    """SQL narrowing `table` (as `alias`, if given) to where `frame`'s keys may be: a range on the
+    time column (DuckDB skips row groups by their min/max, PostgreSQL walks the key's index) and
     equality on the key parts `frame` holds one value of. With `?` parameters."""
-    time_column = table.primary_key[-1]
-    conditions = [f"{time_column} BETWEEN ? AND ?"]
+    time_column, prefix = table.primary_key[-1], f"{alias}." if alias else ""
+    conditions = [f"{prefix}{time_column} BETWEEN ? AND ?"]
     params: list[Any] = [frame[time_column].min(), frame[time_column].max()]
     for column in table.primary_key[:-1]:
         values = frame[column].unique()
         if len(values) == 1:
-            conditions.append(f"{column} = ?")
+            conditions.append(f"{prefix}{column} = ?")
             params.append(values[0])
-    return f"SELECT 1 FROM {table.qualified_name} WHERE {' AND '.join(conditions)} LIMIT 1", params
+    return " AND ".join(conditions), params
+
+
+def overlap_probe(table: TableSpec, frame: pl.DataFrame) -> tuple[str, list[Any]]:
+    """A query returning a row if the table may hold a key of `frame` (overlap_conditions)."""
+    where, params = overlap_conditions(table, frame)
+    return f"SELECT 1 FROM {table.qualified_name} WHERE {where} LIMIT 1", params
 
 
 class Warehouse(abc.ABC):

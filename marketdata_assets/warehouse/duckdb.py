@@ -115,7 +115,7 @@ class DuckDBWarehouse(Warehouse):
             try:
                 if self._holds_any_key(con, table, frame):
                     if table.keeps_revisions and table.compared_columns:
-                        con.execute(*revision_sql(table, "incoming", "duckdb"))  # the values replaced, kept
+                        con.execute(*revision_sql(table, "incoming", "duckdb", frame))  # the values replaced, kept
                     con.execute(f"{insert} {table.on_conflict_update}")
                 else:
                     # No stored row shares a key: a plain insert, twice as fast as ON CONFLICT.

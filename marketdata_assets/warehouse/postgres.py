@@ -190,12 +190,14 @@ class PostgresWarehouse(Warehouse):
             frame.write_csv(rows, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z", null_value="")
             rows.seek(0)
         probe = overlap_probe(table, frame)
+        revise = revision_sql(table, "staging", "postgres", frame) if table.keeps_revisions and table.compared_columns \
+            else None
         try:
-            self._write(table, rows, fmt, probe)
+            self._write(table, rows, fmt, probe, revise)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             rows.seek(0)  # the connection was lost, so nothing was written: once more on a new one
             try:
-                self._write(table, rows, fmt, probe)
+                self._write(table, rows, fmt, probe, revise)
             except psycopg2.Error as exc:
                 raise self._write_failed(table, frame.height, exc, " (and again on a new connection)") from None
         except psycopg2.Error as exc:
@@ -219,7 +221,8 @@ class PostgresWarehouse(Warehouse):
             self._types[table.qualified_name] = dict(found.iter_rows())
         return self._types[table.qualified_name]
 
-    def _write(self, table: TableSpec, rows: io.BytesIO, fmt: str, probe: tuple[str, list[Any]]) -> None:
+    def _write(self, table: TableSpec, rows: io.BytesIO, fmt: str, probe: tuple[str, list[Any]],
+               revise: tuple[str, list[Any]] | None = None) -> None:
         columns = ", ".join(table.columns)
         with self.connect() as con:
             try:
@@ -239,9 +242,9 @@ class PostgresWarehouse(Warehouse):
                         f"CREATE TEMPORARY TABLE staging (LIKE {table.qualified_name} INCLUDING DEFAULTS) ON COMMIT DROP"
                     )
                     cur.copy_expert(f"COPY staging ({columns}) FROM STDIN WITH (FORMAT {fmt})", rows)
-                    if table.keeps_revisions and table.compared_columns:
-                        sql, params = revision_sql(table, "staging", "postgres")  # the values replaced, kept
-                        cur.execute(_placeholders(sql), params)
+                    if revise is not None:  # the values this upsert replaces, kept
+                        cur.execute("ANALYZE staging")  # else the planner guesses its size, and nests loops
+                        cur.execute(_placeholders(revise[0]), revise[1])
                     cur.execute(
                         f"INSERT INTO {table.qualified_name} ({columns}) SELECT {columns} FROM staging "
                         f"{table.on_conflict_update}"
