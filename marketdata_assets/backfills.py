@@ -90,7 +90,7 @@ class Selection:
                 + f" --from {self.first} --to {min(last_day, dt.datetime.now(dt.UTC)):%Y-%m-%d} {how}")
 
 
-def _names(spec: dg.AssetSpec) -> set[str]:
+def asset_names(spec: dg.AssetSpec) -> set[str]:
     """What `marketdata backfill` accepts for an asset: its dataset, the key's dataset part
     (klines_1m), and the dataset's group (sentiment)."""
     declared = dataset_named(dataset_of(spec))
@@ -101,8 +101,8 @@ def dataset_assets(definitions: dg.Definitions, dataset: str, symbols: Sequence[
     """The assets of `dataset` (a dataset, a key's dataset part such as klines_1h, or a group
     such as sentiment) for `symbols` (all when empty)."""
     specs = list(definitions.resolve_all_asset_specs())
-    known = sorted(set().union(*(_names(s) for s in specs)))
-    chosen = [s for s in specs if dataset in _names(s)]
+    known = sorted(set().union(*(asset_names(s) for s in specs)))
+    chosen = [s for s in specs if dataset in asset_names(s)]
     if not chosen:
         raise BackfillError(f"unknown dataset {dataset!r}: the catalog has {', '.join(known)}")
     if symbols:

@@ -76,14 +76,10 @@ def choose(catalog: Catalog, selection: str) -> list[Chosen]:
 
 def batches(warehouse: Warehouse, chosen: Chosen, start: dt.datetime, end: dt.datetime) -> Iterator[pl.DataFrame]:
     """The series' rows in [start, end), a month at a time, in time order, in its table's schema."""
-    table, time = chosen.dataset.table_of(chosen.series), chosen.dataset.time_column_of(chosen.series)
-    where, params = chosen.dataset.row_filter(chosen.series)
-    sql = (f"SELECT {', '.join(table.columns)} FROM {table.qualified_name} WHERE {where} "
-           f"AND {time} >= ? AND {time} < ? ORDER BY {time}")
     for lower, upper in month_windows(start, end):
-        frame = warehouse.query(sql, [*params, lower, upper])
+        frame = chosen.dataset.rows_between(warehouse, chosen.series, lower, upper)
         if frame.height:
-            yield frame.cast(dict(table.schema))  # type: ignore[arg-type]
+            yield frame
 
 
 @dataclass

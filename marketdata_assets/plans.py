@@ -113,7 +113,7 @@ def resolve(plan: Plan, definitions: dg.Definitions, now: dt.datetime) -> Planne
     from marketdata_assets.defs.ingest.partitions import partitions_between
 
     specs = list(definitions.resolve_all_asset_specs())
-    named = {spec.key: backfills._names(spec) for spec in specs}
+    named = {spec.key: backfills.asset_names(spec) for spec in specs}
     if plan.datasets is not None:
         known = sorted(set().union(*named.values()))
         for name in plan.datasets:

@@ -274,6 +274,11 @@ class Dataset:
         that keeps every vintage; ValueError for the others."""
         if as_of is not None:
             raise ValueError(f"as_of: {self.name} keeps no vintages (FRED's macro series do), so it has no as-of read")
+        return self.rows_between(warehouse, series, start, end)
+
+    def rows_between(self, warehouse: Warehouse, series: Series, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+        """The stored rows of `series` whose time is in [start, end), every column of its table, in
+        time order (`marketdata export` writes them as they are)."""
         where, params = self.row_filter(series)
         table, time = self.table_of(series), self.time_column_of(series)
         return warehouse.query(

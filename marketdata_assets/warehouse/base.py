@@ -143,6 +143,7 @@ class Warehouse(abc.ABC):
 
     def __init__(self) -> None:
         self._sessions = threading.local()
+        self._ensured: set[str] = set()  # tables ensure_table made sure of
 
     @abc.abstractmethod
     def connect(self) -> AbstractContextManager[Any]:
@@ -160,9 +161,16 @@ class Warehouse(abc.ABC):
         `frame` stay as they are.
         """
 
-    @abc.abstractmethod
     def ensure_table(self, table: TableSpec) -> None:
-        """Create `table` if it does not exist (a table declared at run time; the others are in sql/)."""
+        """Create `table` if it does not exist (a table declared at run time; the others are in
+        sql/), once per warehouse object."""
+        if table.qualified_name not in self._ensured:
+            self._create_table(table)
+            self._ensured.add(table.qualified_name)
+
+    @abc.abstractmethod
+    def _create_table(self, table: TableSpec) -> None:
+        """CREATE TABLE IF NOT EXISTS `table` (create_table_sql)."""
 
     def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> pl.DataFrame:
         """Run a read-only query with `?` parameters."""

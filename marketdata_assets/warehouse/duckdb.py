@@ -99,7 +99,7 @@ class DuckDBWarehouse(Warehouse):
     def kept_open(self) -> AbstractContextManager[None]:
         return self._kept.kept()
 
-    def ensure_table(self, table: TableSpec) -> None:
+    def _create_table(self, table: TableSpec) -> None:
         with self.connect() as con:
             con.execute(create_table_sql(table))
 

@@ -164,7 +164,7 @@ class PostgresWarehouse(Warehouse):
         finally:
             con.close()
 
-    def ensure_table(self, table: TableSpec) -> None:
+    def _create_table(self, table: TableSpec) -> None:
         with self.connect() as con:
             try:
                 with con.cursor() as cur:
